@@ -1,0 +1,1 @@
+"""shoal's user-space TCP/IP stack (the `--network-stack native` implementation)."""
