@@ -1,0 +1,175 @@
+"""The per-shard reactor: an asyncio event loop plus pollers, sleep/wake and a stall detector.
+
+Theory of operation
+-------------------
+The reactor knows nothing about what it polls. A *poller* is any object with
+
+- ``poll() -> bool``: do a bounded amount of work, say whether anything moved;
+- ``enter_interrupt_mode() -> fd | None``: the shard is about to sleep, arm the file
+  descriptor that must wake it (``None``: nothing to watch). A poller that finds
+  work while arming returns an fd that is already readable;
+- ``exit_interrupt_mode()``: the shard woke up; disarm.
+
+While any poller reports work, the reactor polls every pollers once per loop
+iteration (a callback re-queued with ``call_soon``, so the loop itself never blocks).
+After ``idle_poll_time`` seconds in which nothing moved, it arms every poller's fd
+as a loop reader and stops re-queueing itself: the loop then sleeps in epoll until
+one of those fds (or anything else the application registered) is ready. The first
+armed fd that fires puts it back into polling. ``poll_mode`` never sleeps.
+
+Stall detection, like Seastar's ``--blocked-reactor-notify-ms``: a watchdog thread
+checks that the reactor's tick ran recently. While polling, the tick runs every
+iteration; while sleeping, a heartbeat timer runs it every half limit. So a tick
+older than the limit means one loop iteration (a task, a callback) has held the
+shard that long, and the watchdog logs the main thread's current stack.
+"""
+import logging
+import sys
+import threading
+import time
+import traceback
+
+log = logging.getLogger("shoal.reactor")
+
+_current = None
+
+
+def current():
+    """The reactor of this shard (RuntimeError outside a shard)."""
+    if _current is None:
+        raise RuntimeError("no shoal reactor runs in this process (start one with shoal.runtime.run)")
+    return _current
+
+
+class Reactor:
+    """Drives the pollers from one asyncio loop. See the module docstring."""
+
+    def __init__(self, loop, *, idle_poll_time=200e-6, poll_mode=False, stall_limit=None, clock=time.monotonic):
+        self.loop = loop
+        self.idle_poll_time = idle_poll_time
+        self.poll_mode = poll_mode
+        self.stall_limit = stall_limit
+        self._clock = clock
+        self._pollers = []
+        self._last_work = clock()
+        self._handle = None
+        self._readers = []
+        self._heartbeat = None
+        self._fatal = None
+        self.sleeping = False
+        self.last_tick = clock()
+        self.stats = {"ticks": 0, "polls_with_work": 0, "sleeps": 0, "wakeups": 0, "stalls": 0}
+        self._watchdog = None
+        self._watchdog_stop = threading.Event()
+
+    def add_poller(self, poller):
+        self._pollers.append(poller)
+        if self.sleeping:
+            self.wake()
+
+    def remove_poller(self, poller):
+        if self.sleeping:
+            self.wake()
+        self._pollers.remove(poller)
+
+    def start(self):
+        global _current
+        _current = self
+        self._handle = self.loop.call_soon(self._tick)
+        if self.stall_limit:
+            self._watchdog = threading.Thread(target=self._watch, args=(threading.main_thread().ident,),
+                                              name="shoal-stall-detector", daemon=True)
+            self._watchdog.start()
+
+    def close(self):
+        global _current
+        if self.sleeping:
+            self.wake()
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._watchdog_stop.set()
+        if self._watchdog is not None:
+            self._watchdog.join()
+        _current = None
+
+    def check_fatal(self):
+        """Raise the exception that broke a poller, if any (the shard then dies with it)."""
+        if self._fatal is not None:
+            raise self._fatal
+
+    def _tick(self):
+        self._handle = None
+        now = self._clock()
+        self.last_tick = now
+        self.stats["ticks"] += 1
+        worked = False
+        try:
+            for poller in self._pollers:
+                if poller.poll():
+                    worked = True
+        except Exception as exc:
+            # A poller is runtime machinery: an error there is a bug that leaves
+            # the shard deaf, so the shard stops with it instead of limping on.
+            self._fatal = exc
+            self.loop.stop()
+            return
+        if worked:
+            self._last_work = now
+            self.stats["polls_with_work"] += 1
+        elif not self.poll_mode and now - self._last_work >= self.idle_poll_time:
+            self._sleep()
+            return
+        self._handle = self.loop.call_soon(self._tick)
+
+    def _sleep(self):
+        self.sleeping = True
+        self.stats["sleeps"] += 1
+        for poller in self._pollers:
+            fd = poller.enter_interrupt_mode()
+            if fd is not None:
+                self.loop.add_reader(fd, self.wake)
+                self._readers.append(fd)
+        if self.stall_limit:
+            self._heartbeat = self.loop.call_later(self.stall_limit / 2, self._beat)
+
+    def _beat(self):
+        self.last_tick = self._clock()
+        self._heartbeat = self.loop.call_later(self.stall_limit / 2, self._beat)
+
+    def wake(self):
+        """Back to polling. Called when an armed fd fires, and by code that just
+        gave a poller work of its own (a queued outgoing message) while the shard
+        sleeps."""
+        if not self.sleeping:
+            return
+        self.sleeping = False
+        self.stats["wakeups"] += 1
+        for fd in self._readers:
+            self.loop.remove_reader(fd)
+        self._readers.clear()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+        for poller in self._pollers:
+            poller.exit_interrupt_mode()
+        self._last_work = self._clock()
+        if self._handle is None:
+            self._handle = self.loop.call_soon(self._tick)
+
+    def _watch(self, main_ident):
+        limit = self.stall_limit
+        reported_tick = None
+        while not self._watchdog_stop.wait(limit / 4):
+            tick = self.last_tick
+            held = self._clock() - tick
+            if held < limit or reported_tick == tick:
+                continue
+            reported_tick = tick
+            frame = sys._current_frames().get(main_ident)
+            if frame is None:
+                continue
+            self.stats["stalls"] += 1
+            stack = "".join(traceback.format_stack(frame))
+            log.warning("reactor stalled for %.0f ms (limit %.0f ms); the task holding it is at:\n%s",
+                        held * 1e3, limit * 1e3, stack)
