@@ -16,7 +16,8 @@ ffibuilder.cdef(
     uint32_t smp_ring_bytes(char *seg);
     uint32_t smp_nshards(char *seg);
 
-    int ring_push(char *ring, uint32_t cap, const char *data, uint32_t len, uint32_t flags);
+    int ring_push(char *ring, uint32_t cap, const char *data, uint32_t len, uint32_t flags, int publish);
+    void ring_publish(char *ring);
     int ring_push_many(char *ring, uint32_t cap, const char *data, const uint32_t *lens, int n);
     int ring_pop_batch(char *ring, uint32_t cap, uint32_t *offs, uint32_t *lens, uint32_t *flags,
                        int max, uint64_t *new_head);
@@ -53,12 +54,17 @@ typedef struct {
     uint32_t ctl_bytes;    /* size of one control block */
 } seg_hdr;
 
+/* Three cache lines: what the consumer reads (the published tail), what the
+ * producer reads (head), and the producer's private cursor, kept apart so that
+ * pushing without publishing does not disturb the consumer's cache. */
 typedef struct {
-    uint64_t tail;        /* producer-owned */
-    uint64_t head_cache;  /* producer's last view of head */
-    char pad0[CACHELINE - 16];
-    uint64_t head;        /* consumer-owned */
+    uint64_t tail;        /* published by the producer (release), read by the consumer */
+    char pad0[CACHELINE - 8];
+    uint64_t head;        /* published by the consumer (release), read by the producer */
     char pad1[CACHELINE - 8];
+    uint64_t next_tail;   /* producer-private: end of the records written so far */
+    uint64_t head_cache;  /* producer-private: last head seen */
+    char pad2[CACHELINE - 16];
 } ring_ctl;
 
 static inline uint32_t align8(uint32_t n) { return (n + 7u) & ~7u; }
@@ -122,19 +128,29 @@ static inline int64_t reserve(ring_ctl *r, uint32_t cap, uint32_t need, uint64_t
     return idx;
 }
 
-/* Returns 1 when pushed, 0 when the ring is full, -1 when the record can never fit. */
-int ring_push(char *ring, uint32_t cap, const char *payload, uint32_t len, uint32_t flags) {
+void ring_publish(char *ring) {
+    ring_ctl *r = (ring_ctl *)ring;
+    if (r->next_tail != r->tail) __atomic_store_n(&r->tail, r->next_tail, __ATOMIC_RELEASE);
+}
+
+/* Write one record; it becomes visible at the next publish (now, if `publish`).
+ * Returns 1 when written, 0 when the ring is full, -1 when it can never fit. */
+int ring_push(char *ring, uint32_t cap, const char *payload, uint32_t len, uint32_t flags, int publish) {
     ring_ctl *r = (ring_ctl *)ring;
     uint32_t need = REC_HDR + align8(len);
     if (need > cap / 2) return -1;
     uint64_t new_tail;
-    int64_t idx = reserve(r, cap, need, r->tail, &new_tail);
-    if (idx < 0) return 0;
+    int64_t idx = reserve(r, cap, need, r->next_tail, &new_tail);
+    if (idx < 0) {
+        ring_publish(ring);   /* a full ring must not hide what is already written */
+        return 0;
+    }
     char *data = (char *)(r + 1);
     ((uint32_t *)(data + idx))[0] = len;
     ((uint32_t *)(data + idx))[1] = flags;
     memcpy(data + idx + REC_HDR, payload, len);
-    __atomic_store_n(&r->tail, new_tail, __ATOMIC_RELEASE);
+    r->next_tail = new_tail;
+    if (publish) __atomic_store_n(&r->tail, new_tail, __ATOMIC_RELEASE);
     return 1;
 }
 
@@ -144,7 +160,7 @@ int ring_push_many(char *ring, uint32_t cap, const char *payloads, const uint32_
     ring_ctl *r = (ring_ctl *)ring;
     char *data = (char *)(r + 1);
     int done = 0;
-    uint64_t tail = r->tail;
+    uint64_t tail = r->next_tail;
     for (; done < n; done++) {
         uint32_t len = lens[done];
         uint32_t need = REC_HDR + align8(len);
@@ -158,7 +174,8 @@ int ring_push_many(char *ring, uint32_t cap, const char *payloads, const uint32_
         payloads += len;
         tail = new_tail;
     }
-    if (done) __atomic_store_n(&r->tail, tail, __ATOMIC_RELEASE);
+    r->next_tail = tail;
+    ring_publish(ring);
     return done;
 }
 

@@ -7,11 +7,13 @@ holds a header, one control block per shard and ``N*N`` rings::
 
     [header][ctl 0]...[ctl N-1][ring 0->0][ring 0->1]...[ring N-1->N-1]
 
-A ring is a producer cache line (``tail``), a consumer cache line (``head``) and a
-power-of-two data area. ``head`` and ``tail`` are free-running 64-bit byte counters;
-the producer publishes records with a release store of ``tail`` and the consumer
-frees them with a release store of ``head`` (acquire loads on the other side), so
-the ring is correct on x86-64 and on arm64 without locks.
+A ring is three cache lines of indices and a power-of-two data area. ``head`` and
+``tail`` are free-running 64-bit byte counters; the producer publishes records with
+a release store of ``tail`` and the consumer frees them with a release store of
+``head`` (acquire loads on the other side), so the ring is correct on x86-64 and on
+arm64 without locks. The producer writes records ahead of the published tail and
+publishes a batch at once: every publish moves the tail's cache line to the other
+core, so one per batch rather than one per message is what makes the ring fast.
 
 A record is ``u32 length, u32 flags, payload`` padded to 8 bytes, and never wraps:
 when the space up to the end of the data area is too short, a WRAP marker fills
@@ -36,7 +38,9 @@ from shoal.runtime._smp import ffi, lib
 FINAL = 1
 """Record flag: the last (or only) record of a message."""
 
-_CTL_HEADER = 128  # sizeof(ring_ctl): the two index cache lines before the data area
+_CTL_HEADER = 192  # sizeof(ring_ctl): the three index cache lines before the data area
+_ring_push = lib.ring_push
+_ring_publish = lib.ring_publish
 
 
 def segment_name():
@@ -58,6 +62,7 @@ class Segment:
         self.nshards = lib.smp_nshards(self.ptr)
         self.ring_bytes = lib.smp_ring_bytes(self.ptr)
         self.name = shm.name
+        self._rings = []
 
     @classmethod
     def create(cls, nshards, ring_bytes=1 << 20):
@@ -69,16 +74,21 @@ class Segment:
         return cls(shm)
 
     def ring(self, src, dst):
-        return Ring(self, src, dst)
+        ring = Ring(self, src, dst)
+        self._rings.append(ring)
+        return ring
 
     def close(self):
-        self.ptr = None
-        self.buf = None
+        """Unmap. Rings made by `ring()` are unusable afterwards."""
+        for ring in self._rings:
+            ring.data.release()
+        self._rings.clear()
+        ffi.release(self.ptr)
+        self.ptr = self.buf = None
         try:
             self._shm.close()
         except BufferError:
-            # A memoryview of the mapping is still alive somewhere (a view a caller
-            # kept); the mapping goes when the process does.
+            # A caller still holds a view of a payload; the mapping goes with the process.
             pass
 
     def unlink(self):
@@ -111,19 +121,28 @@ class Ring:
         self._lens_v = memoryview(ffi.buffer(self._lens)).cast("I")
         self._flags_v = memoryview(ffi.buffer(self._flags)).cast("I")
 
-    def push(self, payload, flags=FINAL):
+    def push(self, payload, flags=FINAL, publish=True):
         """Copy one record in. True if pushed, False if the ring is full now.
 
-        Raises ValueError for a record larger than half the ring: callers split
-        messages into records of at most `max_record` bytes."""
-        r = lib.ring_push(self.ptr, self.cap, ffi.from_buffer(payload), len(payload), flags)
+        With ``publish=False`` the record stays invisible to the consumer until
+        `publish()` (or a publishing push); a push that finds the ring full
+        publishes what was written. Raises ValueError for a record larger than
+        half the ring: callers split messages into records of at most
+        `max_record` bytes."""
+        if type(payload) is not bytes:  # bytes go to C as char* as they are; others need a buffer view
+            payload = ffi.from_buffer(payload)
+        r = _ring_push(self.ptr, self.cap, payload, len(payload), flags, publish)
         if r < 0:
             raise ValueError(f"record of {len(payload)} bytes exceeds the ring's {self.max_record}")
         return r == 1
 
+    def publish(self):
+        """Make every record pushed so far visible to the consumer."""
+        _ring_publish(self.ptr)
+
     def push_many(self, joined, lens):
-        """Push records laid back to back in `joined` (lengths in `lens`, a
-        uint32 array) with one publish; returns how many went in."""
+        """Push records laid back to back in `joined` (their lengths in `lens`,
+        an ``array('I')``) with one publish; returns how many went in."""
         return lib.ring_push_many(self.ptr, self.cap, ffi.from_buffer(joined), ffi.from_buffer("uint32_t[]", lens),
                                   len(lens))
 

@@ -144,7 +144,10 @@ class Router:
 
     def _reply(self, dest, req_id, ok, value):
         try:
-            data = _HDR.pack(_OK if ok else _ERR, req_id) + pickle.dumps(value, 5)
+            body = pickle.dumps(value, 5)
+            if not ok:
+                pickle.loads(body)  # exceptions whose __init__ breaks unpickling fail here, not there
+            data = _HDR.pack(_OK if ok else _ERR, req_id) + body
         except Exception as exc:
             if ok:
                 err = RemoteError(f"the result of a call on shard {self.me} cannot be sent back: {exc!r}")
@@ -165,7 +168,7 @@ class Router:
                 msg = box[0]
                 end = min(len(msg), off + self.max_record)
                 chunk = msg[off:end] if off or end < len(msg) else msg
-                if not ring.push(chunk, FINAL if end == len(msg) else 0):
+                if not ring.push(chunk, FINAL if end == len(msg) else 0, False):
                     break
                 pushed += 1
                 self.stats["bytes_sent"] += end - off
@@ -177,6 +180,7 @@ class Router:
                     off = end
             self.head_offset[dest] = off
             if pushed:
+                ring.publish()
                 pushed_any = True
                 self.stats["records_sent"] += pushed
                 lib.smp_notify(self.seg.ptr, dest, self.me, self.efds[dest])

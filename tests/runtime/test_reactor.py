@@ -1,0 +1,111 @@
+"""The reactor alone, on a plain asyncio loop: polling, sleeping in epoll, waking through an fd."""
+import asyncio
+import os
+
+from shoal.runtime.reactor import Reactor
+
+
+class EventPoller:
+    """A poller whose work is 'items' and whose wake-up fd is an eventfd."""
+
+    def __init__(self):
+        self.items = 0
+        self.done = 0
+        self.efd = os.eventfd(0, os.EFD_NONBLOCK)
+        self.armed = False
+
+    def add(self, n=1):
+        self.items += n
+        os.eventfd_write(self.efd, 1)
+
+    def poll(self):
+        if not self.items:
+            return False
+        self.items -= 1
+        self.done += 1
+        return True
+
+    def enter_interrupt_mode(self):
+        self.armed = True
+        return self.efd
+
+    def exit_interrupt_mode(self):
+        self.armed = False
+        try:
+            os.eventfd_read(self.efd)
+        except BlockingIOError:
+            pass
+
+
+def run_with(reactor_kwargs, scenario):
+    loop = asyncio.new_event_loop()
+    poller = EventPoller()
+    reactor = Reactor(loop, **reactor_kwargs)
+    reactor.add_poller(poller)
+    reactor.start()
+    try:
+        return loop.run_until_complete(scenario(reactor, poller)), reactor
+    finally:
+        reactor.close()
+        loop.close()
+        os.close(poller.efd)
+
+
+async def until(predicate, timeout=10.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.001)
+
+
+def test_polls_work_away_then_sleeps_and_an_fd_wakes_it():
+    async def scenario(reactor, poller):
+        poller.items = 50
+        await until(lambda: poller.done == 50)
+        await until(lambda: reactor.sleeping)
+        assert poller.armed
+        sleeps = reactor.stats["sleeps"]
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.01, poller.add, 3)  # the eventfd fires while the loop sleeps in epoll
+        await until(lambda: poller.done == 53)
+        return sleeps
+
+    sleeps, reactor = run_with({"idle_poll_time": 0.001}, scenario)
+    assert sleeps >= 1 and reactor.stats["wakeups"] >= 1
+    assert reactor.stats["polls_with_work"] >= 53
+
+
+def test_poll_mode_never_sleeps():
+    async def scenario(reactor, poller):
+        await asyncio.sleep(0.05)
+        return reactor.stats["sleeps"], reactor.stats["ticks"]
+
+    (sleeps, ticks), _ = run_with({"idle_poll_time": 0.0, "poll_mode": True}, scenario)
+    assert sleeps == 0 and ticks > 10
+
+
+def test_a_failing_poller_stops_the_loop_with_its_error():
+    class Broken(EventPoller):
+        def poll(self):
+            raise ZeroDivisionError("bug in a poller")
+
+    loop = asyncio.new_event_loop()
+    reactor = Reactor(loop)
+    broken = Broken()
+    reactor.add_poller(broken)
+    reactor.start()
+    try:
+        try:
+            loop.run_until_complete(asyncio.sleep(5))
+        except RuntimeError:
+            pass
+        try:
+            reactor.check_fatal()
+        except ZeroDivisionError as exc:
+            assert "bug in a poller" in str(exc)
+        else:
+            raise AssertionError("the poller's error was lost")
+    finally:
+        reactor.close()
+        loop.close()
+        os.close(broken.efd)
