@@ -1,0 +1,129 @@
+"""IPv4 headers (RFC 791). Options are validated for length only and skipped."""
+import ipaddress
+import struct
+from typing import NamedTuple
+
+from . import WireError
+from .checksum import verify
+
+HEADER_LEN = 20
+MAX_DATAGRAM = 65535
+
+PROTO_ICMP = 1
+PROTO_TCP = 6
+PROTO_UDP = 17
+
+FLAG_DF = 0x4000
+FLAG_MF = 0x2000
+_OFFSET_MASK = 0x1FFF
+
+_HDR = struct.Struct("!BBHHHBBHII")
+
+
+class Ipv4Header(NamedTuple):
+    src: int
+    dst: int
+    proto: int
+    ttl: int
+    ident: int
+    df: bool
+    mf: bool
+    frag_offset: int  # in bytes
+    header_len: int
+    total_len: int
+    tos: int
+
+    @property
+    def is_fragment(self):
+        return self.mf or self.frag_offset != 0
+
+
+def parse(data, verify_checksum=True):
+    """Parse an IPv4 datagram; returns ``(Ipv4Header, payload)``.
+
+    Link-layer padding past the total length is cut off. Rejects what RFC 791 makes
+    impossible, and fragments that would end past 65535 bytes (the "ping of death").
+    """
+    n = len(data)
+    if n < HEADER_LEN:
+        raise WireError("truncated", "ipv4 header")
+    vihl, tos, total, ident, frag, ttl, proto, _csum, src, dst = _HDR.unpack_from(data)
+    if vihl >> 4 != 4:
+        raise WireError("bad-version", str(vihl >> 4))
+    hlen = (vihl & 0x0F) * 4
+    if hlen < HEADER_LEN:
+        raise WireError("bad-header-length", str(hlen))
+    if n < hlen:
+        raise WireError("truncated", "ipv4 options")
+    if total < hlen:
+        raise WireError("bad-total-length", f"{total} < header {hlen}")
+    if n < total:
+        raise WireError("truncated", f"ipv4 payload {n} < {total}")
+    if verify_checksum and not verify(data[:hlen]):
+        raise WireError("bad-checksum", "ipv4")
+    offset = (frag & _OFFSET_MASK) * 8
+    mf = bool(frag & FLAG_MF)
+    if offset + total - hlen > MAX_DATAGRAM - HEADER_LEN:
+        # The reassembled datagram, with at least a minimal header, would exceed 65535 bytes.
+        raise WireError("oversized-fragment", f"data ends at {offset + total - hlen}")
+    if mf and (total - hlen) % 8:
+        # RFC 791 section 3.2: every fragment but the last carries a multiple of 8 octets.
+        raise WireError("bad-fragment-length", str(total - hlen))
+    hdr = Ipv4Header(src, dst, proto, ttl, ident, bool(frag & FLAG_DF), mf, offset, hlen, total, tos)
+    return hdr, data[hlen:total]
+
+
+def parse_quoted(data):
+    """Parse the IPv4 header quoted inside an ICMP error (RFC 792): ``(Ipv4Header, rest)``.
+
+    The quote is cut short by design, so the total length is not checked against the
+    data and the checksum is not verified (routers may quote a header they changed).
+    """
+    n = len(data)
+    if n < HEADER_LEN:
+        raise WireError("truncated", "quoted ipv4 header")
+    vihl, tos, total, ident, frag, ttl, proto, _csum, src, dst = _HDR.unpack_from(data)
+    hlen = (vihl & 0x0F) * 4
+    if vihl >> 4 != 4 or hlen < HEADER_LEN or n < hlen:
+        raise WireError("bad-quoted-header")
+    hdr = Ipv4Header(src, dst, proto, ttl, ident, bool(frag & FLAG_DF), bool(frag & FLAG_MF),
+                     (frag & _OFFSET_MASK) * 8, hlen, total, tos)
+    return hdr, data[hlen:]
+
+
+def header_checksum(tos, total, ident, frag, ttl, proto, src, dst):
+    """The header checksum of an option-less header, computed from its fields (no buffer pass)."""
+    s = ((0x45 << 8) | tos) + total + ident + frag + ((ttl << 8) | proto)
+    s += (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def emit(buf, offset, src, dst, proto, payload_len, ident=0, ttl=64, df=False, mf=False, frag_offset=0, tos=0):
+    """Write a 20-byte header (no options) with its checksum at `buf[offset:]`."""
+    total = HEADER_LEN + payload_len
+    if total > MAX_DATAGRAM:
+        raise ValueError(f"IPv4 datagram of {total} bytes")
+    frag = (FLAG_DF if df else 0) | (FLAG_MF if mf else 0) | (frag_offset >> 3)
+    csum = header_checksum(tos, total, ident, frag, ttl, proto, src, dst)
+    _HDR.pack_into(buf, offset, 0x45, tos, total, ident, frag, ttl, proto, csum, src, dst)
+
+
+def push(packet, src, dst, proto, ident=0, ttl=64, df=False, mf=False, frag_offset=0, tos=0):
+    """Prepend a header to a `Packet` whose current contents are the IP payload."""
+    n = len(packet)
+    emit(packet.buf, packet.prepend(HEADER_LEN), src, dst, proto, n, ident, ttl, df, mf, frag_offset, tos)
+
+
+def build(src, dst, proto, payload=b"", **fields):
+    """The datagram as bytes (tests, tools); `fields` as for `emit`."""
+    buf = bytearray(HEADER_LEN)
+    emit(buf, 0, src, dst, proto, len(payload), **fields)
+    return bytes(buf) + bytes(payload)
+
+
+def addr(text):
+    """Dotted quad to int."""
+    return int(ipaddress.IPv4Address(text))
+
