@@ -1,0 +1,137 @@
+"""Command-line options of the native stack and their validation (names as in Seastar).
+
+``--network-stack native`` adds:
+
+``--tap-device NAME``       the TAP interface to create or attach to (default ``tap0``)
+``--host-ipv4-addr A``      a static address (exclusive with ``--dhcp``)
+``--netmask-ipv4-addr M``   its netmask (default 255.255.255.0; static only)
+``--gw-ipv4-addr G``        the default gateway (optional; static only)
+``--dhcp``                  obtain address, netmask and gateway from a DHCP server
+``--hw-address MAC``        shoal's MAC address (default: random, locally administered)
+``--mtu N``                 the interface MTU (default: the device's)
+
+Seastar lets ``--host-ipv4-addr`` silently switch ``--dhcp`` off; shoal refuses
+every contradictory or impossible combination with a message naming the options,
+before any frame is sent: a misconfigured host on a shared link is worse than one
+that does not start.
+"""
+import ipaddress
+from dataclasses import dataclass
+
+DEFAULT_TAP = "tap0"
+DEFAULT_NETMASK = "255.255.255.0"
+MIN_MTU = 576
+"""RFC 1122 section 3.3.3: every IPv4 host must accept 576-byte datagrams; DHCP needs it too."""
+MAX_MTU = 65535
+
+
+class ConfigError(ValueError):
+    """The native stack's options contradict each other or name impossible values."""
+
+
+@dataclass(frozen=True)
+class NativeConfig:
+    """Validated interface settings; addresses are ints, ``None`` where DHCP provides them."""
+
+    tap_device: str = DEFAULT_TAP
+    dhcp: bool = False
+    host_ipv4_addr: int | None = None
+    netmask_ipv4_addr: int | None = None
+    gw_ipv4_addr: int | None = None
+    hw_address: bytes | None = None
+    mtu: int | None = None
+
+
+def add_options(parser):
+    """Add the native stack's options to an argparse parser (its own argument group)."""
+    group = parser.add_argument_group("shoal native stack (--network-stack native)")
+    group.add_argument("--tap-device", default=None, metavar="NAME",
+                       help=f"TAP interface to create or attach to (default {DEFAULT_TAP})")
+    group.add_argument("--host-ipv4-addr", default=None, metavar="ADDR",
+                       help="static IPv4 address of this host (not with --dhcp)")
+    group.add_argument("--netmask-ipv4-addr", default=None, metavar="MASK",
+                       help=f"netmask of the static address (default {DEFAULT_NETMASK}; not with --dhcp)")
+    group.add_argument("--gw-ipv4-addr", default=None, metavar="ADDR",
+                       help="default gateway (not with --dhcp)")
+    group.add_argument("--dhcp", action="store_true", default=False,
+                       help="configure address, netmask and gateway from DHCP")
+    group.add_argument("--hw-address", default=None, metavar="MAC",
+                       help="this host's MAC address (default: random, locally administered)")
+    group.add_argument("--mtu", type=int, default=None, metavar="N", help="interface MTU (default: the device's)")
+
+
+def _address(text, option):
+    try:
+        return int(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise ConfigError(f"{option} {text!r} is not an IPv4 address") from None
+
+
+def _netmask(text):
+    value = _address(text, "--netmask-ipv4-addr")
+    inverted = ~value & 0xFFFFFFFF
+    if inverted & (inverted + 1):
+        raise ConfigError(f"--netmask-ipv4-addr {text!r} is not a contiguous netmask")
+    if value == 0:
+        raise ConfigError("--netmask-ipv4-addr 0.0.0.0 leaves no local network")
+    return value
+
+
+def _mac(text):
+    parts = text.replace("-", ":").split(":")
+    try:
+        if len(parts) != 6 or not all(1 <= len(p) <= 2 for p in parts):
+            raise ValueError
+        mac = bytes(int(p, 16) for p in parts)
+    except ValueError:
+        raise ConfigError(f"--hw-address {text!r} is not a MAC address (aa:bb:cc:dd:ee:ff)") from None
+    if mac[0] & 1:
+        raise ConfigError(f"--hw-address {text} is a multicast address; a host needs a unicast one")
+    if mac == bytes(6):
+        raise ConfigError("--hw-address 00:00:00:00:00:00 is not a usable address")
+    return mac
+
+
+def from_args(args):
+    """Validate parsed options into a `NativeConfig`; raises `ConfigError` saying what is wrong."""
+    dhcp = bool(getattr(args, "dhcp", False))
+    host = getattr(args, "host_ipv4_addr", None)
+    mask = getattr(args, "netmask_ipv4_addr", None)
+    gw = getattr(args, "gw_ipv4_addr", None)
+    if dhcp:
+        static = [f"--{name}" for name, value in
+                  (("host-ipv4-addr", host), ("netmask-ipv4-addr", mask), ("gw-ipv4-addr", gw)) if value is not None]
+        if static:
+            raise ConfigError(f"--dhcp conflicts with {', '.join(static)}: the lease provides them; "
+                              "drop --dhcp for a static configuration or drop the static options")
+    elif host is None:
+        raise ConfigError("the native stack needs an address: give --host-ipv4-addr (static) or --dhcp")
+    mtu = getattr(args, "mtu", None)
+    if mtu is not None and not MIN_MTU <= mtu <= MAX_MTU:
+        raise ConfigError(f"--mtu {mtu} is outside {MIN_MTU}..{MAX_MTU}")
+    hw = getattr(args, "hw_address", None)
+    config = NativeConfig(
+        tap_device=getattr(args, "tap_device", None) or DEFAULT_TAP,
+        dhcp=dhcp,
+        hw_address=_mac(hw) if hw is not None else None,
+        mtu=mtu,
+    )
+    if dhcp:
+        return config
+    host_value = _address(host, "--host-ipv4-addr")
+    mask_value = _netmask(mask if mask is not None else DEFAULT_NETMASK)
+    host_ip = ipaddress.IPv4Address(host_value)
+    network = ipaddress.IPv4Network((host_value & mask_value, bin(mask_value).count("1")))
+    if host_ip.is_multicast or host_ip.is_unspecified or host_value == 0xFFFFFFFF:
+        raise ConfigError(f"--host-ipv4-addr {host} cannot be a host's address")
+    if network.prefixlen < 31 and host_ip in (network.network_address, network.broadcast_address):
+        raise ConfigError(f"--host-ipv4-addr {host} is the network or broadcast address of {network}")
+    gw_value = None
+    if gw is not None:
+        gw_value = _address(gw, "--gw-ipv4-addr")
+        if ipaddress.IPv4Address(gw_value) not in network:
+            raise ConfigError(f"--gw-ipv4-addr {gw} is not on the local network {network} "
+                              "(RFC 1122 section 3.3.1.1: the first hop must be directly reachable)")
+        if gw_value == host_value:
+            raise ConfigError(f"--gw-ipv4-addr {gw} is this host's own address")
+    return NativeConfig(config.tap_device, False, host_value, mask_value, gw_value, config.hw_address, mtu)

@@ -1,0 +1,501 @@
+"""The native stack of one shard: the interface, its protocol layers, and the device that feeds them.
+
+Theory of operation
+-------------------
+`NativeStack` owns one device queue and the sans-I/O layers above it::
+
+    device --rx_burst--> receive_frames: Ethernet demux --+--> Arp.receive
+                                                          +--> Ipv4.receive --> Icmp | Udp | TCP (hook)
+    device <--tx_burst-- pull(n) <-- Arp.tx (every frame leaves through ARP, the link output)
+
+Receive: each frame becomes a `Packet` wrapping the driver's bytes (no copy), the
+Ethernet header is parsed and filtered (our MAC or broadcast, untagged, ARP or
+IPv4), and the payload goes to the layer's ``receive`` with the shard clock's
+``now``. Every frame that stops here is counted in `drops` by reason; layers count
+their own. Nothing raises on bad input.
+
+Transmit is pulled: the reactor's `DevicePoller` asks `pull(n)` for at most ``n``
+frames when the device can take them. Registered *transmit sources* (the TCP layer's
+hook, `add_tx_source`) are asked first to build up to the room left, so segments are
+made at the last moment; then frames leave ARP's queue in order. Frames the device
+took are released (an echo reply gives the request's buffer back that way).
+
+Time: layers expose ``poll_at()``/``poll(now)``. While the reactor polls, every
+poll services due timers; before it sleeps, a loop timer is set for the earliest
+deadline that wakes the reactor. Work queued from outside a poll (an application's
+send, a timer) wakes a sleeping reactor through `wake`.
+
+Configuration: a static address is set at `start`; with DHCP, a `DhcpClient` runs
+on UDP port 68 and each lease event reconfigures IPv4 (and so ARP, which announces
+the address). `configured` tells when an address is set.
+"""
+import asyncio
+import errno
+import ipaddress
+import random
+import socket
+import struct
+from collections import Counter, deque
+
+from shoal.drivers.base import DevicePoller
+from shoal.net import api
+
+from . import config as native_config
+from .arp import Arp
+from .dhcp import DhcpClient
+from .icmp import Icmp
+from .ipv4 import Ipv4
+from .packet import Packet
+from .udp import Udp
+from .wire import WireError
+from .wire import dhcp as wire_dhcp
+from .wire import ethernet
+
+TX_HIGH_WATER = 1024
+"""Frames queued for the device above which senders wait (back-pressure)."""
+TX_LOW_WATER = 256
+UDP_RECEIVE_QUEUE = 1024
+"""Datagrams a channel holds for the application before further ones are dropped."""
+UDP_ERRORS_KEPT = 16
+
+_ip_text_cache = {}
+_ip_value_cache = {}
+
+
+def ip_text(value):
+    """Dotted quad of an int address (cached: a server sees few distinct peers)."""
+    text = _ip_text_cache.get(value)
+    if text is None:
+        if len(_ip_text_cache) > 4096:
+            _ip_text_cache.clear()
+        text = _ip_text_cache[value] = socket.inet_ntoa(struct.pack("!I", value))
+    return text
+
+
+def _parse_host(host, what):
+    """An IPv4 literal (or "" for any) as an int; cached like `ip_text`."""
+    value = _ip_value_cache.get(host)
+    if value is not None:
+        return value
+    if host in ("", None):
+        return 0
+    try:
+        value = int(ipaddress.IPv4Address(host))
+    except ValueError:
+        raise OSError(errno.EAFNOSUPPORT, f"the native stack takes IPv4 literals only: {what} {host!r}") from None
+    if len(_ip_value_cache) > 4096:
+        _ip_value_cache.clear()
+    _ip_value_cache[host] = value
+    return value
+
+
+def _immutable(data):
+    """`data` if nothing can change it before it is sent, else a copy (udp.send does not copy)."""
+    if type(data) is bytes:
+        return data
+    if type(data) is memoryview and data.readonly and data.contiguous:
+        return data
+    return bytes(data)
+
+
+class NativeUdpChannel(api.UdpChannel):
+    """A UDP port of the native stack: the `Udp` layer's endpoint and the API's channel.
+
+    Received payloads are views of the driver's buffers (no copy); at most
+    `UDP_RECEIVE_QUEUE` wait for the application, more are dropped and counted.
+    ICMP errors about datagrams sent from this port (port unreachable...) and late
+    send failures (ARP gave up) are kept in `errors` (the last `UDP_ERRORS_KEPT`);
+    like an unconnected kernel socket, they do not fail the next receive.
+    """
+
+    def __init__(self, stack, address, port):
+        self._stack = stack
+        self._address = address
+        self.port = port
+        self._queue = deque()
+        self._waiter = None
+        self._closed = False
+        self.errors = deque(maxlen=UDP_ERRORS_KEPT)
+        self.stats = Counter()
+
+    # -- Udp endpoint ----------------------------------------------------------------
+
+    def datagram_received(self, data, addr, packet):
+        if len(self._queue) >= UDP_RECEIVE_QUEUE:
+            self.stats["dropped-queue-full"] += 1
+            return
+        packet.hold()
+        self._queue.append((data, (ip_text(addr[0]), addr[1]), packet))
+        self.stats["received"] += 1
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def error_received(self, exc, addr):
+        self.stats["errors"] += 1
+        # OSError(errno, ...) picks the matching subclass (ConnectionRefusedError for port unreachable).
+        self.errors.append(OSError(exc.errno, f"{exc.strerror}: UDP to {ip_text(addr[0])}:{addr[1]}"))
+
+    # -- API -------------------------------------------------------------------------
+
+    @property
+    def local_address(self):
+        return (self._address or ip_text(self._stack.ipv4.address), self.port)
+
+    def _check_open(self):
+        if self._closed:
+            raise ConnectionAbortedError(errno.ECONNABORTED,
+                                         f"UDP channel closed: {api.format_address(self.local_address)}")
+
+    async def receive(self):
+        while not self._queue:
+            self._check_open()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        data, source, packet = self._queue.popleft()
+        packet.release()
+        return data, source
+
+    async def send(self, dest, data):
+        self._check_open()
+        host, port = dest[0], dest[1]
+        dst = _parse_host(host, "UDP destination")
+        if not dst or not 0 < port < 65536:
+            raise OSError(errno.EINVAL, f"bad UDP destination {api.format_address(dest)}")
+        await self._stack.wait_tx_room()
+        stack = self._stack
+        now_failed = []  # errors reported while udp.send runs are raised; later ones are kept in `errors`
+
+        def on_error(exc):
+            exc = api.with_address(exc, f"UDP send to {api.format_address(dest)}")
+            (now_failed if sending else self.errors).append(exc)
+
+        sending = True
+        try:
+            stack.udp.send(self.port, dst, port, _immutable(data), stack.now(), on_error=on_error)
+        except OSError as exc:
+            raise api.with_address(exc, f"UDP send to {api.format_address(dest)}") from None
+        finally:
+            sending = False
+        if now_failed:
+            raise now_failed[0]
+        stack.wake()
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        self._stack.udp.unbind(self.port)
+        self._stack._channels.discard(self)
+        while self._queue:
+            self._queue.popleft()[2].release()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionAbortedError(errno.ECONNABORTED, "UDP channel closed"))
+
+
+class _DhcpEndpoint:
+    """UDP port 68: hands DHCP replies to the client, which parses them during the call."""
+
+    def __init__(self, stack):
+        self.stack = stack
+
+    def datagram_received(self, data, addr, packet):
+        if addr[1] != wire_dhcp.SERVER_PORT:
+            self.stack.dhcp.drops["not-from-server-port"] += 1
+            return
+        self.stack.dhcp.receive(data, self.stack.now())
+
+    def error_received(self, exc, addr):
+        self.stack.dhcp.stats["icmp-errors"] += 1
+
+
+class _StackPoller:
+    """The stack's reactor poller: services timers, then moves one burst each way."""
+
+    def __init__(self, stack):
+        self.stack = stack
+        self._timer = None
+
+    def poll(self):
+        stack = self.stack
+        worked = stack.service_timers()
+        return stack.device_poller.poll() or worked
+
+    def enter_interrupt_mode(self):
+        stack = self.stack
+        deadline = stack.next_deadline()
+        if deadline is not None:
+            delay = max(0.0, deadline - stack.now())
+            self._timer = asyncio.get_running_loop().call_later(delay, stack.wake)
+        return stack.device_poller.enter_interrupt_mode()
+
+    def exit_interrupt_mode(self):
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.stack.device_poller.exit_interrupt_mode()
+
+
+class NativeStack(api.NetworkStack):
+    """shoal's TCP/IP stack on one device queue (see the module docstring).
+
+    ``clock`` is the shard clock (default: the running loop's ``time``), ``rng`` a
+    ``random.Random`` for identifiers (IP ident, ephemeral ports, DHCP xid): both are
+    injected so that tests are reproducible.
+    """
+
+    name = "native"
+
+    def __init__(self, device, config, *, rng, clock=None, batch=64):
+        self.device = device
+        self.config = config
+        self.mac = device.mac
+        self._clock = clock
+        self.arp = Arp(self.mac)
+        self.ipv4 = Ipv4(self.arp, mtu=device.mtu, ident=rng.getrandbits(16))
+        self.icmp = Icmp(self.ipv4)
+        self.udp = Udp(self.ipv4, self.icmp, first_ephemeral=rng.randrange(49152, 65536))
+        self.dhcp = DhcpClient(self.mac, rng) if config.dhcp else None
+        self.drops = Counter()
+        self.stats = Counter()
+        self._timer_clients = [self.arp, self.ipv4] + ([self.dhcp] if self.dhcp else [])
+        self._tx_sources = []
+        self._channels = set()
+        self._tx_room = None
+        self._configured = None
+        self._reactor = None
+        self.device_poller = DevicePoller(device, self.receive_frames, self.pull, batch, done=self._sent)
+        self.poller = _StackPoller(self)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def now(self):
+        return self._clock()
+
+    def start(self, reactor):
+        """Attach to the shard's reactor and configure the interface (static) or start DHCP."""
+        if self._clock is None:
+            self._clock = asyncio.get_running_loop().time
+        self._configured = asyncio.Event()
+        self._reactor = reactor
+        reactor.add_poller(self.poller)
+        now = self.now()
+        c = self.config
+        if c.dhcp:
+            self.udp.bind(wire_dhcp.CLIENT_PORT, _DhcpEndpoint(self))
+            self.dhcp.start(now)
+            self._dhcp_output(now)
+        else:
+            self.ipv4.configure(c.host_ipv4_addr, c.netmask_ipv4_addr, c.gw_ipv4_addr or 0, now)
+            self._configured.set()
+        self.wake()
+
+    async def wait_configured(self, timeout=None):
+        """Wait until the interface has an address (at once for a static one)."""
+        await asyncio.wait_for(self._configured.wait(), timeout)
+
+    @property
+    def configured(self):
+        return self._configured is not None and self._configured.is_set()
+
+    async def stop(self):
+        for channel in list(self._channels):
+            channel.close()
+        if self._reactor is not None:
+            self._reactor.remove_poller(self.poller)
+            self._reactor = None
+        self.device_poller.close()
+        self.device.close()
+
+    def wake(self):
+        """Make a sleeping reactor poll again (frames or timers were queued outside a poll)."""
+        reactor = self._reactor
+        if reactor is not None and reactor.sleeping:
+            reactor.wake()
+
+    # -- hooks for the transport layers above IPv4 ------------------------------------
+
+    def add_tx_source(self, source):
+        """Register ``source(room, now)``: called at every pull to send up to `room` packets
+        through `ipv4.send` (TCP builds its segments there, as late as possible)."""
+        self._tx_sources.append(source)
+
+    def add_timer_client(self, client):
+        """Register an object with ``poll_at()``/``poll(now)`` (a transport's timers)."""
+        self._timer_clients.append(client)
+
+    # -- receive ---------------------------------------------------------------------
+
+    def receive_frames(self, frames):
+        """Demultiplex a burst of received Ethernet frames. Never raises on bad input."""
+        now = self.now()
+        mac = self.mac
+        drops = self.drops
+        self.stats["rx-frames"] += len(frames)
+        for frame in frames:
+            packet = Packet.wrap(frame)
+            try:
+                try:
+                    eth = ethernet.parse(packet.frags[0])
+                except WireError as e:
+                    drops[e.reason] += 1
+                    continue
+                dst = eth.dst
+                if dst != mac and dst != ethernet.BROADCAST:
+                    drops["multicast" if dst[0] & 1 else "not-our-mac"] += 1
+                    continue
+                if eth.src == mac:
+                    drops["own-source-mac"] += 1
+                    continue
+                if eth.vlans:
+                    drops["vlan-tagged"] += 1  # no VLAN is configured on this interface
+                    continue
+                ethertype = eth.ethertype
+                if ethertype == ethernet.ETHERTYPE_IPV4:
+                    self.ipv4.receive(eth.payload, packet, now)
+                elif ethertype == ethernet.ETHERTYPE_ARP:
+                    self.arp.receive(eth.payload, now)
+                else:
+                    drops["ipv6" if ethertype == ethernet.ETHERTYPE_IPV6 else "unknown-ethertype"] += 1
+            finally:
+                packet.release()
+        if self.dhcp is not None and (self.dhcp.tx or self.dhcp.events):
+            self._dhcp_output(now)
+
+    # -- transmit --------------------------------------------------------------------
+
+    def pull(self, n):
+        """Up to `n` frames for the device (the DevicePoller's transmit source)."""
+        tx = self.arp.tx
+        if self._tx_sources and len(tx) < n:
+            now = self.now()
+            for source in self._tx_sources:
+                room = n - len(tx)
+                if room <= 0:
+                    break
+                source(room, now)
+        if not tx:
+            return ()
+        if len(tx) <= n:
+            out = list(tx)
+            tx.clear()
+        else:
+            out = [tx.popleft() for _ in range(n)]
+        self.stats["tx-frames"] += len(out)
+        if self._tx_room is not None and len(tx) <= TX_LOW_WATER:
+            self._tx_room.set()
+            self._tx_room = None
+        return out
+
+    def _sent(self, frames):
+        for packet in frames:
+            packet.release()
+
+    async def wait_tx_room(self):
+        """Back-pressure for senders: wait while too many frames wait for the device."""
+        while len(self.arp.tx) >= TX_HIGH_WATER:
+            if self._tx_room is None:
+                self._tx_room = asyncio.Event()
+            self.wake()
+            await self._tx_room.wait()
+
+    # -- timers ----------------------------------------------------------------------
+
+    def next_deadline(self):
+        deadline = None
+        for client in self._timer_clients:
+            t = client.poll_at()
+            if t is not None and (deadline is None or t < deadline):
+                deadline = t
+        return deadline
+
+    def service_timers(self):
+        """Run the layers' due timers; True if any ran."""
+        now = self.now()
+        ran = False
+        for client in self._timer_clients:
+            t = client.poll_at()
+            if t is not None and t <= now:
+                client.poll(now)
+                ran = True
+        if ran and self.dhcp is not None:
+            self._dhcp_output(now)
+        return ran
+
+    # -- DHCP ------------------------------------------------------------------------
+
+    def _dhcp_output(self, now):
+        dhcp = self.dhcp
+        while dhcp.tx:
+            dst, payload = dhcp.tx.popleft()
+            self.udp.send(wire_dhcp.CLIENT_PORT, dst, wire_dhcp.SERVER_PORT, payload, now)
+        while dhcp.events:
+            event = dhcp.events.popleft()
+            self.stats[f"dhcp-{event.kind}"] += 1
+            if event.kind == "lost":
+                self.ipv4.configure(0, 0, 0, now)
+                self._configured.clear()
+            else:
+                lease = event.lease
+                self.ipv4.configure(lease.address, lease.netmask, lease.gateway, now)
+                self._configured.set()
+
+    # -- API -------------------------------------------------------------------------
+
+    def udp_channel(self, address):
+        host, port = address[0], address[1]
+        ip = _parse_host(host, "UDP bind address")
+        if ip and ip != self.ipv4.address:
+            raise OSError(errno.EADDRNOTAVAIL, f"{api.format_address(address)} is not this interface's address")
+        channel = NativeUdpChannel(self, host if ip else "", 0)
+        try:
+            channel.port = self.udp.bind(port, channel)
+        except OSError as exc:
+            raise api.with_address(exc, f"UDP bind {api.format_address(address)}") from None
+        self._channels.add(channel)
+        return channel
+
+    def listen(self, address, *, reuse_address=True, backlog=api.DEFAULT_BACKLOG):
+        raise OSError(errno.EPROTONOSUPPORT, "the native stack has no TCP yet (issue 5): use --network-stack posix")
+
+    async def connect(self, address, *, local_address=None, timeout=None):
+        raise OSError(errno.EPROTONOSUPPORT, "the native stack has no TCP yet (issue 5): use --network-stack posix")
+
+    # -- observability -----------------------------------------------------------------
+
+    def counters(self):
+        """Per-layer counters: ``{layer: {"stats": {...}, "drops": {...}}}``."""
+        layers = {"ethernet": self, "arp": self.arp, "ipv4": self.ipv4, "icmp": self.icmp, "udp": self.udp}
+        if self.dhcp is not None:
+            layers["dhcp"] = self.dhcp
+        out = {name: {"stats": dict(layer.stats), "drops": dict(layer.drops)} for name, layer in layers.items()}
+        out["ipv4"]["tx_drops"] = dict(self.ipv4.tx_drops)
+        out["device"] = {"stats": dict(getattr(self.device, "stats", {})), "drops": {}}
+        return out
+
+
+def create(args):
+    """The `--network-stack native` factory: runs on each shard before `main`."""
+    from shoal.drivers.tap import TapDevice
+    from shoal.runtime import reactor, smp
+
+    config = native_config.from_args(args)
+    if smp.count > 1:
+        raise native_config.ConfigError(
+            f"the native stack drives a single device queue for now: run it with --smp 1 (not {smp.count})")
+    device = TapDevice(config.tap_device, mac=config.hw_address, mtu=config.mtu)
+    try:
+        stack = NativeStack(device, config, rng=random.Random())
+        stack.start(reactor.current())
+    except BaseException:
+        device.close()
+        raise
+    return stack
+
+
+api.register_stack("native", create, add_options=native_config.add_options,
+                   description="shoal's user-space TCP/IP over a TAP device")
