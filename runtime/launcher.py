@@ -101,6 +101,7 @@ class _Launcher:
         segment = Segment.create(self.n, self.ring_bytes)
         efds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(self.n)]
         pipes = [os.pipe() for _ in range(self.n)]
+        write_ends = {w for _, w in pipes}
         pidfds = {}
         old_handlers = {}
         sys.stdout.flush()
@@ -113,24 +114,16 @@ class _Launcher:
                     _shard_process(shard, self.cpus, segment, efds, pipes, parent, main, self.args, self.extensions)
                 self.pids[shard] = pid
                 pidfds[shard] = os.pidfd_open(pid)
-            for _, w in pipes:
-                os.close(w)
+            while write_ends:  # the shards hold them now
+                os.close(write_ends.pop())
             old_handlers = self._install_signal_handlers()
             return self._supervise(pidfds, [r for r, _ in pipes])
         finally:
             for signum, handler in old_handlers.items():
                 signal.signal(signum, handler)
             self._kill_all()
-            for fd in [*efds, *pidfds.values(), *(r for r, _ in pipes)]:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            for _, w in pipes:
-                try:
-                    os.close(w)
-                except OSError:
-                    pass
+            for fd in [*efds, *pidfds.values(), *(r for r, _ in pipes), *write_ends]:
+                os.close(fd)
             segment.close()
             segment.unlink()
 

@@ -126,11 +126,13 @@ def test_multi_mebibyte_payloads_both_ways_through_small_rings(backend):
         sent = await smp.submit_to(1, digest, blob)
         fetched = await smp.submit_to(1, make_blob, 3 << 20)
         many = await asyncio.gather(*(smp.submit_to(1, digest, os.urandom(200_000)) for _ in range(40)))
-        return sent == (hashlib.sha256(blob).hexdigest(), len(blob)), len(fetched), [n for _, n in many]
+        waits = smp._router.stats["backpressure_waits"]
+        return sent == (hashlib.sha256(blob).hexdigest(), len(blob)), len(fetched), [n for _, n in many], waits
 
-    ok, fetched, sizes = run(main, smp=2, argv=["--overprovisioned", "--smp-ring-kib", "64",
-                                                "--reactor-backend", backend])
+    ok, fetched, sizes, waits = run(main, smp=2, argv=["--overprovisioned", "--smp-ring-kib", "64",
+                                                       "--reactor-backend", backend])
     assert ok and fetched == 3 << 20 and sizes == [200_000] * 40
+    assert waits > 0, "8 MB queued at once through 64 KiB rings must have made senders wait"
 
 
 def test_many_concurrent_small_calls_keep_their_results_apart():
