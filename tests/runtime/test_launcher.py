@@ -31,8 +31,9 @@ def kill_self():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def shoal_segments():
-    return {n for n in os.listdir("/dev/shm") if n.startswith("shoal-")}
+def shoal_segments(launcher_pid):
+    """Ring segments made by one launcher (their names start with its pid)."""
+    return {n for n in os.listdir("/dev/shm") if n.startswith(f"shoal-{launcher_pid}-")}
 
 
 def wait_until(predicate, timeout=30.0, what="condition"):
@@ -94,7 +95,6 @@ def test_main_exception_is_reraised_with_remote_traceback():
     (exit_shard, "raised SystemExit(4)"),
 ])
 def test_a_dying_shard_stops_the_app_naming_the_shard(how, expected):
-    before = shoal_segments()
     pids = []
 
     async def main():
@@ -107,7 +107,7 @@ def test_a_dying_shard_stops_the_app_naming_the_shard(how, expected):
     assert f"shard 1 (pid" in str(info.value) and expected in str(info.value)
     if how is exit_shard:
         assert "in exit_shard" in info.value.remote_traceback
-    assert shoal_segments() == before
+    assert not shoal_segments(os.getpid())
 
 
 APP = textwrap.dedent("""
@@ -144,7 +144,6 @@ def start_app(tmp_path, *args):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_to_the_launcher_stops_every_shard_cleanly(tmp_path, signum):
-    before = shoal_segments()
     proc, pids = start_app(tmp_path)
     try:
         proc.send_signal(signum)
@@ -156,17 +155,17 @@ def test_a_signal_to_the_launcher_stops_every_shard_cleanly(tmp_path, signum):
     assert proc.returncode == 0, err
     for pid in pids:
         assert not psutil.pid_exists(pid)
-    assert shoal_segments() == before
+    assert not shoal_segments(proc.pid)
 
 
 def test_killing_the_launcher_takes_the_shards_with_it(tmp_path):
-    before = shoal_segments()
     proc, pids = start_app(tmp_path)
     try:
+        assert shoal_segments(proc.pid)
         proc.kill()
         proc.wait(timeout=30)
         wait_until(lambda: not any(psutil.pid_exists(p) for p in pids), what="shards to die with the launcher")
-        wait_until(lambda: shoal_segments() == before, what="the segment to be removed by the resource tracker")
+        wait_until(lambda: not shoal_segments(proc.pid), what="the segment to be removed by the resource tracker")
     finally:
         for pid in pids:
             if psutil.pid_exists(pid):
