@@ -1,0 +1,1372 @@
+"""The TCP connection state machine (RFC 9293), sans I/O.
+
+Theory of operation
+-------------------
+A `Connection` is driven by four kinds of input, each stamped with ``now``
+(seconds on the owner's clock): a segment (`segment_arrived`), the passage of time
+(`poll`), application calls (`send`, `recv`, `close`, `abort`) and the transmit
+pull (`transmit`). It never reads a clock, draws randomness or touches a device.
+Its outputs are data:
+
+* segments - *pulled*, not pushed: inputs only change state and set flags ("an ACK
+  is due", "retransmit from SND.UNA"); the owner's driver poller calls
+  ``transmit(now, limit)`` when it has room in a transmit batch and gets up to
+  `limit` `TcpSegment`s built at that moment, so queued data coalesces into
+  full-sized segments and one ACK covers everything received since the last
+  pull (MUST-58, MUST-59). `wants_transmit()` says whether a pull would yield
+  anything (cheap; the owner uses it to keep the connection on its transmit list).
+* timers - `poll_at()` is the earliest deadline (retransmission, delayed ACK, zero
+  window probe, keepalive, TIME-WAIT) or None; the owner calls `poll(now)` at or
+  after it. Timers are plain attributes, so a shard keeps one deadline heap.
+* events - `take_events()` returns the `Event`s since the last call: CONNECTED,
+  READABLE, WRITABLE, EOF, URGENT, RETRANSMITTING (R1 crossed), the errors REFUSED,
+  RESET and TIMED_OUT, and finally CLOSED (the owner may forget the connection).
+
+Segment processing follows RFC 9293 section 3.10.7 step by step (sequence check,
+RST, SYN, ACK, URG, text, FIN) with RFC 5961 challenge ACKs for in-window RSTs and
+SYNs and for too-old ACKs, RFC 7323 PAWS and timestamps, RFC 2018 SACK, RFC 6675
+loss recovery when SACK is on and RFC 6582 NewReno recovery when it is not.
+Untrusted input never raises: a segment that cannot be used is counted in
+`drops[reason]` and dropped. Sequence numbers are `Seq`; ``snd_max`` is the
+highest sequence number sent (RFC 9293's SND.NXT for acceptability tests), while
+``snd_nxt`` is where the next new transmission starts (it goes back to SND.UNA
+after a retransmission timeout, RFC 5681 go-back-N with SACKed ranges skipped).
+"""
+import enum
+from collections import Counter
+from dataclasses import dataclass, replace
+
+from ..wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, TcpSegment
+from . import congestion
+from .rtt import RttEstimator
+from .sack import Scoreboard, receive_blocks
+from .seq import Seq, seq_max, seq_min
+
+DEFAULT_MSS_IPV4 = 536  # MUST-15: assumed when the peer sends no MSS option
+IPV4_TCP_HEADERS = 40
+TS_OPTION_LEN = 12
+
+
+class State(enum.Enum):
+    CLOSED = "CLOSED"
+    LISTEN = "LISTEN"
+    SYN_SENT = "SYN-SENT"
+    SYN_RECEIVED = "SYN-RECEIVED"
+    ESTABLISHED = "ESTABLISHED"
+    FIN_WAIT_1 = "FIN-WAIT-1"
+    FIN_WAIT_2 = "FIN-WAIT-2"
+    CLOSE_WAIT = "CLOSE-WAIT"
+    CLOSING = "CLOSING"
+    LAST_ACK = "LAST-ACK"
+    TIME_WAIT = "TIME-WAIT"
+
+
+class Event(enum.Enum):
+    CONNECTED = "connected"
+    READABLE = "readable"
+    WRITABLE = "writable"
+    EOF = "eof"
+    URGENT = "urgent"
+    RETRANSMITTING = "retransmitting"  # R1 crossed (RFC 9293 3.8.3, SHLD-9)
+    SOFT_ERROR = "soft-error"          # ICMP unreachable (net, host, source route): not fatal
+    UNREACHABLE = "unreachable"        # ICMP protocol/port unreachable, fragmentation needed: fatal
+    REFUSED = "refused"
+    RESET = "reset"
+    TIMED_OUT = "timed-out"
+    CLOSED = "closed"
+
+
+ERRORS = (Event.REFUSED, Event.RESET, Event.TIMED_OUT, Event.UNREACHABLE)
+
+ICMP_DEST_UNREACH = 3
+
+_SYNCHRONIZED = frozenset({State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSE_WAIT,
+                           State.CLOSING, State.LAST_ACK, State.TIME_WAIT})
+_CAN_SEND = frozenset({State.SYN_SENT, State.SYN_RECEIVED, State.ESTABLISHED, State.CLOSE_WAIT})
+_RECEIVES_TEXT = frozenset({State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2})
+_SENDS_DATA = frozenset({State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1, State.LAST_ACK,
+                         State.CLOSING})
+
+
+class TcpError(Exception):
+    """An application call that the connection's state does not allow (RFC 9293 3.10)."""
+
+
+@dataclass
+class TcpConfig:
+    """Per-connection settings; every RFC knob the application may turn.
+
+    `mss` is the largest segment we accept (advertised in the MSS option, clamped to
+    `mtu` - 40, MUST-67, SHLD-6). Retransmission limits: after `r1_retransmits`
+    consecutive timeouts the application is told (RETRANSMITTING); after
+    `max_retransmits` (data) or `syn_retransmits` (SYN; with the default RTOs the
+    SYN is tried for over 3 minutes, MUST-23) the connection times out (R2, MUST-20,
+    settable per connection, MUST-21). TIME-WAIT lasts 2 * `msl` (MUST-13).
+    Keepalive is off by default, 2 hours idle (MUST-25, MUST-28).
+    """
+
+    mss: int = 1460
+    mtu: int = 1500
+    send_buffer: int = 256 * 1024
+    recv_buffer: int = 256 * 1024
+    window_scaling: bool = True
+    timestamps: bool = True
+    sack: bool = True
+    nodelay: bool = False
+    delayed_ack: float = 0.04
+    initial_window: int = 10
+    initial_rto: float = 1.0
+    min_rto: float = 1.0
+    max_rto: float = 60.0
+    r1_retransmits: int = 3
+    max_retransmits: int = 15
+    syn_retransmits: int = 7
+    msl: float = 30.0
+    keepalive: bool = False
+    keepalive_idle: float = 7200.0
+    keepalive_interval: float = 75.0
+    keepalive_probes: int = 9
+    congestion: str = "cubic"
+    challenge_ack_limit: int = 100
+    ecn: bool = False
+    ttl: int = 64     # for the IP header the owner builds (MUST-49)
+    dscp: int = 0     # Diffserv codepoint, passed unchanged to IP (MUST-48, SHLD-22)
+
+    def __post_init__(self):
+        if not 0 <= self.delayed_ack < 0.5:
+            raise ValueError("delayed_ack must be under 0.5 s (RFC 9293 MUST-40)")
+        if self.congestion not in congestion.ALGORITHMS:
+            raise ValueError(f"unknown congestion control {self.congestion!r}")
+        if self.min_rto > self.max_rto or self.min_rto <= 0:
+            raise ValueError("need 0 < min_rto <= max_rto")
+        if not 1 <= self.ttl <= 255 or not 0 <= self.dscp <= 63:
+            raise ValueError("ttl must be 1..255 and dscp 0..63")
+
+    def receive_mss(self):
+        """Our MSS option value: `mss` clamped to the device MTU (MUST-67, SHLD-6)."""
+        return max(min(self.mss, self.mtu - IPV4_TCP_HEADERS), 88)
+
+    def window_shift(self):
+        """Window-scale shift that lets `recv_buffer` be advertised (RFC 7323 2.3)."""
+        shift = 0
+        while (self.recv_buffer >> shift) > 0xFFFF and shift < 14:
+            shift += 1
+        return shift
+
+
+def unicast_ipv4(ip):
+    """True if `ip` (an int) may be a TCP endpoint: not 0.0.0.0/8, multicast, class E or broadcast.
+
+    RFC 9293 3.9.1 / RFC 1122 4.2.3.10: an OPEN to a broadcast or multicast address is
+    rejected (MUST-46) and a SYN from one is discarded (MUST-63, MUST-57). A subnet's
+    directed broadcast needs the interface's prefix, which the stack checks.
+    """
+    return (ip >> 24) != 0 and ip < 0xE0000000
+
+
+def reset_for(seg):
+    """The RST answering `seg` when no connection exists (RFC 9293 3.10.7.1).
+
+    Returns None for an incoming RST (never answer a reset), otherwise the
+    segment to send back, ports swapped.
+    """
+    if seg.flags & RST:
+        return None
+    if seg.flags & ACK:
+        return TcpSegment(seg.dst_port, seg.src_port, seq=seg.ack, flags=RST)
+    return TcpSegment(seg.dst_port, seg.src_port, seq=0, ack=(seg.seq + seg.seg_len) & 0xFFFFFFFF,
+                      flags=RST | ACK)
+
+
+class Connection:
+    """One TCP connection; see the module docstring. Create with `active` or `passive`."""
+
+    def __init__(self, config, local, remote, iss, now, ts_offset=0):
+        self.config = config
+        self.local = local          # (ip, port)
+        self.remote = remote
+        self.state = State.CLOSED
+        self.passive_open = False
+        self.iss = Seq(iss)
+        self.irs = Seq(0)
+        self.snd_una = self.iss
+        self.snd_nxt = self.iss
+        self.snd_max = self.iss
+        self.snd_wnd = 0
+        self.max_snd_wnd = 0
+        self.snd_wl1 = Seq(0)
+        self.snd_wl2 = Seq(0)
+        self.snd_wscale = 0
+        self.rcv_wscale = 0
+        self.snd_up = None
+        self.rcv_nxt = Seq(0)
+        self.rcv_adv = Seq(0)          # right edge of the window we advertised
+        self.rcv_up = None
+        self.rcv_mss = config.receive_mss()
+        self.snd_mss = min(DEFAULT_MSS_IPV4, config.mtu - IPV4_TCP_HEADERS)
+        # negotiated options (RFC 7323, RFC 2018)
+        self.ws_ok = False
+        self.ts_ok = False
+        self.sack_ok = False
+        self.ecn_ok = False             # RFC 3168
+        self._ece_pending = False       # receiver: echo ECE until the sender's CWR
+        self._cwr_due = False           # sender: mark the next new data with CWR
+        self._ecn_recover = self.iss
+        self._seg_ce = False
+        self.ts_recent = 0
+        self._ts_offset = ts_offset
+        self._last_ack_sent = Seq(0)
+        # send buffer: _sndbuf[0] has sequence number _sndbuf_seq
+        self._sndbuf = bytearray()
+        self._sndbuf_seq = self.iss + 1
+        self._fin_queued = False
+        self._send_blocked = False
+        # receive side
+        self._rcvbuf = bytearray()
+        self._ofo = []                 # sorted [(Seq start, bytes)] disjoint, not adjacent
+        self._ofo_fin = None
+        self._recent_ofo = None
+        self._rcv_unacked = 0
+        self._eof = False
+        # machinery
+        self.rtt = RttEstimator(config.initial_rto, config.min_rto, config.max_rto)
+        self.cc = congestion.make(config.congestion, self.snd_mss, config.initial_window * self.snd_mss)
+        self.scoreboard = Scoreboard()
+        self._rtt_seq = None
+        self._rtt_time = 0.0
+        self._rexmit_ts = None
+        self.dupacks = 0
+        self.recovery = None            # None, "newreno" or "sack"
+        self.recover = self.iss         # RFC 6582 "recover" / RFC 6675 RecoveryPoint
+        self.high_rxt = None
+        self._rexmit_una = False
+        self.retries = 0
+        self._probes = 0
+        self._persist_backoff = 0
+        self._probe_due = False
+        self._ka_probes = 0
+        self._ka_due = False
+        self._last_rx = now
+        self._ack_now = False
+        self._rst_due = None
+        self._replies = []
+        self._challenge_window = (0.0, 0)
+        # timers (absolute deadlines or None)
+        self.rto_at = None
+        self.delack_at = None
+        self.persist_at = None
+        self.keepalive_at = None
+        self.timewait_at = None
+        self._events = []
+        self.drops = Counter()
+        self.counters = Counter()
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def active(cls, config, local, remote, iss, now, ts_offset=0):
+        """Active OPEN: CLOSED -> SYN-SENT; the SYN goes out on the next `transmit`.
+
+        Raises ValueError for a remote address that is not unicast (MUST-46).
+        """
+        if not unicast_ipv4(remote[0]):
+            raise ValueError(f"cannot open a connection to {remote[0]:#010x}: not a unicast address")
+        conn = cls(config, local, remote, iss, now, ts_offset)
+        conn.state = State.SYN_SENT
+        conn._update_timers(now)
+        return conn
+
+    @classmethod
+    def passive(cls, config, local, remote, syn, iss, now, ts_offset=0):
+        """A connection born from a SYN received in LISTEN (RFC 9293 3.10.7.2): SYN-RECEIVED.
+
+        Data carried by the SYN is not accepted (it is not acknowledged, so the peer
+        sends it again once the connection is synchronized).
+        """
+        conn = cls(config, local, remote, iss, now, ts_offset)
+        conn.passive_open = True
+        conn.state = State.SYN_RECEIVED
+        conn._take_syn(syn, now)
+        conn.snd_wnd = syn.window  # a SYN's window is never scaled (RFC 7323 2.2)
+        conn.max_snd_wnd = conn.snd_wnd
+        conn.snd_wl1 = conn.irs
+        conn.snd_wl2 = conn.iss
+        conn._update_timers(now)
+        return conn
+
+    @classmethod
+    def from_cookie(cls, config, local, remote, ack_seg, mss, now, ts_offset=0):
+        """A connection rebuilt from a valid SYN-cookie ACK (see `listener`): ESTABLISHED.
+
+        The cookie carries only the MSS, so window scaling, timestamps and SACK
+        are off for such connections.
+        """
+        iss = Seq(ack_seg.ack) - 1
+        conn = cls(config, local, remote, iss, now, ts_offset)
+        conn.passive_open = True
+        conn.irs = Seq(ack_seg.seq) - 1
+        conn.rcv_nxt = conn.irs + 1
+        conn.rcv_adv = conn.rcv_nxt + min(config.recv_buffer, 0xFFFF)
+        conn._set_snd_mss(mss)
+        conn.snd_una = conn.snd_nxt = conn.snd_max = conn.iss + 1
+        conn.state = State.ESTABLISHED
+        conn.snd_wnd = ack_seg.window
+        conn.max_snd_wnd = conn.snd_wnd
+        conn.snd_wl1 = Seq(ack_seg.seq)
+        conn.snd_wl2 = Seq(ack_seg.ack)
+        conn._emit(Event.CONNECTED)
+        conn._text_and_fin(ack_seg, Seq(ack_seg.seq), now)
+        conn._update_timers(now)
+        return conn
+
+    def _take_syn(self, syn, now):
+        """Record the peer's ISN and negotiate options from its SYN (RFC 7323, RFC 2018)."""
+        cfg = self.config
+        self.irs = Seq(syn.seq)
+        self.rcv_nxt = self.irs + 1
+        self.ws_ok = cfg.window_scaling and syn.wscale is not None
+        if self.ws_ok:
+            self.snd_wscale = syn.wscale
+            self.rcv_wscale = cfg.window_shift()
+        else:
+            self.snd_wscale = self.rcv_wscale = 0
+        self.ts_ok = cfg.timestamps and syn.timestamp is not None
+        if self.ts_ok:
+            self.ts_recent = syn.timestamp[0]
+        self.sack_ok = cfg.sack and syn.sack_permitted
+        ecn_bits = syn.flags & (ECE | CWR)
+        # RFC 3168 6.1.1: an ECN-setup SYN carries ECE and CWR, its SYN,ACK carries ECE only.
+        self.ecn_ok = cfg.ecn and ecn_bits == (ECE if syn.flags & ACK else ECE | CWR)
+        self.rcv_adv = self.rcv_nxt + min(cfg.recv_buffer, 0xFFFF)
+        self._set_snd_mss(syn.mss if syn.mss is not None else DEFAULT_MSS_IPV4)
+
+    def _set_snd_mss(self, peer_mss):
+        """Effective send MSS (RFC 9293 3.7.1, MUST-16): MSS option vs our MTU, minus options."""
+        mss = min(peer_mss, self.config.mtu - IPV4_TCP_HEADERS)
+        if self.ts_ok:
+            mss -= TS_OPTION_LEN
+        self.snd_mss = max(mss, 64)
+        self.cc.set_mss(self.snd_mss)
+        self.cc.cwnd = self.config.initial_window * self.snd_mss  # still in the handshake
+
+    # ------------------------------------------------------------------ app calls
+
+    def send(self, data, urgent=False):
+        """Queue `data` for sending; returns how many octets the send buffer took.
+
+        With `urgent`, the end of this data becomes the urgent pointer (RFC 9293
+        3.8.5, RFC 6093: the pointer marks the octet after the urgent data).
+        """
+        if self.state not in _CAN_SEND or self._fin_queued:
+            raise TcpError(f"connection closing ({self.state.value})")
+        room = self.config.send_buffer - len(self._sndbuf)
+        n = min(room, len(data))
+        if n < len(data):
+            self._send_blocked = True
+        if n:
+            self._sndbuf += data[:n] if n < len(data) else data
+            if urgent:
+                self.snd_up = self._sndbuf_seq + len(self._sndbuf)
+        return n
+
+    @property
+    def send_space(self):
+        return max(self.config.send_buffer - len(self._sndbuf), 0)
+
+    @property
+    def readable(self):
+        """Octets the application can `recv` now."""
+        return len(self._rcvbuf)
+
+    @property
+    def at_eof(self):
+        """True once the peer's FIN has been received and all data before it read."""
+        return self._eof and not self._rcvbuf
+
+    @property
+    def urgent_pending(self):
+        """Octets of urgent data not yet read by the application (MUST-33)."""
+        if self.rcv_up is None:
+            return 0
+        read_seq = self.rcv_nxt - len(self._rcvbuf) - (1 if self._eof else 0)
+        return max(self.rcv_up - read_seq, 0)
+
+    def recv(self, max_bytes=-1):
+        """Take up to `max_bytes` (all if negative) received octets; b"" if none.
+
+        Reading opens the receive window; if it opened enough (receiver SWS
+        avoidance, RFC 9293 3.8.6.2.2) a window update is due.
+        """
+        buf = self._rcvbuf
+        if max_bytes < 0 or max_bytes >= len(buf):
+            data = bytes(buf)
+            buf.clear()
+        else:
+            data = bytes(buf[:max_bytes])
+            del buf[:max_bytes]
+        if data and self.state in _RECEIVES_TEXT:
+            if self._window_increase() >= self._window_update_threshold():
+                self._ack_now = True
+        return data
+
+    def close(self):
+        """CLOSE (RFC 9293 3.10.4): send FIN after queued data; half-close until the peer's FIN.
+
+        Closing with received data the application never read resets the connection
+        instead, to show the peer that data was lost (RFC 9293 3.6, SHLD-3).
+        """
+        st = self.state
+        if self._rcvbuf and st in (State.ESTABLISHED, State.CLOSE_WAIT):
+            self.counters["close-with-unread-data"] += 1
+            self.abort()
+            return
+        if st in (State.CLOSED, State.LISTEN, State.SYN_SENT):
+            self._enter_closed()
+        elif st in (State.SYN_RECEIVED, State.ESTABLISHED):
+            self._fin_queued = True
+            if st is State.ESTABLISHED:
+                self.state = State.FIN_WAIT_1
+        elif st is State.CLOSE_WAIT:
+            self._fin_queued = True
+            self.state = State.LAST_ACK
+        # FIN-WAIT-*, CLOSING, LAST-ACK, TIME-WAIT: already closing ("error: connection closing").
+
+    def abort(self):
+        """ABORT (RFC 9293 3.10.5): send RST in synchronized states, drop everything, CLOSED."""
+        if self.state in (State.SYN_RECEIVED, State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2,
+                          State.CLOSE_WAIT):
+            self._rst_due = TcpSegment(self.local[1], self.remote[1], seq=int(self.snd_max), flags=RST)
+        self._sndbuf.clear()
+        self._enter_closed()
+
+    def set_user_timeout(self, max_retransmits):
+        """Set R2 for this connection (MUST-21)."""
+        self.config = replace(self.config, max_retransmits=max_retransmits)
+
+    def set_nodelay(self, on):
+        """TCP_NODELAY: disable (True) or enable Nagle's algorithm (MUST-17)."""
+        self.config = replace(self.config, nodelay=on)
+
+    def set_dscp(self, dscp):
+        """Change the Diffserv codepoint for the rest of the connection (SHLD-21)."""
+        self.config = replace(self.config, dscp=dscp)
+
+    def set_keepalive(self, on, idle=None, interval=None):
+        """Turn keepalives on or off and set their timing (MUST-24, MUST-27)."""
+        kw = {"keepalive": on}
+        if idle is not None:
+            kw["keepalive_idle"] = idle
+        if interval is not None:
+            kw["keepalive_interval"] = interval
+        self.config = replace(self.config, **kw)
+        self.keepalive_at = None
+        self._update_timers(self._last_rx)
+
+    def icmp_arrived(self, icmp_type, icmp_code, now):
+        """An ICMP error quoting this connection (RFC 9293 3.9.1.5 / RFC 1122 4.2.3.9).
+
+        Destination unreachable for net, host or source route (codes 0, 1, 5) is a
+        soft error reported to the application without aborting (SHLD-25, MUST-56);
+        protocol, port unreachable and fragmentation needed (2-4) abort the connection
+        (SHLD-26). Source quench is ignored (MUST-55, RFC 6633); time exceeded and
+        parameter problem never abort (MUST-56).
+        """
+        if self.state is State.CLOSED:
+            return
+        if icmp_type == ICMP_DEST_UNREACH:
+            if icmp_code in (2, 3, 4):
+                self._error(Event.UNREACHABLE)
+            else:
+                self._emit(Event.SOFT_ERROR)
+        else:
+            self.counters["icmp-ignored"] += 1
+
+    def take_events(self):
+        ev = self._events
+        self._events = []
+        return ev
+
+    def _emit(self, ev):
+        if ev in (Event.READABLE, Event.WRITABLE) and ev in self._events:
+            return
+        self._events.append(ev)
+
+    # ------------------------------------------------------------------ segment arrival
+
+    def segment_arrived(self, seg, now, ce=False):
+        """Process one incoming segment (RFC 9293 3.10.7). Never raises for bad input.
+
+        `ce` tells that the IP header carried Congestion Experienced (RFC 3168).
+
+        Returns True in one case: a new SYN reached this connection in TIME-WAIT and
+        may open a new incarnation (MAY-2: its sequence number is above RCV.NXT, RFC
+        1122 4.2.2.13, or with timestamps its TSval is newer, RFC 6191 / SHLD-4). The
+        connection is then CLOSED and the owner hands the same segment to the
+        listener of the port.
+        """
+        st = self.state
+        if st is State.CLOSED or st is State.LISTEN:
+            self.drops["closed"] += 1
+            return False
+        self._seg_ce = ce
+        if st is State.SYN_SENT:
+            self._syn_sent_arrival(seg, now)
+        elif st is State.TIME_WAIT and seg.flags & (SYN | ACK | RST) == SYN and self._syn_reopens(seg):
+            self.counters["time-wait-reopen"] += 1
+            self._enter_closed()
+            return True
+        else:
+            self._synchronized_arrival(seg, now)
+        self._update_timers(now)
+        return False
+
+    def _syn_reopens(self, seg):
+        if self.ts_ok and seg.timestamp is not None:
+            return Seq(seg.timestamp[0]) > Seq(self.ts_recent)
+        return Seq(seg.seq) > self.rcv_nxt
+
+    def _syn_sent_arrival(self, seg, now):
+        flags = seg.flags
+        # first: check the ACK bit
+        if flags & ACK:
+            ack = Seq(seg.ack)
+            if ack <= self.iss or ack > self.snd_max:
+                if not flags & RST:
+                    self._queue_reply(TcpSegment(self.local[1], self.remote[1], seq=seg.ack, flags=RST))
+                self.drops["bad-ack"] += 1
+                return
+        # second: the RST bit
+        if flags & RST:
+            if flags & ACK:
+                self._error(Event.REFUSED)
+            else:
+                self.drops["rst-without-ack"] += 1
+            return
+        # fourth: the SYN bit
+        if not flags & SYN:
+            self.drops["no-syn"] += 1
+            return
+        self._take_syn(seg, now)
+        self.snd_wnd = seg.window  # unscaled in a SYN (RFC 7323 2.2)
+        self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
+        self.snd_wl1 = Seq(seg.seq)
+        if flags & ACK:
+            self.snd_wl2 = Seq(seg.ack)
+            self._new_ack(Seq(seg.ack), seg, now)
+            self.state = State.ESTABLISHED
+            self._emit(Event.CONNECTED)
+            self._ack_now = True
+            self._last_rx = now
+            if self._fin_queued:
+                self.state = State.FIN_WAIT_1
+            self._text_and_fin(seg, Seq(seg.seq), now)
+        else:
+            # Simultaneous open (RFC 9293 3.5 figure 8): answer with SYN,ACK from ISS.
+            self.state = State.SYN_RECEIVED
+            self.snd_wl2 = self.iss
+            self.snd_nxt = self.iss
+
+    def _synchronized_arrival(self, seg, now):
+        st = self.state
+        flags = seg.flags
+        seq = Seq(seg.seq)
+        # SYN-RECEIVED special cases: a retransmitted SYN gets the SYN,ACK again; the
+        # peer's SYN,ACK in a simultaneous open completes the handshake.
+        if st is State.SYN_RECEIVED and flags & SYN and seq == self.irs and not flags & RST:
+            if flags & ACK and self.snd_una < Seq(seg.ack) <= self.snd_max:
+                self._established_from_syn_received(seg, now)
+                self._ack_now = True
+            else:
+                self.snd_nxt = self.snd_una
+                self.counters["syn-ack-retransmit"] += 1
+            return
+        # RFC 7323 5.3 PAWS: an old timestamp marks an old duplicate.
+        ts = seg.timestamp
+        if self.ts_ok and ts is not None and not flags & RST and Seq(ts[0]) < Seq(self.ts_recent):
+            self.drops["paws"] += 1
+            self._challenge_ack(now)  # an ACK answers it (RFC 7323 5.3), rate limited
+            return
+        # first: sequence number acceptability
+        rcv_wnd = max(self.rcv_adv - self.rcv_nxt, 0)
+        seg_len = seg.seg_len
+        zero_window_probe = False
+        if not _acceptable(seq, seg_len, rcv_wnd, self.rcv_nxt):
+            if rcv_wnd == 0 and seq == self.rcv_nxt and not flags & SYN:
+                # MUST-66: a zero window still processes ACK, URG and RST; the text is dropped.
+                zero_window_probe = True
+            else:
+                if st is State.TIME_WAIT and flags & FIN:
+                    self.timewait_at = now + 2 * self.config.msl  # retransmitted FIN restarts 2MSL
+                if not flags & RST:
+                    self._challenge_ack(now)  # rate limited like RFC 5961 challenges
+                self.drops["out-of-window"] += 1
+                return
+        # second: RST (RFC 5961 3.2: only an exact match resets; in-window gets a challenge)
+        if flags & RST:
+            if seq == self.rcv_nxt:
+                self._reset_received()
+            else:
+                self._challenge_ack(now)
+                self.drops["rst-not-exact"] += 1
+            return
+        # fourth: SYN in a synchronized state (RFC 5961 4.2: challenge ACK)
+        if flags & SYN:
+            self._challenge_ack(now)
+            self.drops["syn-in-window"] += 1
+            return
+        # fifth: ACK
+        if not flags & ACK:
+            self.drops["no-ack"] += 1
+            return
+        self._last_rx = now
+        self._ka_probes = 0
+        if flags & CWR and self.ecn_ok:
+            self._ece_pending = False  # RFC 3168 6.1.3: the sender reacted
+        if ts is not None and self.ts_ok and seq <= self._last_ack_sent:
+            self.ts_recent = ts[0]  # RFC 7323 4.3
+        ack = Seq(seg.ack)
+        if st is State.SYN_RECEIVED:
+            if self.snd_una < ack <= self.snd_max:
+                self._established_from_syn_received(seg, now)
+            else:
+                self._queue_reply(TcpSegment(self.local[1], self.remote[1], seq=seg.ack, flags=RST))
+                self.drops["bad-ack"] += 1
+                return
+        else:
+            if ack > self.snd_max:
+                self._challenge_ack(now)  # RFC 9293: send an ACK and drop; RFC 5961 5.2
+                self.drops["ack-unsent"] += 1
+                return
+            if ack < self.snd_una - self.max_snd_wnd:
+                self._challenge_ack(now)  # RFC 5961 5.2
+                self.drops["ack-too-old"] += 1
+                return
+            self._process_ack(seg, seq, ack, now)
+            if self.state is State.CLOSED:
+                return
+        if zero_window_probe:
+            self._urgent(seg, seq)
+            self._ack_now = True
+            if seg.payload:
+                self.drops["zero-window"] += 1
+            return
+        self._text_and_fin(seg, seq, now)
+
+    def _established_from_syn_received(self, seg, now):
+        ack = Seq(seg.ack)
+        self._new_ack(ack, seg, now)
+        self.snd_wnd = seg.window << self.snd_wscale
+        self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
+        self.snd_wl1 = Seq(seg.seq)
+        self.snd_wl2 = ack
+        self.state = State.FIN_WAIT_1 if self._fin_queued else State.ESTABLISHED
+        self._emit(Event.CONNECTED)
+
+    def _process_ack(self, seg, seq, ack, now):
+        """Fifth step of RFC 9293 3.10.7.4 for synchronized states: SND.UNA, window, recovery."""
+        st = self.state
+        old_wnd = self.snd_wnd
+        if self.sack_ok and seg.sack:
+            if self.scoreboard.update(seg.sack, self.snd_una, self.snd_max):
+                self.counters["sack-updates"] += 1
+        if self.snd_una < ack:
+            self._new_ack(ack, seg, now)
+        elif ack == self.snd_una:
+            self._maybe_dupack(seg, old_wnd, now)
+        if seg.flags & ECE and self.ecn_ok and self.recovery is None and self.snd_una >= self._ecn_recover:
+            # RFC 3168 6.1.2: react to ECE like a loss, at most once per window of data.
+            self.cc.on_congestion(now, self.snd_max - self.snd_una)
+            self._ecn_recover = self.snd_max
+            self._cwr_due = True
+            self.counters["ecn-reduction"] += 1
+        # window update (RFC 9293 3.10.7.4: SND.WL1/SND.WL2 guard against old segments)
+        if self.snd_una <= ack and (self.snd_wl1 < seq or (self.snd_wl1 == seq and self.snd_wl2 <= ack)):
+            self.snd_wnd = seg.window << self.snd_wscale
+            self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
+            self.snd_wl1 = seq
+            self.snd_wl2 = ack
+            if self.snd_wnd:
+                self._persist_backoff = 0
+        self._probes = 0
+        if ack == self.snd_una and self.snd_una + self.snd_wnd < self.snd_max:
+            self.retries = 0  # the peer shrank its window and is alive: no time-out (SHLD-17)
+        fin_acked = self._fin_queued and self.snd_una == self._fin_seq() + 1
+        if st is State.FIN_WAIT_1 and fin_acked:
+            self.state = State.FIN_WAIT_2
+        elif st is State.CLOSING and fin_acked:
+            self._enter_time_wait(now)
+        elif st is State.LAST_ACK and fin_acked:
+            self._enter_closed()
+
+    def _new_ack(self, ack, seg, now):
+        """SND.UNA < SEG.ACK <= SND.MAX: new data acknowledged (RFC 9293 3.10.7.4, RFC 6298 5.3)."""
+        acked = ack - self.snd_una
+        n = min(max(ack - self._sndbuf_seq, 0), len(self._sndbuf))
+        if n:
+            del self._sndbuf[:n]
+            self._sndbuf_seq = self._sndbuf_seq + n
+        self.snd_una = ack
+        if self.snd_nxt < ack:
+            self.snd_nxt = ack
+        self.scoreboard.advance(ack)
+        # RTT: timestamps (RFC 7323 4.1) or the timed segment, skipped if retransmitted (Karn).
+        ts = seg.timestamp
+        if self.ts_ok and ts is not None and ts[1]:
+            # An echo older than our last retransmission may be the receiver's
+            # TS.Recent held across a loss (RFC 7323 4.3), not this data's timestamp:
+            # like Karn's rule, take no sample from it.
+            if self._rexmit_ts is None or Seq(ts[1]) >= Seq(self._rexmit_ts):
+                r = ((self._ts_now(now) - ts[1]) & 0xFFFFFFFF) / 1000.0
+                if r < self.config.max_rto:
+                    self.rtt.sample(r)
+        elif self._rtt_seq is not None and ack >= self._rtt_seq:
+            self.rtt.sample(now - self._rtt_time)
+            self._rtt_seq = None
+        if self.retries and self.state in (State.SYN_SENT, State.SYN_RECEIVED):
+            self.rtt.reset_after_syn_timeout()  # RFC 6298 5.7
+        self.retries = 0
+        self.rto_at = None  # restarted by _update_timers if data is still outstanding (5.3)
+        if self.state not in (State.SYN_SENT, State.SYN_RECEIVED):
+            self._congestion_on_ack(ack, acked, now)
+        self.dupacks = 0
+        if self._send_blocked and self.send_space:
+            self._send_blocked = False
+            self._emit(Event.WRITABLE)
+
+    def _congestion_on_ack(self, ack, acked, now):
+        cc = self.cc
+        if self.recovery is None:
+            cc.on_ack(acked, now, self.rtt.srtt)
+            return
+        if ack >= self.recover:
+            # Full acknowledgment: leave recovery (RFC 6582 3.2 step 3; RFC 6675 5 step 4).
+            if self.recovery == "newreno":
+                flight = self.snd_max - self.snd_una
+                cc.cwnd = min(cc.ssthresh, max(flight, self.snd_mss) + self.snd_mss)
+            self.recovery = None
+            self.high_rxt = None
+            return
+        if self.recovery == "newreno":
+            # Partial acknowledgment (RFC 6582 3.2 step 4): retransmit, deflate.
+            self._rexmit_una = True
+            cc.cwnd = max(cc.cwnd - acked + (self.snd_mss if acked >= self.snd_mss else 0), self.snd_mss)
+
+    def _maybe_dupack(self, seg, old_wnd, now):
+        """Duplicate ACK per RFC 5681 section 2; enters fast retransmit/recovery at DupThresh."""
+        if (seg.payload or seg.flags & (SYN | FIN) or (seg.window << self.snd_wscale) != old_wnd
+                or self.snd_max == self.snd_una or seg.window == 0):
+            return  # a zero window answer to a probe says nothing about loss
+        self.dupacks += 1
+        cc = self.cc
+        if self.recovery is None:
+            lost = self.sack_ok and self.scoreboard.is_lost(self.snd_una, self.snd_mss)
+            # RFC 6582 3.2 step 2: no new recovery for losses from before the last one.
+            if (self.dupacks >= 3 or lost) and self.snd_una >= self.recover:
+                self._enter_recovery(now)
+        elif self.recovery == "newreno":
+            cc.cwnd += self.snd_mss  # RFC 6582 3.2 step 3 (inflation)
+
+    def _enter_recovery(self, now):
+        """Fast retransmit (RFC 5681 3.2) into NewReno (RFC 6582) or SACK (RFC 6675) recovery."""
+        flight = self.snd_max - self.snd_una
+        self.recover = self.snd_max
+        self.cc.on_congestion(now, flight)
+        self._rexmit_una = True
+        self.high_rxt = None
+        self.counters["fast-retransmit"] += 1
+        if self.sack_ok:
+            self.recovery = "sack"
+        else:
+            self.recovery = "newreno"
+            self.cc.cwnd = self.cc.ssthresh + 3 * self.snd_mss
+
+    def _text_and_fin(self, seg, seq, now):
+        """Steps six to eight (URG, segment text, FIN) of RFC 9293 3.10.7.4."""
+        self._urgent(seg, seq)
+        payload = seg.payload
+        dseq = seq + 1 if seg.flags & SYN else seq
+        fin = bool(seg.flags & FIN)
+        if dseq < self.rcv_nxt:
+            cut = min(self.rcv_nxt - dseq, len(payload))
+            payload = payload[cut:]
+            dseq = dseq + cut
+        room = self.rcv_adv - dseq
+        if len(payload) > room:
+            payload = payload[:max(room, 0)]
+            fin = False
+            self.drops["beyond-window"] += 1
+        if payload:
+            if self.state not in _RECEIVES_TEXT:
+                self.drops["text-after-fin"] += 1
+                return
+            if self._seg_ce and self.ecn_ok:
+                self._ece_pending = True  # RFC 3168 6.1.3
+                self._ack_now = True
+            if dseq == self.rcv_nxt:
+                had_hole = bool(self._ofo)
+                self._rcvbuf += payload
+                self.rcv_nxt = self.rcv_nxt + len(payload)
+                if had_hole:
+                    self._drain_ofo()
+                    self._ack_now = True  # RFC 5681 4.2: ACK at once when a hole fills
+                else:
+                    self._rcv_unacked += len(payload)
+                    if self._rcv_unacked >= 2 * self.rcv_mss:
+                        self._ack_now = True  # SHLD-19: at least every second full segment
+                    elif self.delack_at is None:
+                        self.delack_at = now + self.config.delayed_ack  # MUST-40
+                self._emit(Event.READABLE)
+            else:
+                self._ofo_insert(dseq, bytes(payload))
+                self._recent_ofo = dseq
+                self._ack_now = True  # RFC 5681 4.2: out-of-order data gets an immediate ACK
+                self.counters["out-of-order"] += 1
+        if fin:
+            fin_seq = dseq + len(payload)
+            if fin_seq == self.rcv_nxt:
+                self._fin_received(now)
+            elif fin_seq > self.rcv_nxt:
+                self._ofo_fin = fin_seq
+        if self._ofo_fin is not None and self._ofo_fin == self.rcv_nxt:
+            self._ofo_fin = None
+            self._fin_received(now)
+
+    def _urgent(self, seg, seq):
+        """Sixth step: URG (RFC 9293 3.8.5, RFC 6093): track RCV.UP and tell the application."""
+        if seg.flags & URG and seg.urgent and self.state in _RECEIVES_TEXT:
+            up = seq + seg.urgent
+            if self.rcv_up is None or up > self.rcv_up:
+                self.rcv_up = up
+                self._emit(Event.URGENT)
+
+    def _ofo_insert(self, start, data):
+        """Queue out-of-order text (SHLD-31), merging with overlapping or adjacent ranges."""
+        merged_start, merged = start, bytearray(data)
+        out = []
+        for s, d in self._ofo:
+            e = s + len(d)
+            if e < merged_start or s > merged_start + len(merged):
+                out.append((s, d))
+                continue
+            if s < merged_start:
+                merged = bytearray(d[:merged_start - s]) + merged
+                merged_start = s
+            tail = (s + len(d)) - (merged_start + len(merged))
+            if tail > 0:
+                merged += d[len(d) - tail:]
+        out.append((merged_start, bytes(merged)))
+        out.sort(key=lambda item: int(item[0] - self.rcv_nxt))
+        self._ofo = out
+
+    def _drain_ofo(self):
+        ofo = self._ofo
+        while ofo and ofo[0][0] <= self.rcv_nxt:
+            s, d = ofo.pop(0)
+            skip = self.rcv_nxt - s
+            if skip < len(d):
+                self._rcvbuf += d[skip:]
+                self.rcv_nxt = self.rcv_nxt + (len(d) - skip)
+
+    def _fin_received(self, now):
+        """Eighth step: the FIN (RFC 9293 3.10.7.4)."""
+        self.rcv_nxt = self.rcv_nxt + 1
+        self._eof = True
+        self._ack_now = True
+        self._emit(Event.EOF)
+        st = self.state
+        if st in (State.SYN_RECEIVED, State.ESTABLISHED):
+            self.state = State.CLOSE_WAIT
+        elif st is State.FIN_WAIT_1:
+            if self.snd_una == self._fin_seq() + 1:
+                self._enter_time_wait(now)
+            else:
+                self.state = State.CLOSING
+        elif st is State.FIN_WAIT_2:
+            self._enter_time_wait(now)
+
+    def _reset_received(self):
+        """An acceptable RST (RFC 9293 3.10.7.4 second step)."""
+        st = self.state
+        if st is State.SYN_RECEIVED:
+            if self.passive_open:
+                self._enter_closed()  # back to LISTEN: the listener forgets the half-open entry
+            else:
+                self._error(Event.REFUSED)
+        elif st in (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSE_WAIT):
+            self._error(Event.RESET)
+        else:  # CLOSING, LAST-ACK, TIME-WAIT
+            self._enter_closed()
+
+    def _error(self, ev):
+        self._emit(ev)
+        self._sndbuf.clear()
+        self._enter_closed()
+
+    def _enter_closed(self):
+        if self.state is not State.CLOSED:
+            self.state = State.CLOSED
+            self._emit(Event.CLOSED)
+        self.rto_at = self.delack_at = self.persist_at = self.keepalive_at = self.timewait_at = None
+        self._ofo = []
+
+    def _enter_time_wait(self, now):
+        self.state = State.TIME_WAIT
+        self.timewait_at = now + 2 * self.config.msl  # MUST-13
+        self.rto_at = self.persist_at = self.keepalive_at = None
+
+    def _challenge_ack(self, now):
+        """Queue an RFC 5961 challenge ACK, rate limited per second (RFC 5961 section 7)."""
+        start, count = self._challenge_window
+        if now - start >= 1.0:
+            start, count = now, 0
+        if count >= self.config.challenge_ack_limit:
+            self.drops["challenge-ack-limited"] += 1
+            return
+        self._challenge_window = (start, count + 1)
+        self._ack_now = True
+        self.counters["challenge-ack"] += 1
+
+    def _queue_reply(self, seg):
+        if len(self._replies) < 16:
+            self._replies.append(seg)
+        else:
+            self.drops["reply-queue-full"] += 1
+
+    # ------------------------------------------------------------------ timers
+
+    def poll_at(self):
+        """Earliest timer deadline, or None."""
+        best = None
+        for t in (self.rto_at, self.delack_at, self.persist_at, self.keepalive_at, self.timewait_at):
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
+
+    def poll(self, now):
+        """Run the timers that are due at `now`."""
+        if self.timewait_at is not None and now >= self.timewait_at:
+            self.timewait_at = None
+            self._enter_closed()
+            return
+        if self.rto_at is not None and now >= self.rto_at:
+            self.rto_at = None
+            self._retransmission_timeout(now)
+        if self.delack_at is not None and now >= self.delack_at:
+            self.delack_at = None
+            self._ack_now = True
+        if self.persist_at is not None and now >= self.persist_at:
+            self.persist_at = None
+            self._zero_window_probe_due(now)
+        if self.keepalive_at is not None and now >= self.keepalive_at:
+            self.keepalive_at = None
+            self._keepalive_due(now)
+        self._update_timers(now)
+
+    def _retransmission_timeout(self, now):
+        """RFC 6298 5.4-5.6 with RFC 5681 eq. 4 and go-back-N from SND.UNA."""
+        st = self.state
+        limit = self.config.syn_retransmits if st in (State.SYN_SENT, State.SYN_RECEIVED) \
+            else self.config.max_retransmits
+        if self.retries >= limit:
+            if st is State.SYN_RECEIVED and self.passive_open:
+                self._enter_closed()
+            else:
+                if st in _SYNCHRONIZED:
+                    self._rst_due = TcpSegment(self.local[1], self.remote[1], seq=int(self.snd_max),
+                                               flags=RST)
+                self._error(Event.TIMED_OUT)
+            return
+        self.retries += 1
+        self.counters["rto"] += 1
+        if self.retries == self.config.r1_retransmits:
+            self._emit(Event.RETRANSMITTING)
+        if st in (State.SYN_SENT, State.SYN_RECEIVED):
+            self.rtt.backoff()
+        else:
+            flight = self.snd_max - self.snd_una
+            if self.retries == 1:
+                self.cc.on_timeout(now, flight)
+            else:
+                self.cc.cwnd = self.snd_mss
+            self.rtt.backoff()
+        self.snd_nxt = self.snd_una
+        self.scoreboard.clear()
+        self.recovery = None
+        self.recover = self.snd_max  # RFC 6582 section 4
+        self.high_rxt = None
+        self.dupacks = 0
+        self._rexmit_una = False
+        self._rtt_seq = None  # Karn: no sample from retransmitted data
+
+    def _zero_window_probe_due(self, now):
+        """Persist timer (RFC 9293 3.8.6.1, MUST-36): probe; give up only if probes go unanswered."""
+        if self._probes >= self.config.max_retransmits:
+            self._rst_due = TcpSegment(self.local[1], self.remote[1], seq=int(self.snd_max), flags=RST)
+            self._error(Event.TIMED_OUT)
+            return
+        self._probe_due = True
+        self._probes += 1
+        self._persist_backoff += 1
+        self.counters["zero-window-probe"] += 1
+
+    def _keepalive_due(self, now):
+        """Keepalive timer (RFC 9293 3.8.4): probe an idle connection, time out if silent."""
+        if self._ka_probes >= self.config.keepalive_probes:
+            self._error(Event.TIMED_OUT)
+            return
+        self._ka_due = True
+        self._ka_probes += 1
+        self.counters["keepalive-probe"] += 1
+
+    def _update_timers(self, now):
+        st = self.state
+        if st is State.CLOSED or st is State.TIME_WAIT:
+            return
+        cfg = self.config
+        # retransmission timer: armed while anything is outstanding (RFC 6298 5.1, 5.2)
+        if self.snd_nxt > self.snd_una:
+            if self.rto_at is None:
+                self.rto_at = now + self.rtt.rto
+        else:
+            self.rto_at = None
+        # persist timer: zero window, data waiting, nothing in flight
+        if (st in _SENDS_DATA and self.snd_wnd == 0 and self.snd_nxt == self.snd_una
+                and self._sndbuf_seq + len(self._sndbuf) > self.snd_nxt):
+            if self.persist_at is None and not self._probe_due:
+                backoff = self.rtt.rto * (2 ** min(self._persist_backoff, 16))
+                self.persist_at = now + min(backoff, cfg.max_rto)  # SHLD-29, SHLD-30
+        else:
+            self.persist_at = None
+        # keepalive: only when idle (nothing outstanding), MUST-26
+        if cfg.keepalive and st in (State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_2) \
+                and self.snd_max == self.snd_una:
+            due = self._last_rx + cfg.keepalive_idle + self._ka_probes * cfg.keepalive_interval
+            if self.keepalive_at is None or self.keepalive_at != due:
+                self.keepalive_at = due
+        else:
+            self.keepalive_at = None
+
+    # ------------------------------------------------------------------ transmit
+
+    def wants_transmit(self):
+        """True if `transmit` would produce a segment now (cheap check for the poller)."""
+        st = self.state
+        if self._replies or self._rst_due is not None or self._probe_due or self._ka_due:
+            return True
+        if self._ack_now and st is not State.SYN_SENT and st is not State.CLOSED:
+            return True
+        if st in (State.SYN_SENT, State.SYN_RECEIVED):
+            return self.snd_nxt == self.iss
+        if st not in _SENDS_DATA:
+            return False
+        if self._rexmit_una:
+            return True
+        self._skip_sacked()
+        if self.recovery == "sack":
+            pipe = self.scoreboard.pipe(self.snd_una, self.snd_max, self.high_rxt, self.snd_mss)
+            if self.cc.cwnd - pipe >= self.snd_mss and \
+                    self.scoreboard.next_seg(self.snd_una, self.snd_max, self.high_rxt, self.snd_mss)[1]:
+                return True
+        return self._next_data_len() > 0 or self._fin_sendable()
+
+    def transmit(self, now, limit=64):
+        """The transmit pull: up to `limit` segments to send now, in order."""
+        out = []
+        replies = self._replies
+        while replies and len(out) < limit:
+            out.append(replies.pop(0))
+        if self._rst_due is not None and len(out) < limit:
+            out.append(self._rst_due)
+            self._rst_due = None
+        st = self.state
+        if st is State.CLOSED or len(out) >= limit:
+            return out
+        if st in (State.SYN_SENT, State.SYN_RECEIVED):
+            if self.snd_nxt == self.iss:
+                out.append(self._syn_segment(now))
+        elif st in _SENDS_DATA:
+            self._transmit_data(now, limit, out)
+        if len(out) < limit and (self._ka_due or self._probe_due):
+            if self._probe_due:
+                self._probe_due = False
+                out.append(self._probe_segment(now))
+            if self._ka_due and len(out) < limit:
+                self._ka_due = False
+                # SHLD-12: no data; SEQ = SND.NXT - 1 makes the peer answer with an ACK.
+                out.append(self._segment(self.snd_max - 1, ACK, b"", now))
+        if self._ack_now and len(out) < limit and st is not State.SYN_SENT:
+            out.append(self._segment(self.snd_max, ACK, b"", now))
+        self._update_timers(now)
+        return out
+
+    def _syn_segment(self, now):
+        cfg = self.config
+        flags = SYN
+        seg = TcpSegment(self.local[1], self.remote[1], seq=int(self.iss), flags=SYN,
+                         mss=self.rcv_mss, window=min(cfg.recv_buffer, 0xFFFF))
+        if self.state is State.SYN_RECEIVED:
+            flags |= ACK | (ECE if self.ecn_ok else 0)
+            seg.ack = int(self.rcv_nxt)
+            if self.ws_ok:
+                seg.wscale = self.rcv_wscale
+            if self.sack_ok:
+                seg.sack_permitted = True
+            if self.ts_ok:
+                seg.timestamp = (self._ts_now(now), self.ts_recent)
+            self._ack_sent()
+        else:
+            if cfg.ecn:
+                flags |= ECE | CWR
+            if cfg.window_scaling:
+                seg.wscale = cfg.window_shift()
+            if cfg.sack:
+                seg.sack_permitted = True
+            if cfg.timestamps:
+                seg.timestamp = (self._ts_now(now), 0)
+        seg.flags = flags
+        self.snd_nxt = self.iss + 1
+        self.snd_max = seq_max(self.snd_max, self.snd_nxt)
+        if self.retries == 0 and self._rtt_seq is None:
+            self._rtt_seq, self._rtt_time = self.snd_nxt, now
+        if self.rto_at is None:
+            self.rto_at = now + self.rtt.rto
+        return seg
+
+    def _fin_seq(self):
+        return self._sndbuf_seq + len(self._sndbuf)
+
+    def _fin_sendable(self):
+        return self._fin_queued and self.snd_nxt == self._fin_seq()
+
+    def _next_data_len(self):
+        """Octets the next new-data segment from SND.NXT may carry now (0: hold back)."""
+        end = self._sndbuf_seq + len(self._sndbuf)
+        avail = end - self.snd_nxt
+        if avail <= 0:
+            return 0
+        flight = self._flight()
+        cwnd_left = self.cc.cwnd - flight
+        if self.recovery is None and 0 < self.dupacks < 3:
+            cwnd_left += self.dupacks * self.snd_mss  # limited transmit (RFC 3042)
+        wnd_left = (self.snd_una + self.snd_wnd) - self.snd_nxt
+        n = min(self.snd_mss, avail, wnd_left, cwnd_left)
+        if n <= 0:
+            return 0
+        if self.snd_nxt < self.snd_max:
+            return n  # going back after a timeout: resend what fits
+        if n >= self.snd_mss or n == avail and (self.config.nodelay or self.snd_max == self.snd_una
+                                                or self._fin_queued):
+            return n  # full segment, or Nagle allows the tail (SHLD-7, MUST-17)
+        if n == wnd_left and (n >= self.max_snd_wnd // 2 or self.snd_max == self.snd_una):
+            # Sender SWS avoidance (RFC 9293 3.8.6.2.1): fill at least half the largest
+            # window seen, or the whole offered window when nothing is in flight.
+            return n
+        return 0
+
+    def _flight(self):
+        if self.recovery == "sack":
+            return self.scoreboard.pipe(self.snd_una, self.snd_max, self.high_rxt, self.snd_mss)
+        if self.snd_nxt <= self.snd_una:
+            return 0
+        # SACKed octets below SND.NXT have left the network (matters when going back after RTO)
+        return self.snd_nxt - self.snd_una - self.scoreboard.sacked_between(self.snd_una, self.snd_nxt)
+
+    def _skip_sacked(self):
+        """Going back after a timeout: move SND.NXT past a range the receiver already holds."""
+        if self.snd_nxt < self.snd_max and self.scoreboard:
+            for a, b in self.scoreboard.blocks:
+                if a <= self.snd_nxt < b:
+                    self.snd_nxt = b
+                    break
+
+    def _transmit_data(self, now, limit, out):
+        if self._rexmit_una and len(out) < limit:
+            self._rexmit_una = False
+            seg = self._retransmit_from(self.snd_una, now)
+            if seg is not None:
+                out.append(seg)
+        if self.recovery == "sack":
+            self._sack_recovery(now, limit, out)
+        while len(out) < limit:
+            self._skip_sacked()
+            n = self._next_data_len()
+            if n > 0:
+                if self.snd_nxt < self.snd_max and self.scoreboard:
+                    for a, _b in self.scoreboard.blocks:
+                        if a > self.snd_nxt:
+                            n = min(n, a - self.snd_nxt)
+                            break
+                out.append(self._data_segment(self.snd_nxt, n, now))
+                continue
+            if self._fin_sendable():
+                out.append(self._data_segment(self.snd_nxt, 0, now))
+            break
+
+    def _sack_recovery(self, now, limit, out):
+        """RFC 6675 section 5 step (C): send while cwnd - pipe >= 1 SMSS, NextSeg's order."""
+        mss = self.snd_mss
+        while len(out) < limit:
+            pipe = self.scoreboard.pipe(self.snd_una, self.snd_max, self.high_rxt, mss)
+            if self.cc.cwnd - pipe < mss:
+                return
+            rng, rule = self.scoreboard.next_seg(self.snd_una, self.snd_max, self.high_rxt, mss)
+            if rule == 1:
+                out.append(self._retransmit_range(rng[0], rng[1], now))
+                continue
+            if self._next_data_len() > 0 or self._fin_sendable():
+                return  # rule 2: new data, sent by the caller's loop under the same cwnd - pipe
+            if rule == 3:
+                out.append(self._retransmit_range(rng[0], rng[1], now))
+                continue
+            return
+
+    def _retransmit_from(self, start, now):
+        """Retransmit one segment from `start` (fast retransmit / partial ACK)."""
+        end = self.snd_max
+        for a, _b in self.scoreboard.blocks:
+            if a > start:
+                end = seq_min(end, a)
+                break
+        end = seq_min(end, start + self.snd_mss)
+        if end <= start:
+            return None
+        return self._retransmit_range(start, end, now)
+
+    def _retransmit_range(self, start, end, now):
+        self.counters["retransmit"] += 1
+        self._rexmit_ts = self._ts_now(now)
+        if self._rtt_seq is not None and self._rtt_seq > start:
+            self._rtt_seq = None  # Karn: the timed segment is (maybe) this one
+        self.high_rxt = end if self.high_rxt is None else seq_max(self.high_rxt, end)
+        fin_seq = self._fin_seq() if self._fin_queued else None
+        data_end = seq_min(end, self._sndbuf_seq + len(self._sndbuf))
+        n = max(data_end - start, 0)
+        seg = self._build_data(start, n, fin_seq is not None and start + n == fin_seq and end > fin_seq, now)
+        if self.rto_at is None:
+            self.rto_at = now + self.rtt.rto
+        return seg
+
+    def _data_segment(self, start, n, now):
+        """New (or go-back) data from `start`; advances SND.NXT and SND.MAX."""
+        end = start + n
+        fin = self._fin_queued and end == self._fin_seq()
+        retransmission = start < self.snd_max
+        seg = self._build_data(start, n, fin, now)
+        fin = bool(seg.flags & FIN)
+        n = len(seg.payload)
+        if self.ecn_ok and n and not retransmission:
+            seg.ect = True  # RFC 3168 6.1.5: never on retransmissions, 6.1.4: nor on pure ACKs
+            if self._cwr_due:
+                seg.flags |= CWR
+                self._cwr_due = False
+        new_nxt = start + n + (1 if fin else 0)
+        self.snd_nxt = new_nxt
+        if new_nxt > self.snd_max:
+            self.snd_max = new_nxt
+        if retransmission:
+            self.counters["retransmit"] += 1
+            self._rexmit_ts = self._ts_now(now)
+            if self._rtt_seq is not None and self._rtt_seq > start:
+                self._rtt_seq = None
+        elif self._rtt_seq is None and self.retries == 0:
+            self._rtt_seq, self._rtt_time = new_nxt, now
+        if self.rto_at is None:
+            self.rto_at = now + self.rtt.rto
+        return seg
+
+    def _build_data(self, start, n, fin, now):
+        off = start - self._sndbuf_seq
+        seg = self._segment(start, ACK | (FIN if fin else 0), b"", now)
+        sack_room = 4 + 8 * len(seg.sack) if seg.sack else 0
+        n = max(min(n, self.snd_mss - sack_room), 0)
+        if n:
+            seg.payload = bytes(self._sndbuf[off:off + n])
+            if fin and n < self._fin_seq() - start:
+                seg.flags &= ~FIN
+            if off + n == len(self._sndbuf):
+                seg.flags |= PSH  # MUST-61, SHLD-27: PSH on the segment that empties the buffer
+        if self.snd_up is not None and self.snd_up > start:
+            seg.flags |= URG
+            seg.urgent = min(self.snd_up - start, 0xFFFF)
+        return seg
+
+    def _probe_segment(self, now):
+        """One octet beyond the zero window (RFC 9293 3.8.6.1); SND.NXT stays put."""
+        start = self.snd_nxt
+        off = start - self._sndbuf_seq
+        seg = self._segment(start, ACK, b"", now)
+        if 0 <= off < len(self._sndbuf):
+            seg.payload = bytes(self._sndbuf[off:off + 1])
+            self.snd_max = seq_max(self.snd_max, start + 1)
+        return seg
+
+    def _segment(self, seq, flags, payload, now):
+        """A segment from this connection carrying ACK, window, timestamps and SACK blocks."""
+        if self._ece_pending:
+            flags |= ECE
+        seg = TcpSegment(self.local[1], self.remote[1], seq=int(seq), ack=int(self.rcv_nxt), flags=flags,
+                         window=self._window_field(), payload=payload)
+        if self.ts_ok:
+            seg.timestamp = (self._ts_now(now), self.ts_recent)
+        if self.sack_ok and self._ofo:
+            ranges = [(s, s + len(d)) for s, d in self._ofo]
+            blocks = receive_blocks(ranges, self._recent_ofo, 3 if self.ts_ok else 4)
+            seg.sack = tuple((int(a), int(b)) for a, b in blocks)
+        self._ack_sent()
+        return seg
+
+    def _ack_sent(self):
+        self._ack_now = False
+        self.delack_at = None
+        self._rcv_unacked = 0
+        self._last_ack_sent = self.rcv_nxt
+
+    def _ts_now(self, now):
+        return (int(now * 1000) + self._ts_offset) & 0xFFFFFFFF
+
+    # ------------------------------------------------------------------ receive window
+
+    def _window_update_threshold(self):
+        return min(self.config.recv_buffer // 2, 2 * self.rcv_mss)
+
+    def _window_increase(self):
+        """How far the right edge would move if we advertised all free space now."""
+        avail = self.config.recv_buffer - len(self._rcvbuf)
+        cur = max(self.rcv_adv - self.rcv_nxt, 0)
+        return avail - cur
+
+    def _window_field(self):
+        """The window to advertise, scaled (RFC 7323 2.3), with receiver SWS avoidance.
+
+        The right edge moves only by at least min(buffer/2, MSS) (RFC 9293 3.8.6.2.2)
+        and never moves left (SHLD-14).
+        """
+        avail = self.config.recv_buffer - len(self._rcvbuf)
+        cur = max(self.rcv_adv - self.rcv_nxt, 0)
+        if avail - cur >= min(self.config.recv_buffer // 2, self.rcv_mss):
+            wnd = avail
+        else:
+            wnd = cur
+        shift = self.rcv_wscale
+        value = min((wnd + (1 << shift) - 1) >> shift, 0xFFFF)
+        edge = self.rcv_nxt + (value << shift)
+        if edge > self.rcv_adv:
+            self.rcv_adv = edge
+        return value
+
+    def __repr__(self):
+        return (f"<Connection {self.local}->{self.remote} {self.state.value} una={int(self.snd_una)} "
+                f"nxt={int(self.snd_nxt)} max={int(self.snd_max)} rcv_nxt={int(self.rcv_nxt)}>")
+
+
+def _acceptable(seq, seg_len, rcv_wnd, rcv_nxt):
+    """RFC 9293 3.10.7.4 first step: the four cases of segment acceptability."""
+    if seg_len == 0:
+        if rcv_wnd == 0:
+            return seq == rcv_nxt
+        return seq.in_window(rcv_nxt, rcv_wnd)
+    if rcv_wnd == 0:
+        return False
+    return seq.in_window(rcv_nxt, rcv_wnd) or (seq + seg_len - 1).in_window(rcv_nxt, rcv_wnd)
+
+

@@ -1,0 +1,171 @@
+"""Selective acknowledgments: the sender's scoreboard (RFC 2018) and RFC 6675 recovery.
+
+Theory of operation: the sender keeps the SACKed ranges above SND.UNA as a sorted
+list of disjoint half-open ``[start, end)`` `Seq` intervals (`Scoreboard.blocks`).
+The space between SND.UNA and SND.MAX that is not SACKed is a list of *holes*. RFC
+6675's per-octet functions become per-hole ones because a hole contains no SACKed
+octet, so every octet of a hole has the same SACKed data above it: `IsLost` is
+constant across a hole. `pipe` (SetPipe, RFC 6675 section 4) and `next_seg`
+(NextSeg, rules 1 and 3; rule 2, new data, is the connection's business) work hole
+by hole. After a retransmission timeout the sender clears the board (RFC 2018
+section 8: SACK information is advisory and the receiver may renege).
+
+`receive_blocks` is the receiver's half: which SACK blocks to put in an ACK.
+"""
+from .seq import Seq, seq_max, seq_min
+
+DUP_THRESH = 3
+
+
+class Scoreboard:
+    """SACKed ranges above SND.UNA for one connection."""
+
+    __slots__ = ("blocks",)
+
+    def __init__(self):
+        self.blocks = []
+
+    def __bool__(self):
+        return bool(self.blocks)
+
+    def clear(self):
+        self.blocks = []
+
+    def update(self, sack_blocks, snd_una, snd_max):
+        """Merge received SACK blocks; return True if any octet became newly SACKed.
+
+        Blocks not wholly inside (SND.UNA, SND.MAX] are ignored (RFC 2018 section 4:
+        such blocks, e.g. D-SACKs of RFC 2883, carry no new loss information).
+        """
+        new = False
+        for left, right in sack_blocks:
+            left, right = Seq(left), Seq(right)
+            if not (snd_una < right <= snd_max) or left >= right or left < snd_una:
+                continue
+            if self._add(left, right):
+                new = True
+        return new
+
+    def _add(self, left, right):
+        before = self.sacked_bytes()
+        out = []
+        placed = False
+        for a, b in self.blocks:
+            if b < left:
+                out.append((a, b))
+            elif right < a:
+                if not placed:
+                    out.append((left, right))
+                    placed = True
+                out.append((a, b))
+            else:
+                left, right = seq_min(a, left), seq_max(b, right)
+        if not placed:
+            out.append((left, right))
+        self.blocks = out
+        return self.sacked_bytes() > before
+
+    def advance(self, snd_una):
+        """Forget everything below the new cumulative ACK point."""
+        blocks = self.blocks
+        if not blocks or blocks[0][0] >= snd_una:
+            return
+        out = []
+        for a, b in blocks:
+            if b <= snd_una:
+                continue
+            out.append((seq_max(a, snd_una), b))
+        self.blocks = out
+
+    def sacked_bytes(self):
+        return sum(b - a for a, b in self.blocks)
+
+    def sacked_between(self, start, end):
+        """SACKed octets in [start, end)."""
+        n = 0
+        for a, b in self.blocks:
+            lo, hi = seq_max(a, start), seq_min(b, end)
+            if hi > lo:
+                n += hi - lo
+        return n
+
+    def high_sacked(self):
+        """HighACK's counterpart: the end of the highest SACKed range, or None."""
+        return self.blocks[-1][1] if self.blocks else None
+
+    def is_lost(self, seq, mss, dup_thresh=DUP_THRESH):
+        """IsLost(SeqNum) of RFC 6675 section 4.
+
+        True if at least `dup_thresh` discontiguous SACKed ranges lie above `seq`
+        or more than (dup_thresh - 1) * SMSS octets above it are SACKed.
+        """
+        ranges = 0
+        octets = 0
+        for a, b in self.blocks:
+            if b > seq:
+                ranges += 1
+                octets += b - seq_max(a, seq + 1)
+        return ranges >= dup_thresh or octets > (dup_thresh - 1) * mss
+
+    def holes(self, snd_una, snd_max):
+        """Unsacked ``(start, end)`` ranges in [SND.UNA, SND.MAX), lowest first."""
+        out = []
+        cur = snd_una
+        for a, b in self.blocks:
+            if a > cur:
+                out.append((cur, a))
+            cur = seq_max(cur, b)
+        if snd_max > cur:
+            out.append((cur, snd_max))
+        return out
+
+    def pipe(self, snd_una, snd_max, high_rxt, mss):
+        """SetPipe (RFC 6675 section 4): octets believed to be in the network."""
+        pipe = 0
+        for a, b in self.holes(snd_una, snd_max):
+            if not self.is_lost(a, mss):
+                pipe += b - a
+            if high_rxt is not None and high_rxt > a:
+                pipe += seq_min(b, high_rxt) - a
+        return pipe
+
+    def next_seg(self, snd_una, snd_max, high_rxt, mss):
+        """NextSeg rules 1 and 3 (RFC 6675 section 4): the next range to retransmit.
+
+        Returns ``(start, end)`` of at most `mss` octets: first an unSACKed range
+        above HighRxt and below the highest SACKed octet that `is_lost` (rule 1),
+        else such a range that is not yet deemed lost (rule 3) - in which case the
+        caller must first prefer new data (rule 2). ``(None, rule)`` when none.
+        """
+        high = self.high_sacked()
+        if high is None:
+            return None, 0
+        candidate = None
+        for a, b in self.holes(snd_una, high):
+            if high_rxt is not None:
+                if b <= high_rxt:
+                    continue
+                a = seq_max(a, high_rxt)
+            seg = (a, seq_min(b, a + mss))
+            if self.is_lost(a, mss):
+                return seg, 1
+            if candidate is None:
+                candidate = seg
+        return (candidate, 3) if candidate is not None else (None, 0)
+
+
+def receive_blocks(ofo_ranges, recent, limit):
+    """SACK blocks for an outgoing ACK (RFC 2018 section 4).
+
+    `ofo_ranges` are the receiver's out-of-order ``(start, end)`` ranges; the one
+    containing `recent` (the start of the most recently received segment) goes
+    first, as the RFC requires, then the others up to `limit` blocks.
+    """
+    first = []
+    rest = []
+    for a, b in ofo_ranges:
+        if recent is not None and a <= recent < b and not first:
+            first.append((a, b))
+        else:
+            rest.append((a, b))
+    return tuple(first + rest)[:limit]

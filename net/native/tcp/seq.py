@@ -1,0 +1,76 @@
+"""32-bit TCP sequence numbers with wraparound (RFC 9293 section 3.4; RFC 1982 style).
+
+`Seq` is an int in [0, 2**32). Adding or subtracting an int wraps modulo 2**32 and
+gives a `Seq`; subtracting two `Seq` gives the signed distance (an int in
+[-2**31, 2**31)); comparisons order by that distance, so ``Seq(2**32 - 1) < Seq(3)``.
+Comparing numbers more than 2**31 apart is meaningless, as in the RFC: TCP keeps
+every window far below that. This is the only place that knows about wraparound.
+"""
+
+MASK = 0xFFFFFFFF
+HALF = 0x80000000
+_new = int.__new__
+_isub = int.__sub__
+
+
+class Seq(int):
+    """A sequence number; see the module docstring for the arithmetic.
+
+    Comparisons look at d = (self - other) mod 2**32: self < other when d is in the
+    upper half [2**31, 2**32), the same convention as the signed distance.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, value):
+        return _new(cls, value & MASK)
+
+    def __add__(self, n):
+        return _new(Seq, _isub(self, -n) & MASK)
+
+    __radd__ = __add__
+
+    def __sub__(self, other):
+        d = _isub(self, other) & MASK
+        if type(other) is Seq:
+            return d - 0x100000000 if d >= HALF else d
+        return _new(Seq, d)
+
+    def __lt__(self, other):
+        return (_isub(self, other) & MASK) >= HALF
+
+    def __le__(self, other):
+        d = _isub(self, other) & MASK
+        return d == 0 or d >= HALF
+
+    def __gt__(self, other):
+        return 0 < (_isub(self, other) & MASK) < HALF
+
+    def __ge__(self, other):
+        return (_isub(self, other) & MASK) < HALF
+
+    def __eq__(self, other):
+        return int(self) == (int(other) & MASK) if isinstance(other, int) else NotImplemented
+
+    def __ne__(self, other):
+        r = self.__eq__(other)
+        return r if r is NotImplemented else not r
+
+    __hash__ = int.__hash__
+
+    def __repr__(self):
+        return f"Seq({int(self)})"
+
+    def in_window(self, start, size):
+        """True if start <= self < start + size (RFC 9293 3.10.7.4 acceptability)."""
+        return 0 <= self - Seq(start) < size
+
+
+def seq_max(a, b):
+    """The later of two sequence numbers."""
+    return a if a >= b else b
+
+
+def seq_min(a, b):
+    """The earlier of two sequence numbers."""
+    return a if a <= b else b

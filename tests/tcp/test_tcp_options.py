@@ -1,0 +1,216 @@
+"""Option negotiation: window scaling and timestamps (RFC 7323), SACK (RFC 2018), MSS."""
+import pytest
+
+from tcp_harness import (ACK, IRS, ISS, LOCAL, REMOTE, SYN, T0, Connection, State, config,
+                         established, pull, send_seg, seg, syn_sent, wire_roundtrip)
+from shoal.net.native.wire.tcp import CWR, ECE
+
+
+def full_opts(**kw):
+    base = dict(window_scaling=True, timestamps=True, sack=True, recv_buffer=1 << 20)
+    base.update(kw)
+    return base
+
+
+def test_syn_offers_all_options():
+    _conn, syn = syn_sent(**full_opts())
+    assert syn.wscale == 5 and syn.sack_permitted and syn.timestamp == (int(T0 * 1000), 0)
+    assert syn.window == 65535  # a SYN's window is never scaled
+
+
+def test_window_scaling_negotiated():
+    conn = established(peer_window=1000, peer_opts={"wscale": 4}, **full_opts(timestamps=False))
+    assert conn.ws_ok and conn.snd_wscale == 4 and conn.rcv_wscale == 5
+    assert conn.snd_wnd == 1000  # SYN,ACK window unscaled
+    send_seg(conn, seg(IRS + 1, ISS + 1, ACK, window=1000))
+    assert conn.snd_wnd == 16000
+    conn.send(b"x")
+    [d] = pull(conn)
+    assert d.window == (1 << 20) >> 5 and d.wscale is None  # option only on SYN
+
+
+def test_window_scaling_off_when_peer_does_not_offer_it():
+    conn = established(**full_opts(timestamps=False))
+    assert not conn.ws_ok and conn.rcv_wscale == 0
+    conn.send(b"x")
+    [d] = pull(conn)
+    assert d.window == 65535
+
+
+def test_passive_syn_ack_echoes_only_offered_options():
+    syn = wire_roundtrip(seg(IRS, 0, SYN, 65535, mss=1460, sack_permitted=True))
+    conn = Connection.passive(config(**full_opts()), LOCAL, REMOTE, syn, ISS, T0)
+    [sa] = pull(conn)
+    assert sa.sack_permitted and sa.wscale is None and sa.timestamp is None
+    assert conn.sack_ok and not conn.ws_ok and not conn.ts_ok
+
+
+def test_passive_syn_ack_with_everything():
+    syn = wire_roundtrip(seg(IRS, 0, SYN, 65535, mss=1460, sack_permitted=True, wscale=7,
+                             timestamp=(555, 0)))
+    conn = Connection.passive(config(**full_opts()), LOCAL, REMOTE, syn, ISS, T0)
+    [sa] = pull(conn)
+    assert sa.wscale == 5 and sa.timestamp == (int(T0 * 1000), 555)
+    assert conn.snd_mss == 1460 - 12  # MUST-16: timestamps take 12 octets
+
+
+def ts_conn(**kw):
+    conn = established(peer_opts={"timestamp": (7000, int(T0 * 1000))}, **full_opts(**kw))
+    assert conn.ts_ok and conn.ts_recent == 7000
+    return conn
+
+
+def test_timestamps_echoed():
+    conn = ts_conn()
+    send_seg(conn, seg(IRS + 1, ISS + 1, ACK, payload=b"a", timestamp=(7100, 0)), T0 + 0.5)
+    conn.poll(T0 + 1)
+    [a] = pull(conn, T0 + 1)
+    assert a.timestamp == (int((T0 + 1) * 1000), 7100)
+
+
+def test_paws_drops_old_timestamp():
+    conn = ts_conn()
+    send_seg(conn, seg(IRS + 1, ISS + 1, ACK, payload=b"old", timestamp=(6000, 0)))
+    assert conn.readable == 0 and conn.drops["paws"] == 1
+    [a] = pull(conn)
+    assert a.ack == IRS + 1
+
+
+def test_rtt_sampled_from_timestamp_echo():
+    conn = ts_conn(min_rto=0.1)
+    before = conn.rtt.srtt  # the handshake gave the first sample (RFC 6298 2.2)
+    conn.send(b"x" * 100)
+    [d] = pull(conn, T0 + 1)
+    send_seg(conn, seg(IRS + 1, ISS + 101, ACK, timestamp=(7001, d.timestamp[0])), T0 + 1.25)
+    assert conn.rtt.srtt == pytest.approx(7 / 8 * before + 1 / 8 * 0.25, abs=0.002)  # RFC 6298 2.3
+
+
+def test_rtt_sampled_without_timestamps_and_karn():
+    conn = established(min_rto=0.1)
+    assert conn.rtt.srtt == 0.0  # SYN answered at once
+    conn.send(b"x" * 100)
+    pull(conn)
+    send_seg(conn, seg(IRS + 1, ISS + 101, ACK), T0 + 0.2)
+    assert conn.rtt.srtt == pytest.approx(0.2 / 8)
+    srtt = conn.rtt.srtt
+    # a retransmitted segment yields no sample (Karn, MUST-18)
+    conn.send(b"y" * 100)
+    pull(conn, T0 + 0.2)
+    t = conn.poll_at()
+    conn.poll(t)
+    pull(conn, t)
+    send_seg(conn, seg(IRS + 1, ISS + 201, ACK), t + 5.0)
+    assert conn.rtt.srtt == srtt
+
+
+def sack_conn(**kw):
+    conn = established(peer_mss=1000, peer_opts={"sack_permitted": True},
+                       **full_opts(timestamps=False, **kw))
+    assert conn.sack_ok
+    return conn
+
+
+def test_receiver_sends_sack_blocks_most_recent_first():
+    conn = sack_conn()
+    send_seg(conn, seg(IRS + 101, ISS + 1, ACK, payload=b"b" * 100))
+    [a1] = pull(conn)
+    assert a1.ack == IRS + 1 and a1.sack == ((IRS + 101, IRS + 201),)
+    send_seg(conn, seg(IRS + 301, ISS + 1, ACK, payload=b"d" * 100))
+    [a2] = pull(conn)
+    assert a2.sack == ((IRS + 301, IRS + 401), (IRS + 101, IRS + 201))  # RFC 2018 4
+    send_seg(conn, seg(IRS + 1, ISS + 1, ACK, payload=b"a" * 100))
+    [a3] = pull(conn)
+    assert a3.ack == IRS + 201 and a3.sack == ((IRS + 301, IRS + 401),)
+
+
+def test_sack_recovery_retransmits_only_holes():
+    conn = sack_conn()
+    conn.send(b"z" * 6000)
+    out = pull(conn)
+    assert len(out) == 6
+    # segments 2 and 4 lost: the peer SACKs 3, 5 and 6
+    base = ISS + 1
+    for blocks in ([(base + 2000, base + 3000)],
+                   [(base + 4000, base + 5000), (base + 2000, base + 3000)],
+                   [(base + 4000, base + 6000), (base + 2000, base + 3000)]):
+        send_seg(conn, seg(IRS + 1, base + 1000, ACK, sack=tuple(blocks)))
+    assert conn.recovery == "sack"
+    rexmit = pull(conn)
+    assert [(s.seq, len(s.payload)) for s in rexmit] == [(base + 1000, 1000), (base + 3000, 1000)]
+    send_seg(conn, seg(IRS + 1, base + 6000, ACK))
+    assert conn.recovery is None and conn.snd_una == base + 6000
+
+
+def test_sack_ignores_blocks_outside_the_window():
+    conn = sack_conn()
+    conn.send(b"z" * 2000)
+    pull(conn)
+    send_seg(conn, seg(IRS + 1, ISS + 1, ACK, sack=((ISS + 5000, ISS + 6000), (ISS - 500, ISS))))
+    assert not conn.scoreboard
+
+
+def test_mss_option_only_on_syn():
+    conn = established(**full_opts())
+    conn.send(b"q")
+    assert all(s.mss is None for s in pull(conn))  # MUST-65
+
+
+def test_connection_survives_option_variety():
+    for opts in ({}, {"sack_permitted": True}, {"wscale": 14}, {"timestamp": (1, 1)}):
+        conn = established(peer_opts=opts, **full_opts())
+        assert conn.state is State.ESTABLISHED
+
+
+def test_ecn_negotiation_active():
+    conn, syn = syn_sent(ecn=True)
+    assert syn.flags == SYN | ECE | CWR  # ECN-setup SYN (RFC 3168 6.1.1)
+    send_seg(conn, seg(IRS, ISS + 1, SYN | ACK | ECE, mss=1460))
+    assert conn.ecn_ok
+    conn.send(b"e" * 10)
+    [d] = conn.transmit(T0)
+    assert d.ect  # new data may be ECT(0)
+
+
+def test_ecn_not_negotiated_without_ece_in_syn_ack():
+    conn, _ = syn_sent(ecn=True)
+    send_seg(conn, seg(IRS, ISS + 1, SYN | ACK, mss=1460))
+    assert not conn.ecn_ok
+
+
+def test_ecn_passive_and_ce_echo_until_cwr():
+    syn = wire_roundtrip(seg(IRS, 0, SYN | ECE | CWR, 65535, mss=1460))
+    conn = Connection.passive(config(ecn=True), LOCAL, REMOTE, syn, ISS, T0)
+    [sa] = pull(conn)
+    assert sa.flags == SYN | ACK | ECE
+    send_seg(conn, seg(IRS + 1, ISS + 1, ACK))
+    conn.segment_arrived(wire_roundtrip(seg(IRS + 1, ISS + 1, ACK, payload=b"ce")), T0, ce=True)
+    [a] = pull(conn)
+    assert a.flags & ECE  # RFC 3168 6.1.3
+    send_seg(conn, seg(IRS + 3, ISS + 1, ACK, payload=b"more"))
+    conn.poll(T0 + 1)
+    [a] = pull(conn, T0 + 1)
+    assert a.flags & ECE  # still echoing
+    send_seg(conn, seg(IRS + 7, ISS + 1, ACK | CWR, payload=b"x"), T0 + 1)
+    conn.poll(T0 + 2)
+    [a] = pull(conn, T0 + 2)
+    assert not a.flags & ECE
+
+
+def test_ece_reduces_once_per_window_and_sets_cwr():
+    conn, _ = syn_sent(ecn=True, congestion="newreno")
+    send_seg(conn, seg(IRS, ISS + 1, SYN | ACK | ECE, mss=1000))
+    pull(conn)
+    conn.send(b"w" * 6000)
+    out = conn.transmit(T0)
+    assert len(out) == 6 and all(s.ect for s in out)
+    send_seg(conn, seg(IRS + 1, ISS + 1001, ACK | ECE))
+    assert conn.cc.cwnd == 2500 and conn.counters["ecn-reduction"] == 1
+    send_seg(conn, seg(IRS + 1, ISS + 2001, ACK | ECE))
+    assert conn.counters["ecn-reduction"] == 1  # same window: no second reduction
+    send_seg(conn, seg(IRS + 1, ISS + 6001, ACK))
+    conn.send(b"n" * 1000)
+    [new] = conn.transmit(T0)
+    assert new.seq == ISS + 6001 and new.flags & CWR and new.ect
+    conn.poll(conn.poll_at())
+    [rexmit] = conn.transmit(T0 + 5)
+    assert rexmit.seq == ISS + 6001 and not rexmit.ect  # RFC 3168 6.1.5

@@ -1,0 +1,203 @@
+"""Unit tests of the TCP helpers: Seq, RTT estimator, congestion controllers, SACK scoreboard, ISN."""
+import pytest
+from hypothesis import given, strategies as st
+
+from shoal.net.native.tcp import congestion
+from shoal.net.native.tcp.isn import IsnGenerator
+from shoal.net.native.tcp.rtt import RttEstimator
+from shoal.net.native.tcp.sack import Scoreboard, receive_blocks
+from shoal.net.native.tcp.seq import Seq, seq_max, seq_min
+
+# ------------------------------------------------------------------ Seq
+
+
+def test_seq_wraps_and_compares():
+    a = Seq(0xFFFFFFF0)
+    b = a + 0x20
+    assert b == 0x10 and isinstance(b, Seq)
+    assert a < b and b > a and b - a == 0x20 and a - b == -0x20
+    assert seq_max(a, b) == b and seq_min(a, b) == a
+    assert (b - 0x20) == a
+    assert Seq(5).in_window(Seq(0xFFFFFFFE), 8) and not Seq(6).in_window(Seq(0xFFFFFFFE), 8)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(-2**31 + 1, 2**31 - 1))
+def test_seq_distance_property(x, d):
+    a = Seq(x)
+    b = a + d
+    assert b - a == d
+    assert (a < b) == (d > 0) and (a == b) == (d == 0)  # MUST-1 / REC-1: unsigned 32-bit arithmetic
+
+
+# ------------------------------------------------------------------ RTT (RFC 6298)
+
+
+def test_rtt_first_and_later_samples():
+    r = RttEstimator(min_rto=0.0, granularity=0.001)
+    assert r.rto == 1.0
+    r.sample(0.1)
+    assert (r.srtt, r.rttvar, r.rto) == pytest.approx((0.1, 0.05, 0.3))  # RFC 6298 2.2
+    r.sample(0.2)
+    assert r.rttvar == pytest.approx(0.75 * 0.05 + 0.25 * 0.1)  # 2.3
+    assert r.srtt == pytest.approx(0.875 * 0.1 + 0.125 * 0.2)
+    assert r.rto == pytest.approx(r.srtt + 4 * r.rttvar)
+
+
+def test_rtt_min_max_and_backoff():
+    r = RttEstimator(min_rto=1.0, max_rto=8.0)
+    r.sample(0.01)
+    assert r.rto == 1.0  # 2.4
+    for expect in (2.0, 4.0, 8.0, 8.0):
+        r.backoff()
+        assert r.rto == expect  # 5.5, 2.5
+    r.sample(0.01)
+    assert r.rto == 1.0 and r.backoffs == 0
+
+
+def test_rtt_after_syn_timeout_is_three_seconds():
+    r = RttEstimator()
+    r.backoff()
+    r.reset_after_syn_timeout()
+    assert r.rto == 3.0  # RFC 6298 5.7
+
+
+# ------------------------------------------------------------------ congestion control
+
+
+def test_newreno_slow_start_and_avoidance():
+    cc = congestion.make("newreno", 1000, 10_000)
+    cc.on_ack(5000, 0.0, 0.1)
+    assert cc.cwnd == 11_000  # RFC 5681 eq. 2: min(N, SMSS)
+    cc.ssthresh = 11_000
+    for _ in range(11):
+        cc.on_ack(1000, 0.0, 0.1)
+    assert cc.cwnd == 12_000  # one SMSS per window acked
+    cc.on_congestion(0.0, 12_000)
+    assert cc.ssthresh == 6000 and cc.cwnd == 6000
+    cc.on_timeout(0.0, 1000)
+    assert cc.ssthresh == 2000 and cc.cwnd == 1000  # eq. 4 floor 2*SMSS; loss window
+
+
+def test_cubic_reduction_and_cubic_growth():
+    cc = congestion.make("cubic", 1000, 100_000)
+    cc.ssthresh = 100_000
+    cc.on_congestion(10.0, 100_000)
+    assert cc.cwnd == 70_000 and cc.w_max == 100  # beta 0.7 (RFC 9438 4.6)
+    assert cc.k == pytest.approx((100 * 0.3 / 0.4) ** (1 / 3))
+    now = 10.0
+    # a window of ACKs per 500 ms RTT for K seconds: the window climbs back to W_max
+    # (at this RTT the cubic curve is above the Reno-friendly estimate, RFC 9438 4.4)
+    while now < 10.0 + cc.k:
+        now += 0.5
+        cc.on_ack(cc.cwnd, now, 0.5)
+    assert 97_000 <= cc.cwnd <= 103_000
+    # and beyond K it grows convexly past W_max
+    for _ in range(10):
+        now += 0.5
+        cc.on_ack(cc.cwnd, now, 0.5)
+    assert cc.cwnd > 110_000
+
+
+def test_cubic_fast_convergence():
+    cc = congestion.make("cubic", 1000, 100_000)
+    cc.on_congestion(0.0, 100_000)
+    cc.cwnd = 80_000
+    cc.on_congestion(1.0, 80_000)
+    assert cc.w_max == pytest.approx(80 * 1.7 / 2)  # RFC 9438 4.7
+
+
+def test_cubic_reno_friendly_region_on_short_rtt():
+    cc = congestion.make("cubic", 1000, 20_000)
+    cc.on_congestion(0.0, 20_000)
+    start = cc.cwnd
+    now = 0.0
+    for _ in range(200):  # tiny RTT, many ACKs: the Reno estimate dominates early on
+        now += 0.001
+        cc.on_ack(1000, now, 0.001)
+    assert cc.cwnd > start
+
+
+def test_cubic_timeout():
+    cc = congestion.make("cubic", 1000, 50_000)
+    cc.on_timeout(3.0, 50_000)
+    assert cc.cwnd == 1000 and cc.ssthresh == 35_000 and cc.t_epoch is None
+
+
+def test_unknown_congestion_control():
+    with pytest.raises(ValueError):
+        congestion.make("vegas", 1000, 10_000)
+
+
+# ------------------------------------------------------------------ SACK scoreboard
+
+
+def board(*blocks, una=0, smax=100_000):
+    sb = Scoreboard()
+    sb.update([(a, b) for a, b in blocks], Seq(una), Seq(smax))
+    return sb
+
+
+def test_scoreboard_merges_and_advances():
+    sb = board((100, 200), (300, 400))
+    assert sb.update([(200, 300)], Seq(0), Seq(1000))
+    assert sb.blocks == [(100, 400)]
+    assert not sb.update([(150, 250)], Seq(0), Seq(1000))  # nothing new
+    sb.advance(Seq(250))
+    assert sb.blocks == [(250, 400)]
+    sb.advance(Seq(500))
+    assert sb.blocks == []
+
+
+def test_scoreboard_ignores_invalid_blocks():
+    sb = board((50, 40), (0, 10), (900, 2000), una=5, smax=1000)
+    assert sb.blocks == []
+
+
+def test_is_lost_rules():
+    mss = 100
+    sb = board((200, 300), (400, 500), (600, 700))
+    assert sb.is_lost(Seq(100), mss)        # three discontiguous SACKed ranges above
+    assert not sb.is_lost(Seq(550), mss)    # one range above
+    sb2 = board((200, 501))
+    assert sb2.is_lost(Seq(100), mss)       # more than 2 * SMSS octets SACKed above
+    assert not board((200, 400)).is_lost(Seq(100), mss)
+
+
+def test_pipe_and_next_seg():
+    mss = 100
+    sb = board((200, 300), (400, 500), (600, 700))
+    una, smax = Seq(0), Seq(800)
+    # holes: 0-200 lost (3 ranges above); 300-400, 500-600, 700-800 not (200 octets is not > 2*SMSS)
+    assert sb.pipe(una, smax, None, mss) == 300
+    rng, rule = sb.next_seg(una, smax, None, mss)
+    assert rng == (0, 100) and rule == 1
+    assert sb.pipe(una, smax, Seq(200), mss) == 300 + 200  # retransmitted octets count
+    rng, rule = sb.next_seg(una, smax, Seq(200), mss)
+    assert rng == (300, 400) and rule == 3
+    sb.update([(450, 500), (520, 560)], una, smax)
+    rng, rule = sb.next_seg(una, smax, Seq(200), mss)
+    assert rng == (300, 400) and rule == 1  # now 4 ranges above it
+
+
+def test_receive_blocks_order():
+    ranges = [(Seq(10), Seq(20)), (Seq(30), Seq(40)), (Seq(50), Seq(60))]
+    assert receive_blocks(ranges, Seq(35), 3) == ((30, 40), (10, 20), (50, 60))
+    assert receive_blocks(ranges, None, 2) == ((10, 20), (30, 40))
+
+
+# ------------------------------------------------------------------ ISN (RFC 6528)
+
+
+def test_isn_clock_component_and_prf():
+    gen = IsnGenerator(b"0123456789abcdef")
+    a = gen(1, 1000, 2, 80, 10.0)
+    assert gen(1, 1000, 2, 80, 10.0) == a
+    assert (gen(1, 1000, 2, 80, 10.004) - a) % 2**32 == 1000  # 4 us ticks (MUST-8)
+    assert gen(1, 1001, 2, 80, 10.0) != a                       # per 4-tuple (SHLD-1)
+    other = IsnGenerator(b"fedcba9876543210")
+    assert other(1, 1000, 2, 80, 10.0) != a                    # keyed: secret needed (MUST-9)
+
+
+def test_isn_secret_too_short():
+    with pytest.raises(ValueError):
+        IsnGenerator(b"short")

@@ -1,0 +1,264 @@
+"""Retransmission (RFC 6298), fast retransmit/NewReno (RFC 5681/6582), persist and keepalive timers."""
+import pytest
+
+from tcp_harness import ACK, IRS, ISS, RST, T0, State, drive, established, pull, send_seg, seg
+from shoal.net.native.tcp.connection import Event
+
+BASE = ISS + 1
+
+
+def test_rto_retransmits_with_exponential_backoff():
+    conn = established()
+    conn.send(b"x" * 100)
+    pull(conn)
+    now = T0
+    for gap in (1.0, 2.0, 4.0, 8.0):  # RFC 6298 5.5 (MUST-19 backoff)
+        t = conn.poll_at()
+        assert t == pytest.approx(now + gap)
+        now = t
+        conn.poll(now)
+        [r] = pull(conn, now)
+        assert r.seq == BASE and len(r.payload) == 100
+    assert conn.counters["rto"] == 4
+
+
+def test_rto_clamped_to_max():
+    conn = established(max_rto=3.0)
+    conn.send(b"x")
+    pull(conn)
+    times = [T0]
+    for _ in range(5):
+        t = conn.poll_at()
+        conn.poll(t)
+        assert pull(conn, t)[0].seq == BASE
+        times.append(t)
+    gaps = [round(b - a, 6) for a, b in zip(times, times[1:])]
+    assert gaps == [1.0, 2.0, 3.0, 3.0, 3.0]  # RFC 6298 2.5: a maximum may be placed on RTO
+
+
+def test_min_rto_applies():
+    conn = established(min_rto=0.5)
+    conn.send(b"x")
+    pull(conn)
+    send_seg(conn, seg(IRS + 1, BASE + 1, ACK), T0 + 0.01)
+    assert conn.rtt.rto == 0.5
+
+
+def test_r1_advice_then_r2_timeout_with_rst():
+    conn = established(max_retransmits=5, r1_retransmits=3)
+    conn.send(b"x" * 10)
+    pull(conn)
+    out, _now = drive(conn, T0, T0 + 10_000)
+    events = conn.take_events()
+    assert events.index(Event.RETRANSMITTING) < events.index(Event.TIMED_OUT)  # SHLD-9, MUST-20
+    assert events[-1] is Event.CLOSED and conn.state is State.CLOSED
+    assert sum(1 for s in out if s.payload) == 5 and out[-1].flags == RST
+
+
+def test_user_timeout_is_settable():
+    conn = established()
+    conn.set_user_timeout(1)  # MUST-21
+    conn.send(b"x")
+    pull(conn)
+    drive(conn, T0, T0 + 100)
+    assert conn.state is State.CLOSED
+
+
+def test_ack_clears_retries_and_restarts_timer():
+    conn = established()
+    conn.send(b"x" * 2000)
+    pull(conn)
+    conn.poll(T0 + 1)
+    pull(conn, T0 + 1)
+    assert conn.retries == 1
+    send_seg(conn, seg(IRS + 1, BASE + 1460, ACK), T0 + 1.5)
+    assert conn.retries == 0
+    [rest] = pull(conn, T0 + 1.5)
+    assert rest.seq == BASE + 1460
+    assert conn.poll_at() == pytest.approx(T0 + 1.5 + conn.rtt.rto)  # RFC 6298 5.3
+
+
+def test_timeout_collapses_cwnd_and_goes_back():
+    conn = established(peer_mss=1000, nodelay=True, congestion="newreno")
+    conn.send(b"x" * 5000)
+    assert len(pull(conn)) == 5
+    conn.poll(T0 + 1)
+    [r] = pull(conn, T0 + 1)  # loss window: one segment (RFC 5681 3.1)
+    assert r.seq == BASE and conn.cc.cwnd == 1000 and conn.cc.ssthresh == 2500
+    send_seg(conn, seg(IRS + 1, BASE + 1000, ACK), T0 + 1.1)
+    assert [s.seq for s in pull(conn, T0 + 1.1)] == [BASE + 1000, BASE + 2000]  # slow start
+
+
+def dupack(conn, ack, n, window=65535):
+    for _ in range(n):
+        send_seg(conn, seg(IRS + 1, ack, ACK, window=window))
+
+
+def test_fast_retransmit_and_newreno_recovery():
+    conn = established(peer_mss=1000, congestion="newreno")
+    conn.send(b"x" * 8000)
+    assert len(pull(conn)) == 8
+    dupack(conn, BASE, 2)
+    assert pull(conn) == []
+    dupack(conn, BASE, 1)  # third duplicate: fast retransmit (RFC 5681 3.2)
+    assert conn.recovery == "newreno"
+    [r] = pull(conn)
+    assert r.seq == BASE and len(r.payload) == 1000
+    assert conn.cc.ssthresh == 4000 and conn.cc.cwnd == 4000 + 3000
+    # partial ACK: the next hole is retransmitted at once (RFC 6582 3.2 step 4)
+    send_seg(conn, seg(IRS + 1, BASE + 3000, ACK))
+    [r2] = pull(conn)
+    assert r2.seq == BASE + 3000 and conn.recovery == "newreno"
+    # full ACK ends recovery
+    send_seg(conn, seg(IRS + 1, BASE + 8000, ACK))
+    assert conn.recovery is None and conn.cc.cwnd <= conn.cc.ssthresh + 1000
+
+
+def test_duplicate_ack_rules():
+    conn = established(peer_mss=1000)
+    conn.send(b"x" * 3000)
+    pull(conn)
+    send_seg(conn, seg(IRS + 1, BASE, ACK, window=30000))  # window update: not a duplicate
+    send_seg(conn, seg(IRS + 1, BASE, ACK, window=30000, payload=b"d"))  # data: not a duplicate
+    assert conn.dupacks == 0
+    send_seg(conn, seg(IRS + 2, BASE, ACK, window=30000))
+    assert conn.dupacks == 1
+
+
+def test_zero_window_probing_and_resume():
+    conn = established(peer_mss=1000)
+    send_seg(conn, seg(IRS + 1, BASE, ACK, window=0))
+    conn.send(b"p" * 3000)
+    assert pull(conn) == []
+    t1 = conn.poll_at()
+    assert t1 == pytest.approx(T0 + 1.0)  # SHLD-29: first probe after one RTO
+    conn.poll(t1)
+    [probe] = pull(conn, t1)
+    assert probe.seq == BASE and len(probe.payload) == 1  # MUST-36
+    send_seg(conn, seg(IRS + 1, BASE, ACK, window=0), t1)
+    t2 = conn.poll_at()
+    assert t2 == pytest.approx(t1 + 2.0)  # SHLD-30: exponential backoff
+    # the window stays closed for a long time: no time-out while the peer answers (MUST-37)
+    now = t2
+    for _ in range(30):
+        conn.poll(now)
+        assert len(pull(conn, now)) == 1
+        send_seg(conn, seg(IRS + 1, BASE, ACK, window=0), now)
+        now = conn.poll_at()
+    assert conn.state is State.ESTABLISHED
+    send_seg(conn, seg(IRS + 1, BASE, ACK, window=4000), now)
+    out = pull(conn, now)
+    assert [s.seq for s in out] == [BASE, BASE + 1000, BASE + 2000]
+
+
+def test_probe_accepted_advances():
+    conn = established(peer_mss=1000)
+    send_seg(conn, seg(IRS + 1, BASE, ACK, window=0))
+    conn.send(b"p" * 10)
+    assert pull(conn) == []  # the pull after an application call arms the persist timer
+    t = conn.poll_at()
+    conn.poll(t)
+    pull(conn, t)
+    send_seg(conn, seg(IRS + 1, BASE + 1, ACK, window=0), t)
+    assert conn.snd_una == BASE + 1 and conn.snd_nxt == BASE + 1
+
+
+def test_unanswered_zero_window_probes_time_out():
+    conn = established(max_retransmits=4)
+    send_seg(conn, seg(IRS + 1, BASE, ACK, window=0))
+    conn.send(b"p" * 10)
+    pull(conn)
+    drive(conn, T0, T0 + 10_000)
+    assert conn.state is State.CLOSED and Event.TIMED_OUT in conn.take_events()
+
+
+def test_shrunk_window_no_new_data_beyond_it():
+    conn = established(peer_mss=1000)
+    conn.send(b"s" * 3000)
+    pull(conn)
+    # the peer shrinks its window (MUST-34): nothing new is sent, retransmission continues
+    send_seg(conn, seg(IRS + 1, BASE + 1000, ACK, window=500))
+    assert pull(conn) == []
+    conn.poll(conn.poll_at())
+    assert pull(conn, T0 + 5)[0].seq == BASE + 1000
+
+
+def test_keepalive_off_by_default():
+    conn = established()
+    assert conn.poll_at() is None  # MUST-25
+
+
+def test_keepalive_probes_idle_connection():
+    conn = established(keepalive=True, keepalive_idle=7200.0, keepalive_interval=75.0, keepalive_probes=3)
+    assert conn.poll_at() == pytest.approx(T0 + 7200)  # MUST-28: at least 2 hours
+    conn.poll(T0 + 7200)
+    [p] = pull(conn, T0 + 7200)
+    assert p.seq == BASE - 1 and not p.payload and p.ack == IRS + 1  # SHLD-12
+    # the peer answers: the idle clock restarts (MUST-29 tolerates lost probes before that)
+    send_seg(conn, seg(IRS + 1, BASE, ACK), T0 + 7200.1)
+    assert conn.poll_at() == pytest.approx(T0 + 7200.1 + 7200)
+
+
+def test_keepalive_gives_up_after_unanswered_probes():
+    conn = established(keepalive=True, keepalive_idle=10.0, keepalive_interval=1.0, keepalive_probes=3)
+    out, now = drive(conn, T0, T0 + 100)
+    assert len(out) == 3 and conn.state is State.CLOSED  # MUST-29: several probes, not one
+    assert Event.TIMED_OUT in conn.take_events()
+    assert now == pytest.approx(T0 + 13)
+
+
+def test_keepalive_enabled_at_runtime():
+    conn = established()
+    conn.set_keepalive(True, idle=30.0, interval=5.0)  # MUST-24, MUST-27
+    assert conn.poll_at() == pytest.approx(T0 + 30)
+
+
+def test_delayed_ack_timer_under_half_second():
+    conn = established(delayed_ack=0.2)
+    send_seg(conn, seg(IRS + 1, BASE, ACK, payload=b"x"))
+    assert conn.poll_at() == pytest.approx(T0 + 0.2)
+
+
+def test_keepalive_not_sent_while_data_outstanding():
+    conn = established(keepalive=True, keepalive_idle=10.0)
+    conn.send(b"x")
+    pull(conn)
+    assert conn.keepalive_at is None  # MUST-26: only when idle
+    send_seg(conn, seg(IRS + 1, BASE + 1, ACK), T0 + 1)
+    assert conn.keepalive_at == pytest.approx(T0 + 11)
+
+
+def test_shrunk_window_with_live_peer_never_times_out():
+    conn = established(peer_mss=1000, max_retransmits=3)
+    conn.send(b"s" * 3000)
+    pull(conn)
+    send_seg(conn, seg(IRS + 1, BASE, ACK, window=0))
+    now = T0
+    for _ in range(10):
+        now = conn.poll_at()
+        conn.poll(now)
+        pull(conn, now)
+        send_seg(conn, seg(IRS + 1, BASE, ACK, window=0), now)
+    assert conn.state is State.ESTABLISHED  # SHLD-17
+
+
+def test_limited_transmit_on_first_two_dupacks():
+    conn = established(peer_mss=1000, initial_window=4, congestion="newreno")
+    conn.send(b"l" * 10_000)
+    assert len(pull(conn)) == 4
+    dupack(conn, BASE, 1)
+    [n1] = pull(conn)  # RFC 3042: one new segment per duplicate ACK
+    assert n1.seq == BASE + 4000
+    dupack(conn, BASE, 1)
+    [n2] = pull(conn)
+    assert n2.seq == BASE + 5000
+
+
+def test_old_ack_does_not_update_window():
+    conn = established(peer_mss=1000)
+    conn.send(b"w" * 3000)
+    pull(conn)
+    send_seg(conn, seg(IRS + 1, BASE + 2000, ACK, window=5000, payload=b"a"))
+    # an older ACK (reordered) with a newer sequence number must not move the window
+    send_seg(conn, seg(IRS + 2, BASE + 1000, ACK, window=100))
+    assert conn.snd_wnd == 5000 and conn.snd_wl1 == IRS + 1
