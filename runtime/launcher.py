@@ -30,7 +30,7 @@ import sys
 import time
 import traceback
 
-from shoal.runtime import log, sharded, smp
+from shoal.runtime import log, metrics, sharded, smp
 from shoal.runtime.cpuset import choose_cpus
 from shoal.runtime.reactor import Reactor
 from shoal.runtime.ring import Segment
@@ -313,6 +313,7 @@ def _new_loop(backend):
 def _run_shard(shard, count, segment, efds, main, args, extensions):
     loop = _new_loop(args.reactor_backend)
     asyncio.set_event_loop(loop)
+    metrics.count_tasks(loop)
     router = smp.Router(segment, shard, efds, loop)
     smp.count, smp._shard, smp._router = count, shard, router
     _ShardState.extensions, _ShardState.args = extensions, args

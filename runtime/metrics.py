@@ -339,12 +339,12 @@ def _reactor_stat(key):
 
 def _smp_stat(what):
     def read():
-        router = smp._router
-        if router is None:
+        stats = smp.stats()
+        if stats is None:
             return None
         if what == "backpressure_waits":
-            return router.stats[what]
-        return {"sent": router.stats[f"{what}_sent"], "received": router.stats[f"{what}_received"]}
+            return stats[what]
+        return {"sent": stats[f"{what}_sent"], "received": stats[f"{what}_received"]}
     return read
 
 
@@ -376,6 +376,8 @@ def _register_runtime(target):
         target.callback(f"shoal_smp_{what}", help, COUNTER, _smp_stat(what), ["direction"])
     target.callback("shoal_smp_backpressure_waits", "cross-shard calls that waited for a full outbox to drain",
                     COUNTER, _smp_stat("backpressure_waits"))
+    calls = target.histogram("shoal_smp_call_seconds", "round trip of submit_to calls to other shards")
+    smp._call_observer = calls.observe
 
 
 _register_runtime(registry)

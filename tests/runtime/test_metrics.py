@@ -171,6 +171,12 @@ def test_gather_labels_every_sample_with_its_shard_and_counters_move():
         for shard, value in by_shard(after[name]).items():
             assert value > by_shard(before[name])[shard], (name, shard)
     assert set(by_shard(after["shoal_reactor_tasks"])) == {"0", "1"}
+    # Every call from shard 0 to shard 1 is one observation of the round-trip histogram.
+    calls = by_shard(after["shoal_smp_call_seconds_count"])
+    assert calls["0"] - by_shard(before["shoal_smp_call_seconds_count"])["0"] >= 51
+    slow = by_shard(after["shoal_smp_call_seconds_bucket"], le="+Inf")
+    assert slow["0"] == calls["0"]
+    assert set(by_shard(after["shoal_reactor_tasks_started_total"])) == {"0", "1"}
 
 
 def _scrape(url):
