@@ -9,6 +9,9 @@
 ``--dhcp``                  obtain address, netmask and gateway from a DHCP server
 ``--hw-address MAC``        shoal's MAC address (default: random, locally administered)
 ``--mtu N``                 the interface MTU (default: the device's)
+``--tcp-congestion NAME``   TCP congestion control: ``cubic`` (default, RFC 9438) or ``newreno``
+``--tcp-min-rto SECONDS``   lower bound of the retransmission timeout (default 1 s, RFC 6298
+                            2.4; Linux uses 0.2 s, which recovers lost retransmissions faster)
 
 Seastar lets ``--host-ipv4-addr`` silently switch ``--dhcp`` off; shoal refuses
 every contradictory or impossible combination with a message naming the options,
@@ -16,13 +19,16 @@ before any frame is sent: a misconfigured host on a shared link is worse than on
 that does not start.
 """
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 DEFAULT_TAP = "tap0"
 DEFAULT_NETMASK = "255.255.255.0"
 MIN_MTU = 576
 """RFC 1122 section 3.3.3: every IPv4 host must accept 576-byte datagrams; DHCP needs it too."""
 MAX_MTU = 65535
+TCP_CONGESTION = ("cubic", "newreno")
+MAX_MIN_RTO = 60.0
+"""RFC 6298 2.5: a maximum RTO of at least 60 s; the minimum may not exceed it."""
 
 
 class ConfigError(ValueError):
@@ -40,6 +46,8 @@ class NativeConfig:
     gw_ipv4_addr: int | None = None
     hw_address: bytes | None = None
     mtu: int | None = None
+    tcp_congestion: str = "cubic"
+    tcp_min_rto: float | None = None
 
 
 def add_options(parser):
@@ -58,6 +66,10 @@ def add_options(parser):
     group.add_argument("--hw-address", default=None, metavar="MAC",
                        help="this host's MAC address (default: random, locally administered)")
     group.add_argument("--mtu", type=int, default=None, metavar="N", help="interface MTU (default: the device's)")
+    group.add_argument("--tcp-congestion", default="cubic", choices=TCP_CONGESTION,
+                       help="TCP congestion control (default cubic, RFC 9438)")
+    group.add_argument("--tcp-min-rto", type=float, default=None, metavar="SECONDS",
+                       help="minimum TCP retransmission timeout (default 1, RFC 6298; Linux uses 0.2)")
 
 
 def _address(text, option):
@@ -110,11 +122,19 @@ def from_args(args):
     if mtu is not None and not MIN_MTU <= mtu <= MAX_MTU:
         raise ConfigError(f"--mtu {mtu} is outside {MIN_MTU}..{MAX_MTU}")
     hw = getattr(args, "hw_address", None)
+    congestion = getattr(args, "tcp_congestion", None) or "cubic"
+    if congestion not in TCP_CONGESTION:
+        raise ConfigError(f"--tcp-congestion {congestion!r}: choose one of {', '.join(TCP_CONGESTION)}")
+    min_rto = getattr(args, "tcp_min_rto", None)
+    if min_rto is not None and not 0 < min_rto <= MAX_MIN_RTO:
+        raise ConfigError(f"--tcp-min-rto {min_rto} must be above 0 and at most {MAX_MIN_RTO:g} seconds")
     config = NativeConfig(
         tap_device=getattr(args, "tap_device", None) or DEFAULT_TAP,
         dhcp=dhcp,
         hw_address=_mac(hw) if hw is not None else None,
         mtu=mtu,
+        tcp_congestion=congestion,
+        tcp_min_rto=min_rto,
     )
     if dhcp:
         return config
@@ -134,4 +154,4 @@ def from_args(args):
                               "(RFC 1122 section 3.3.1.1: the first hop must be directly reachable)")
         if gw_value == host_value:
             raise ConfigError(f"--gw-ipv4-addr {gw} is this host's own address")
-    return NativeConfig(config.tap_device, False, host_value, mask_value, gw_value, config.hw_address, mtu)
+    return replace(config, host_ipv4_addr=host_value, netmask_ipv4_addr=mask_value, gw_ipv4_addr=gw_value)

@@ -5,7 +5,7 @@ Theory of operation
 `NativeStack` owns one device queue and the sans-I/O layers above it::
 
     device --rx_burst--> receive_frames: Ethernet demux --+--> Arp.receive
-                                                          +--> Ipv4.receive --> Icmp | Udp | TCP (hook)
+                                                          +--> Ipv4.receive --> Icmp | Udp | TcpLayer
     device <--tx_burst-- pull(n) <-- Arp.tx (every frame leaves through ARP, the link output)
 
 Receive: each frame becomes a `Packet` wrapping the driver's bytes (no copy), the
@@ -15,10 +15,11 @@ IPv4), and the payload goes to the layer's ``receive`` with the shard clock's
 their own. Nothing raises on bad input.
 
 Transmit is pulled: the reactor's `DevicePoller` asks `pull(n)` for at most ``n``
-frames when the device can take them. Registered *transmit sources* (the TCP layer's
-hook, `add_tx_source`) are asked first to build up to the room left, so segments are
-made at the last moment; then frames leave ARP's queue in order. Frames the device
-took are released (an echo reply gives the request's buffer back that way).
+frames when the device can take them. Registered *transmit sources* (the TCP layer,
+`tcp_layer.TcpLayer`, through `add_tx_source`) are asked first to build up to the
+room left, so segments are made at the last moment; then frames leave ARP's queue
+in order. Frames the device took are released (an echo reply gives the request's
+buffer back that way).
 
 Time: layers expose ``poll_at()``/``poll(now)``. While the reactor polls, every
 poll services due timers; before it sleeps, a loop timer is set for the earliest
@@ -28,6 +29,9 @@ send, a timer) wakes a sleeping reactor through `wake`.
 Configuration: a static address is set at `start`; with DHCP, a `DhcpClient` runs
 on UDP port 68 and each lease event reconfigures IPv4 (and so ARP, which announces
 the address). `configured` tells when an address is set.
+
+Selection: importing `shoal.net.native` registers the stack as ``--network-stack
+native`` (its factory is `create` here, imported when a shard makes the stack).
 """
 import asyncio
 import errno
@@ -46,6 +50,8 @@ from .dhcp import DhcpClient
 from .icmp import Icmp
 from .ipv4 import Ipv4
 from .packet import Packet
+from .tcp.connection import TcpConfig
+from .tcp_layer import TcpLayer
 from .udp import Udp
 from .wire import WireError
 from .wire import dhcp as wire_dhcp
@@ -244,13 +250,14 @@ class NativeStack(api.NetworkStack):
     """shoal's TCP/IP stack on one device queue (see the module docstring).
 
     ``clock`` is the shard clock (default: the running loop's ``time``), ``rng`` a
-    ``random.Random`` for identifiers (IP ident, ephemeral ports, DHCP xid): both are
-    injected so that tests are reproducible.
+    ``random.Random`` for identifiers (IP ident, ephemeral ports, DHCP xid, the TCP
+    ISN secret): both are injected so that tests are reproducible. ``tcp_config`` is
+    the `TcpConfig` TCP connections start from (its MTU is clamped to the device's).
     """
 
     name = "native"
 
-    def __init__(self, device, config, *, rng, clock=None, batch=64):
+    def __init__(self, device, config, *, rng, clock=None, batch=64, tcp_config=None):
         self.device = device
         self.config = config
         self.mac = device.mac
@@ -270,6 +277,7 @@ class NativeStack(api.NetworkStack):
         self._reactor = None
         self.device_poller = DevicePoller(device, self.receive_frames, self.pull, batch, done=self._sent)
         self.poller = _StackPoller(self)
+        self.tcp = TcpLayer(self, rng, tcp_config)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -305,6 +313,7 @@ class NativeStack(api.NetworkStack):
     async def stop(self):
         for channel in list(self._channels):
             channel.close()
+        self.tcp.shutdown()
         if self._reactor is not None:
             self._reactor.remove_poller(self.poller)
             self._reactor = None
@@ -460,10 +469,10 @@ class NativeStack(api.NetworkStack):
         return channel
 
     def listen(self, address, *, reuse_address=True, backlog=api.DEFAULT_BACKLOG):
-        raise OSError(errno.EPROTONOSUPPORT, "the native stack has no TCP yet (issue 5): use --network-stack posix")
+        return self.tcp.listen(address, backlog)
 
     async def connect(self, address, *, local_address=None, timeout=None):
-        raise OSError(errno.EPROTONOSUPPORT, "the native stack has no TCP yet (issue 5): use --network-stack posix")
+        return await self.tcp.connect(address, local_address, timeout)
 
     # -- observability -----------------------------------------------------------------
 
@@ -474,8 +483,18 @@ class NativeStack(api.NetworkStack):
             layers["dhcp"] = self.dhcp
         out = {name: {"stats": dict(layer.stats), "drops": dict(layer.drops)} for name, layer in layers.items()}
         out["ipv4"]["tx_drops"] = dict(self.ipv4.tx_drops)
+        out["tcp"] = self.tcp.counters()
         out["device"] = {"stats": dict(getattr(self.device, "stats", {})), "drops": {}}
         return out
+
+
+def tcp_config(config):
+    """The `TcpConfig` a `NativeConfig`'s TCP options ask for (RFC defaults otherwise)."""
+    kw = {"congestion": config.tcp_congestion}
+    if config.tcp_min_rto is not None:
+        kw["min_rto"] = config.tcp_min_rto
+        kw["initial_rto"] = max(TcpConfig.initial_rto, config.tcp_min_rto)
+    return TcpConfig(**kw)
 
 
 def create(args):
@@ -489,13 +508,10 @@ def create(args):
             f"the native stack drives a single device queue for now: run it with --smp 1 (not {smp.count})")
     device = TapDevice(config.tap_device, mac=config.hw_address, mtu=config.mtu)
     try:
-        stack = NativeStack(device, config, rng=random.Random())
+        stack = NativeStack(device, config, rng=random.Random(), tcp_config=tcp_config(config))
         stack.start(reactor.current())
     except BaseException:
         device.close()
         raise
     return stack
 
-
-api.register_stack("native", create, add_options=native_config.add_options,
-                   description="shoal's user-space TCP/IP over a TAP device")

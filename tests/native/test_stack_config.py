@@ -65,24 +65,24 @@ def test_factory_refuses_several_shards_before_touching_a_device(monkeypatch):
         stack.create(args)
 
 
-def test_native_stack_is_registered_with_its_options():
+def test_native_stack_is_registered_with_its_options(monkeypatch):
     from shoal.net import api
-    from shoal.net.native import stack  # noqa: F401  (registers on import)
+    from shoal.net.native import stack
 
+    api.load_stack_modules()  # what --network-stack parsing does: imports shoal.net.native
     info = api.stack_info("native")
-    assert info.factory is stack.create
+    monkeypatch.setattr(stack, "create", lambda args: ("created", args))
+    assert info.factory("args") == ("created", "args")  # the factory is stack.create, imported lazily
     parser = argparse.ArgumentParser()
     info.add_options(parser)
     assert parser.parse_args(["--dhcp", "--tap-device", "t"]).dhcp
 
 
-# `python -m shoal.apps.echo` with the native stack imported first (it registers on import).
-LAUNCH = "import sys, shoal.net.native.stack; from shoal.apps.echo import main; sys.exit(main(sys.argv[1:]))"
 
 
 def test_the_echo_app_refuses_conflicting_options_before_touching_a_device():
     tap = f"shoalx{os.getpid() % 10000}"
-    out = subprocess.run([sys.executable, "-c", LAUNCH, "--udp", "--smp", "1", "--network-stack", "native",
+    out = subprocess.run([sys.executable, "-m", "shoal.apps.echo", "--udp", "--smp", "1", "--network-stack", "native",
                           "--tap-device", tap, "--dhcp", "--host-ipv4-addr", "10.0.0.2"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0

@@ -16,10 +16,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("ping") is None, reason="ping is not installed (apt: iputils-ping)"),
 ]
 
-# `python -m shoal.apps.echo` with the native stack's module imported first, so that the
-# test does not depend on which package imports it (it registers `--network-stack native`).
-LAUNCH = ["-c", "import sys, shoal.net.native.stack; from shoal.apps.echo import main; sys.exit(main(sys.argv[1:]))"]
-
 UDP_CLIENT = """
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -34,7 +30,7 @@ print("echoed")
 
 
 def start_echo(peer, *options):
-    app = subprocess.Popen([sys.executable, *LAUNCH, "--udp", "--port", "10000", "--smp", "1",
+    app = subprocess.Popen([sys.executable, "-m", "shoal.apps.echo", "--udp", "--port", "10000", "--smp", "1",
                             "--network-stack", "native", "--tap-device", peer.ifname, *options],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60

@@ -1,0 +1,296 @@
+"""The native stack against the posix stack (and pytcp), with the Linux kernel as the client.
+
+    python bench/native.py [--duration 3] [--connections 1,16] [--size-mb 20] [--runs 3]
+
+In one run, the same ``python -m shoal.apps.httpd --smp 1 --root DIR`` is measured
+
+* on the **native** stack over a TAP whose far side sits in a namespace this
+  script creates (`shoal.drivers.netns.KernelPeer`), and
+* on the **posix** stack, reached from a second namespace through a veth pair
+  whose root-namespace end carries the server's address,
+
+so that in both cases the load generators (wrk and curl) run inside a namespace and
+cross one virtual link. For each: wrk requests/s for ``GET /`` (a 14-byte body)
+at each connection count, and bulk download MB/s of a ``--size-mb`` file with curl
+(the best of ``--runs``; pytcp gets one, it is slow). pytcp (PyPI, 2.7) is the pure-Python peer the issue names:
+if it is installed, a small HTTP server on its Berkeley-like sockets (a thread per
+connection, the same response bytes for ``GET /``) runs on a TAP of its own and is
+measured the same way; otherwise the output says why not. Prints a markdown table; every interface
+and namespace made here is removed on exit, even after failures.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from shoal.drivers.netns import KernelPeer, unavailable
+
+PYTHON = sys.executable
+
+
+class VethPeer:
+    """A namespace joined to the root namespace by a veth pair (the posix stack's path)."""
+
+    def __init__(self, subnet="10.213.11"):
+        token = os.urandom(3).hex()
+        self.namespace = f"shoalb-{token}"
+        self.outer = f"shb{token}o"
+        self.inner = f"shb{token}i"
+        self.client_ip = f"{subnet}.1"
+        self.server_ip = f"{subnet}.2"
+        self._made = False
+        try:
+            self._ip("netns", "add", self.namespace)
+            self._made = True
+            self._ip("link", "add", self.outer, "type", "veth", "peer", "name", self.inner, "netns", self.namespace)
+            self._ip("addr", "add", f"{self.server_ip}/24", "dev", self.outer)
+            self._ip("link", "set", self.outer, "up")
+            self._ip("-n", self.namespace, "addr", "add", f"{self.client_ip}/24", "dev", self.inner)
+            self._ip("-n", self.namespace, "link", "set", self.inner, "up")
+            self._ip("-n", self.namespace, "link", "set", "lo", "up")
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _ip(*args):
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+    def command(self, argv):
+        return ["ip", "netns", "exec", self.namespace, *argv]
+
+    def run(self, argv, timeout=120):
+        return subprocess.run(self.command(argv), capture_output=True, text=True, timeout=timeout)
+
+    def close(self):
+        subprocess.run(["ip", "link", "del", self.outer], capture_output=True, timeout=30)
+        if self._made:
+            subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True, timeout=30)
+            self._made = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def start_httpd(options):
+    app = subprocess.Popen([PYTHON, "-m", "shoal.apps.httpd", "--smp", "1", *options],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return app
+
+
+def wait_banner(app):
+    seen = []
+    for line in app.stdout:
+        seen.append(line)
+        if "httpd: listening" in line or len(seen) > 200:
+            break
+    if "httpd: listening" not in seen[-1]:
+        raise RuntimeError("httpd did not start:\n" + "".join(seen))
+
+
+def stop(app):
+    if app.poll() is None:
+        app.send_signal(signal.SIGTERM)
+        try:
+            app.wait(30)
+        except subprocess.TimeoutExpired:
+            app.kill()
+            app.wait()
+
+
+def wrk(peer, url, connections, duration):
+    r = peer.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}", "--timeout", "5s", url],
+                 timeout=duration + 60)
+    out = r.stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if r.returncode != 0 or m is None:
+        raise RuntimeError(f"wrk failed: {out}{r.stderr}")
+    errors = "Socket errors" in out or "Non-2xx" in out
+    return float(m.group(1)), errors
+
+
+def curl_mb_s(peer, url, runs):
+    best = 0.0
+    for _ in range(runs):
+        r = peer.run(["curl", "-sS", "--fail", "--max-time", "120", "-o", "/dev/null", "-w",
+                      "%{speed_download} %{size_download}", url], timeout=180)
+        if r.returncode != 0:
+            raise RuntimeError(f"curl failed: {r.stderr}")
+        speed, _size = r.stdout.split()
+        best = max(best, float(speed) / 1e6)
+    return best
+
+
+def measure(peer, base_url, connections, duration, runs):
+    row = {}
+    for c in connections:
+        rps, errors = wrk(peer, f"{base_url}/", c, duration)
+        row[f"rps{c}"] = f"{rps:,.0f}" + (" (errors)" if errors else "")
+        row[f"_rps{c}"] = rps
+    mb_s = curl_mb_s(peer, f"{base_url}/big.bin", runs)
+    row["mbs"] = f"{mb_s:.1f}"
+    row["_mbs"] = mb_s
+    return row
+
+
+def bench_native(root, connections, duration, runs):
+    with KernelPeer(open_device=False, subnet="10.213.12") as peer:
+        app = start_httpd(["--network-stack", "native", "--tap-device", peer.ifname,
+                           "--host-ipv4-addr", peer.shoal_ip, "--root", root])
+        try:
+            deadline = time.monotonic() + 60
+            while not peer.interface_exists():
+                if app.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("native httpd did not create its tap:\n" + app.stdout.read())
+                time.sleep(0.05)
+            peer.adopt()
+            wait_banner(app)
+            return measure(_Runner(peer), f"http://{peer.shoal_ip}:10000", connections, duration, runs)
+        finally:
+            stop(app)
+
+
+def bench_posix(root, connections, duration, runs):
+    with VethPeer() as peer:
+        app = start_httpd(["--network-stack", "posix", "--address", peer.server_ip, "--root", root])
+        try:
+            wait_banner(app)
+            return measure(peer, f"http://{peer.server_ip}:10000", connections, duration, runs)
+        finally:
+            stop(app)
+
+
+class _Runner:
+    """`KernelPeer.run` with the signature `measure` uses."""
+
+    def __init__(self, peer):
+        self.peer = peer
+
+    def run(self, argv, timeout=120):
+        return self.peer.run(argv, check=False, timeout=timeout)
+
+
+PYTCP_SERVER = r"""
+import os, sys, threading
+from pytcp import TcpIpStack
+from pytcp.lib import socket as psocket
+
+ifname, ip, root = sys.argv[1:4]
+stack = TcpIpStack(interface=ifname, mac_address="02:00:00:77:77:77", ip4_address=ip + "/24",
+                   ip6_address="fe80::7777/64")
+stack.start()
+HELLO = b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\nContent-Type: text/plain\r\n\r\nHello, World!\n"
+
+def serve(conn):
+    pending = b""
+    try:
+        while True:
+            data = conn.recv()
+            if not data:
+                break
+            pending += data
+            while b"\r\n\r\n" in pending:
+                head, pending = pending.split(b"\r\n\r\n", 1)
+                path = head.split(b" ", 2)[1].decode()
+                if path == "/":
+                    conn.send(HELLO)
+                    continue
+                with open(os.path.join(root, path.lstrip("/")), "rb") as f:
+                    body = f.read()
+                conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+                for i in range(0, len(body), 1 << 16):
+                    conn.send(body[i:i + (1 << 16)])
+    finally:
+        conn.close()
+
+server = psocket.socket(psocket.AF_INET4, psocket.SOCK_STREAM)
+server.bind((ip, 10000))
+server.listen()
+print("pytcp: listening", flush=True)
+while True:
+    conn, _ = server.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"""
+
+
+def bench_pytcp(root, connections, duration, runs):
+    """pytcp 2.7 (PyPI) on a TAP: a thread per connection over its Berkeley-like sockets."""
+    try:
+        import pytcp  # noqa: F401
+    except ImportError:
+        return "not installed (`pip install pytcp`)"
+    with KernelPeer(open_device=False, subnet="10.213.13") as peer:
+        app = subprocess.Popen([PYTHON, "-O", "-c", PYTCP_SERVER, peer.ifname, peer.shoal_ip, root],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not peer.interface_exists():
+                if app.poll() is not None or time.monotonic() > deadline:
+                    return "did not start: " + app.stdout.read()[-500:]
+                time.sleep(0.05)
+            peer.adopt()
+            for line in app.stdout:
+                if "pytcp: listening" in line:
+                    break
+            try:
+                return measure(_Runner(peer), f"http://{peer.shoal_ip}:10000", connections, duration, runs)
+            except RuntimeError as e:
+                return f"failed under load: {str(e)[:300]}"
+        finally:
+            stop(app)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=3, help="wrk seconds per run")
+    parser.add_argument("--connections", default="1,16", help="wrk connection counts")
+    parser.add_argument("--size-mb", type=int, default=20, help="size of the bulk file")
+    parser.add_argument("--runs", type=int, default=3, help="curl downloads (best is kept)")
+    parser.add_argument("--no-pytcp", dest="pytcp", action="store_false", help="skip pytcp")
+    args = parser.parse_args(argv)
+    why = unavailable()
+    if why is not None:
+        sys.exit(f"bench/native.py: {why}")
+    for tool in ("wrk", "curl"):
+        if shutil.which(tool) is None:
+            sys.exit(f"bench/native.py: {tool} is not installed")
+    connections = [int(c) for c in args.connections.split(",")]
+    with tempfile.TemporaryDirectory(prefix="shoal-bench-") as root:
+        with open(os.path.join(root, "big.bin"), "wb") as f:
+            f.write(random.Random(1).randbytes(args.size_mb << 20))
+        rows = {"native (TAP)": bench_native(root, connections, args.duration, args.runs),
+                "posix (veth)": bench_posix(root, connections, args.duration, args.runs)}
+        pytcp = bench_pytcp(root, connections, args.duration, 1) if args.pytcp else "skipped (--no-pytcp)"
+        if isinstance(pytcp, dict):
+            rows["pytcp (TAP)"] = pytcp
+    print(f"# shoal httpd: native vs posix vs pytcp ({datetime.datetime.now().isoformat(timespec='seconds')}, "
+          f"wrk -d{args.duration}, {args.size_mb} MB file, 1 shard)\n")
+    header = "| stack | " + " | ".join(f"wrk -c{c} req/s" for c in connections) + " | curl MB/s |"
+    print(header)
+    print("|" + "---|" * (len(connections) + 2))
+    for name, row in rows.items():
+        print(f"| {name} | " + " | ".join(row[f"rps{c}"] for c in connections) + f" | {row['mbs']} |")
+    native, posix = rows["native (TAP)"], rows["posix (veth)"]
+    ratios = [f"-c{c}: {native[f'_rps{c}'] / posix[f'_rps{c}']:.2f}" for c in connections]
+    print(f"\nnative/posix: {', '.join(ratios)}, bulk: {native['_mbs'] / posix['_mbs']:.2f}")
+    if isinstance(pytcp, dict):
+        ratios = [f"-c{c}: {native[f'_rps{c}'] / pytcp[f'_rps{c}']:.1f}" for c in connections]
+        print(f"native/pytcp: {', '.join(ratios)}, bulk: {native['_mbs'] / max(pytcp['_mbs'], 1e-9):.1f}")
+    else:
+        print(f"pytcp: {pytcp}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,739 @@
+"""The TCP layer of the native stack: demultiplexing, timers, transmit, and the shoal.net API.
+
+Theory of operation
+-------------------
+`TcpLayer` joins the sans-I/O machines of `shoal.net.native.tcp` (a `Connection`
+per 4-tuple, a `Listener` per listening port) to one `NativeStack`:
+
+* **Receive.** IPv4 hands every protocol-6 datagram to `receive`. The segment is
+  parsed with its checksum verified against the pseudo-header (RFC 9293 3.1,
+  MUST-3); a bad one is counted in `drops` by the wire parser's reason and dropped.
+  Segments to a broadcast address are dropped (MUST-57). The 4-tuple dict
+  ``(local port, remote ip, remote port)`` finds the connection; otherwise the
+  port's listener gets it; otherwise it is answered with the RST of RFC 9293
+  3.10.7.1 (never for a RST). A SYN that reopens a TIME-WAIT connection (the
+  machine returns True) goes on to the listener. Payloads are views of the
+  driver's buffer: the machine copies what it keeps, so no packet is held.
+* **Timers are data.** Every owner object (connection or server) has
+  ``poll_at()``; the layer keeps one deadline heap of ``(deadline, n, owner)``
+  with lazy deletion: an owner is pushed again only when its deadline moves
+  earlier, and an entry whose deadline is no longer the owner's is skipped when
+  popped. The stack asks `poll_at`/`poll` like any other timer client.
+* **Transmit is pulled.** Anything that may make a machine want to send (a
+  segment, a timer, an application call) puts its owner in the ordered `_dirty`
+  set. When the device can take frames the stack calls `transmit(room, now)`:
+  stateless replies go first, then each dirty owner builds up to the room left.
+  An owner that filled the room moves to the back (round robin), one that sent
+  less is clean. A segment becomes a `Packet` whose payload is the machine's
+  bytes, attached as a fragment; the header is written into the headroom with
+  `wire.tcp.build_into` and its checksum extended over the payload by one C sum
+  (no payload copy).
+* **Connections after the application.** ``close`` queues the FIN and returns;
+  the layer keeps driving the machine (retransmission, FIN-WAIT-2, TIME-WAIT)
+  and forgets the 4-tuple when it reaches CLOSED, so the dict empties once
+  TIME-WAIT (2*MSL) ends. An orphan in FIN-WAIT-2 is reset after
+  `fin_wait_2_timeout` (a peer that never closes would pin it forever; Linux's
+  tcp_fin_timeout), and data reaching an orphan is discarded and counted.
+* **Errors.** REFUSED, RESET and TIMED_OUT become ConnectionRefusedError,
+  ConnectionResetError and TimeoutError naming both addresses; an ICMP error that
+  aborts (protocol/port unreachable) keeps its errno; a soft error (ICMP net or
+  host unreachable, or ARP giving up) is remembered and, as Linux does, reported
+  instead of a plain time-out if the connection then times out (RFC 1122 4.2.3.9).
+  ICMP errors must quote a sequence number in SND.UNA..SND.MAX (RFC 5927 4.1).
+"""
+import asyncio
+import errno
+import heapq
+import itertools
+import os
+import struct
+from collections import Counter, deque
+from dataclasses import replace
+
+from shoal.net import api
+
+from .packet import Packet
+from .tcp.connection import Connection, Event, State, TcpConfig, TcpError, reset_for
+from .tcp.isn import IsnGenerator
+from .tcp.listener import Listener
+from .tcp.seq import Seq
+from .wire import WireError
+from .wire import tcp as wire_tcp
+from .wire.checksum import add, sum16
+
+PROTO_TCP = 6
+EPHEMERAL = (49152, 65535)
+"""Ephemeral port range (RFC 6056 section 2.1, the IANA range)."""
+MAX_REPLIES = 1024
+"""Stateless replies (RSTs for segments to no socket) waiting for a pull; more are dropped."""
+FIN_WAIT_2_TIMEOUT = 60.0
+"""Seconds an orphan (closed by the application) may wait in FIN-WAIT-2 for the peer's FIN."""
+FLUSH_LOW_WATER = 64 * 1024
+"""Unsent octets under which `flush` returns."""
+MAX_HALF_OPEN = 256
+"""Half-open connections per listener; beyond them SYNs get SYN cookies (see `tcp.listener`)."""
+_CSUM = struct.Struct("!H")
+_QUOTE = struct.Struct("!HHI")
+
+
+def _text(ip):
+    """Dotted quad of an int address (`stack.ip_text`; imported here late: stack imports us)."""
+    from .stack import ip_text
+    return ip_text(ip)
+
+
+class NativeTcpConnection(api.Connection):
+    """A connection of the native stack: the API's `Connection` over a `tcp.Connection`.
+
+    Reads return ``bytes`` (the octets the machine held, taken at once); writes
+    wait while the machine's send buffer is full. The layer calls `transmit`,
+    `poll_at`/`poll` and `settle`; the application calls the API methods.
+    """
+
+    def __init__(self, layer, tcp):
+        self._layer = layer
+        self.tcp = tcp
+        self.key = (tcp.local[1], tcp.remote[0], tcp.remote[1])
+        self.alive = True
+        self.timer_at = None
+        self.orphan_at = None
+        self._app = True
+        self._exc = None
+        self._soft = None
+        self._icmp = None
+        self._held = deque()
+        self._reader = None
+        self._writers = []
+        self._flushers = []
+        self._connected = None
+        self._local = (_text(tcp.local[0]), tcp.local[1])
+        self._peer = (_text(tcp.remote[0]), tcp.remote[1])
+        self._remote_ip = tcp.remote[0]
+        self.on_send_error = self._send_failed
+
+    # -- layer side ------------------------------------------------------------------
+
+    def poll_at(self):
+        t = self.tcp.poll_at()
+        o = self.orphan_at
+        if o is not None and (t is None or o < t):
+            return o
+        return t
+
+    def poll(self, now):
+        o = self.orphan_at
+        if o is not None and now >= o:
+            self.orphan_at = None
+            if self.tcp.state is State.FIN_WAIT_2:
+                self._layer.stats["orphan-timeouts"] += 1
+                self.tcp.abort()
+        t = self.tcp.poll_at()
+        if t is not None and now >= t:
+            self.tcp.poll(now)
+
+    def wants_transmit(self):
+        return self.tcp.wants_transmit()
+
+    def transmit(self, now, limit):
+        tcp = self.tcp
+        segs = tcp.transmit(now, limit)
+        if segs:
+            layer = self._layer
+            cfg = tcp.config
+            tos = cfg.dscp << 2
+            ip = self._remote_ip
+            for seg in segs:
+                layer.send_segment(seg, ip, now, cfg.ttl, tos | 2 if seg.ect else tos, self.on_send_error)
+        return len(segs)
+
+    def settle(self, now):
+        """Handle the machine's events; returns True when the layer may forget the connection."""
+        tcp = self.tcp
+        events = tcp.take_events()
+        for ev in events:
+            if ev is Event.READABLE or ev is Event.EOF or ev is Event.URGENT:
+                self._wake_reader()
+            elif ev is Event.WRITABLE:
+                self._wake_writers()
+            elif ev is Event.CONNECTED:
+                fut = self._connected
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+            elif ev is Event.SOFT_ERROR:
+                self._soft = self._icmp
+                self._layer.stats["soft-errors"] += 1
+            elif ev is Event.RETRANSMITTING:
+                self._layer.stats["retransmitting"] += 1
+            elif ev in (Event.REFUSED, Event.RESET, Event.TIMED_OUT, Event.UNREACHABLE):
+                self._failed(ev)
+            elif ev is Event.CLOSED:
+                self._wake_all()
+        if not self._app:
+            if tcp.readable:
+                self._layer.stats["data-after-close"] += tcp.readable
+                tcp.recv()
+            if tcp.state is State.FIN_WAIT_2 and self.orphan_at is None:
+                self.orphan_at = now + self._layer.fin_wait_2_timeout
+        if self._flushers and (self._exc is not None or tcp.state is State.CLOSED
+                               or tcp.config.send_buffer - tcp.send_space <= FLUSH_LOW_WATER):
+            for fut in self._flushers:
+                if not fut.done():
+                    fut.set_result(None)
+            self._flushers.clear()
+        return tcp.state is State.CLOSED and not tcp.wants_transmit()
+
+    def _failed(self, ev):
+        self._layer.stats[f"connections-{ev.value}"] += 1
+        if ev is Event.REFUSED:
+            exc = ConnectionRefusedError(errno.ECONNREFUSED, "")
+        elif ev is Event.RESET:
+            exc = ConnectionResetError(errno.ECONNRESET, "")
+        elif ev is Event.UNREACHABLE:
+            code = self._icmp.errno if self._icmp is not None else errno.EHOSTUNREACH
+            exc = OSError(code, "")
+        elif self._soft is not None:
+            exc = OSError(self._soft.errno, "")  # Linux reports the soft error after a time-out
+        else:
+            exc = TimeoutError(errno.ETIMEDOUT, "")
+        what = f"connect to {api.format_address(self._peer)}" if self._connected is not None \
+            and not self._connected.done() else self._describe()
+        self._exc = api.with_address(exc, what)
+        fut = self._connected
+        if fut is not None and not fut.done():
+            fut.set_exception(self._exc)
+        self._wake_all()
+
+    def _send_failed(self, exc):
+        """A frame of this connection could not be sent (ARP gave up): a soft error."""
+        if self._soft is None:
+            self._layer.stats["soft-errors"] += 1
+        self._soft = exc
+
+    def icmp_error(self, exc, now):
+        self._icmp = exc
+        self.tcp.icmp_arrived(exc.icmp_type, exc.icmp_code, now)
+
+    def _wake_reader(self):
+        fut = self._reader
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _wake_writers(self):
+        for fut in self._writers:
+            if not fut.done():
+                fut.set_result(None)
+        self._writers.clear()
+
+    def _wake_all(self):
+        self._wake_reader()
+        self._wake_writers()
+        for fut in self._flushers:
+            if not fut.done():
+                fut.set_result(None)
+        self._flushers.clear()
+        fut = self._connected
+        if fut is not None and not fut.done() and self.tcp.state is State.CLOSED:
+            fut.set_exception(ConnectionAbortedError(errno.ECONNABORTED,
+                                                     f"connect to {api.format_address(self._peer)} aborted"))
+
+    def _describe(self):
+        return f"connection {api.format_address(self._local)} -> {api.format_address(self._peer)}"
+
+    # -- application side ------------------------------------------------------------
+
+    async def read(self):
+        while True:
+            if self._held:
+                return self._held.popleft()
+            tcp = self.tcp
+            if tcp.readable:
+                data = tcp.recv()
+                if tcp.wants_transmit():
+                    self._layer.transmit_due(self)  # the window opened enough for an update
+                return data
+            if self._exc is not None:
+                raise self._exc
+            if tcp.at_eof or tcp.state is State.CLOSED or not self._app:
+                return b""
+            if self._reader is not None:
+                raise RuntimeError(f"read() already waiting on {self._describe()}")
+            self._reader = fut = asyncio.get_running_loop().create_future()
+            try:
+                await fut
+            finally:
+                self._reader = None
+
+    async def write(self, data):
+        if type(data) is list or type(data) is tuple:
+            for part in data:
+                await self._write(part)
+        else:
+            await self._write(data)
+
+    async def _write(self, data):
+        tcp = self.tcp
+        layer = self._layer
+        while True:
+            if self._exc is not None:
+                raise self._exc
+            if not self._app:
+                raise BrokenPipeError(errno.EPIPE, f"write after close: {self._describe()}")
+            try:
+                n = tcp.send(data)
+            except TcpError:
+                raise BrokenPipeError(errno.EPIPE, f"write after shutdown: {self._describe()}") from None
+            if n:
+                layer.transmit_due(self)
+            if n == len(data):
+                return
+            if n:
+                data = memoryview(data)[n:]
+            fut = asyncio.get_running_loop().create_future()
+            self._writers.append(fut)
+            await fut
+
+    async def flush(self):
+        tcp = self.tcp
+        while self._exc is None and tcp.state is not State.CLOSED \
+                and tcp.config.send_buffer - tcp.send_space > FLUSH_LOW_WATER:
+            fut = asyncio.get_running_loop().create_future()
+            self._flushers.append(fut)
+            await fut
+        if self._exc is not None:
+            raise self._exc
+
+    def shutdown_output(self):
+        tcp = self.tcp
+        if not self._app or tcp.state not in (State.SYN_RECEIVED, State.ESTABLISHED, State.CLOSE_WAIT):
+            return
+        # The machine's close() resets a connection with unread data (RFC 9293 3.6,
+        # SHLD-3), which is right for close() but not for a half-close: keep that data here.
+        if tcp.readable:
+            self._held.append(tcp.recv())
+        tcp.close()
+        self._layer.changed(self)
+
+    async def close(self):
+        if not self._app:
+            return
+        self._app = False
+        self._held.clear()
+        try:
+            self.tcp.close()
+        except TcpError:
+            pass
+        self._wake_all()
+        self._layer.changed(self)
+
+    def abort(self):
+        self._app = False
+        self._held.clear()
+        self.tcp.abort()
+        self._wake_all()
+        self._layer.changed(self)
+
+    @property
+    def local_address(self):
+        return self._local
+
+    @property
+    def peer_address(self):
+        return self._peer
+
+    def set_nodelay(self, enabled=True):
+        self.tcp.set_nodelay(bool(enabled))
+        self._layer.changed(self)
+
+    def set_keepalive(self, enabled=True, *, idle=None, interval=None, count=None):
+        if count is not None:
+            self.tcp.config = replace(self.tcp.config, keepalive_probes=int(count))
+        self.tcp.set_keepalive(bool(enabled), idle, interval)
+        self._layer.changed(self)
+
+    def __repr__(self):
+        return f"<NativeTcpConnection {self.tcp!r}>"
+
+
+class NativeTcpServer(api.Server):
+    """A listening port of the native stack: the API's `Server` over a `tcp.Listener`.
+
+    Established connections wait in the listener's accept queue (bounded by the
+    backlog) until `accept` adopts them; only then does the 4-tuple dict route
+    their segments directly.
+    """
+
+    def __init__(self, layer, listener, address):
+        self._layer = layer
+        self.listener = listener
+        self.port = listener.local[1]
+        self._address = address
+        self.alive = True
+        self.timer_at = None
+        self._waiter = None
+
+    def poll_at(self):
+        return self.listener.poll_at()
+
+    def poll(self, now):
+        self.listener.poll(now)
+
+    def wants_transmit(self):
+        return self.listener.wants_transmit()
+
+    def transmit(self, now, limit):
+        pairs = self.listener.transmit(now, limit)
+        send = self._layer.send_segment
+        ttl = self.listener.config.ttl
+        for remote, seg in pairs:
+            send(seg, remote[0], now, ttl, 0, None)
+        return len(pairs)
+
+    def settle(self, now):
+        if self.listener.ready:
+            fut = self._waiter
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        return False
+
+    async def accept(self):
+        while True:
+            if not self.alive:
+                raise api.ServerClosedError(errno.ECONNABORTED,
+                                            f"server on {api.format_address(self.local_address)} closed")
+            tcp = self.listener.accept()
+            if tcp is not None:
+                conn = self._layer.adopt(tcp)
+                return conn, conn.peer_address
+            self._waiter = fut = asyncio.get_running_loop().create_future()
+            try:
+                await fut
+            finally:
+                self._waiter = None
+
+    def close(self):
+        if self.alive:
+            self._layer.close_server(self)
+            fut = self._waiter
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    @property
+    def local_address(self):
+        return (self._address or _text(self._layer.stack.ipv4.address), self.port)
+
+
+class TcpLayer:
+    """TCP for one `NativeStack` (see the module docstring).
+
+    ``config`` is the `TcpConfig` every connection starts from (its ``mtu`` is set
+    to the device's, which clamps the MSS we advertise: MUST-67, SHLD-6); ``rng``
+    gives the ISN secret (RFC 6528) and the first ephemeral port (RFC 6056).
+    """
+
+    def __init__(self, stack, rng, config=None, *, fin_wait_2_timeout=FIN_WAIT_2_TIMEOUT):
+        self.stack = stack
+        self.ipv4 = stack.ipv4
+        base = config if config is not None else TcpConfig()
+        self.config = replace(base, mtu=min(base.mtu, stack.device.mtu))
+        self.fin_wait_2_timeout = fin_wait_2_timeout
+        self.isn = IsnGenerator(rng.randbytes(32))
+        self.conns = {}
+        self.servers = {}
+        self.drops = Counter()
+        self.stats = Counter()
+        self._dirty = {}
+        self._heap = []
+        self._order = itertools.count()
+        self._replies = deque()
+        self._next_port = rng.randrange(EPHEMERAL[0], EPHEMERAL[1] + 1)
+        self._retired_drops = Counter()
+        self._retired_counters = Counter()
+        self.ipv4.handlers[PROTO_TCP] = self.receive
+        stack.icmp.error_handlers[PROTO_TCP] = self.icmp_error
+        stack.add_tx_source(self.transmit)
+        stack.add_timer_client(self)
+
+    # -- receive ---------------------------------------------------------------------
+
+    def receive(self, hdr, datagram, packet, now):
+        """IPv4 handler for protocol 6. Never raises on bad input."""
+        self.stats["segments-received"] += 1
+        if hdr.dst != self.ipv4.address:
+            self.drops["not-unicast"] += 1  # MUST-57: no TCP on broadcast or multicast
+            return
+        src = hdr.src
+        try:
+            seg = wire_tcp.parse(datagram[hdr.header_len:], src, hdr.dst)
+        except WireError as e:
+            self.drops[e.reason] += 1
+            return
+        conn = self.conns.get((seg.dst_port, src, seg.src_port))
+        if conn is not None:
+            reopen = conn.tcp.segment_arrived(seg, now, (hdr.tos & 3) == 3)
+            self._changed(conn, now)
+            if not reopen:
+                return
+        server = self.servers.get(seg.dst_port)
+        if server is not None:
+            server.listener.segment_arrived(seg, (src, seg.src_port), now)
+            self._changed(server, now)
+            return
+        self.drops["no-socket"] += 1
+        rst = reset_for(seg)
+        if rst is not None:
+            self._reply(src, rst)
+
+    def icmp_error(self, exc, inner, rest, now):
+        """An ICMP error quoting one of our segments (`Icmp.error_handlers[6]`)."""
+        if len(rest) < _QUOTE.size:
+            self.drops["icmp-short-quote"] += 1
+            return
+        sport, dport, seq = _QUOTE.unpack_from(rest)
+        conn = self.conns.get((sport, inner.dst, dport))
+        if conn is None:
+            self.drops["icmp-no-connection"] += 1
+            return
+        tcp = conn.tcp
+        if not Seq(seq).in_window(tcp.snd_una, max(tcp.snd_max - tcp.snd_una, 1)):
+            self.drops["icmp-seq-out-of-window"] += 1  # RFC 5927 4.1: likely forged
+            return
+        self.stats["icmp-errors"] += 1
+        conn.icmp_error(exc, now)
+        self._changed(conn, now)
+
+    def _reply(self, ip, seg):
+        if len(self._replies) < MAX_REPLIES:
+            self._replies.append((ip, seg))
+        else:
+            self.drops["reply-queue-full"] += 1
+
+    # -- owners: events, timers, transmit list ---------------------------------------
+
+    def _changed(self, owner, now):
+        if owner.settle(now):
+            self._forget(owner)
+            return
+        t = owner.poll_at()
+        if t is not None and (owner.timer_at is None or t < owner.timer_at):
+            owner.timer_at = t
+            heapq.heappush(self._heap, (t, next(self._order), owner))
+        if owner.wants_transmit():
+            self._dirty[owner] = None
+
+    def changed(self, owner):
+        """An application call changed `owner`: settle it and make the reactor poll."""
+        if owner.alive:
+            self._changed(owner, self.stack.now())
+            self.stack.wake()
+
+    def transmit_due(self, owner):
+        """An application call gave `owner` something to send (its timers are unchanged)."""
+        if owner.alive:
+            self._dirty[owner] = None
+            self.stack.wake()
+
+    def _forget(self, conn):
+        if self.conns.get(conn.key) is conn:
+            del self.conns[conn.key]
+        conn.alive = False
+        self._dirty.pop(conn, None)
+        self._retired_drops.update(conn.tcp.drops)
+        self._retired_counters.update(conn.tcp.counters)
+        self.stats["connections-closed"] += 1
+
+    def poll_at(self):
+        heap = self._heap
+        return heap[0][0] if heap else None
+
+    def poll(self, now):
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            t, _n, owner = heapq.heappop(heap)
+            if owner.timer_at != t or not owner.alive:
+                continue  # superseded by an earlier entry, or the owner is gone
+            owner.timer_at = None
+            owner.poll(now)
+            self._changed(owner, now)
+
+    def transmit(self, room, now):
+        """The stack's transmit source: send up to `room` segments."""
+        sent = 0
+        replies = self._replies
+        while replies and sent < room:
+            ip, seg = replies.popleft()
+            self.send_segment(seg, ip, now, self.config.ttl, 0, None)
+            sent += 1
+        dirty = self._dirty
+        if not dirty or sent >= room:
+            return
+        for owner in list(dirty):
+            left = room - sent
+            if left <= 0:
+                break
+            n = owner.transmit(now, left)
+            sent += n
+            del dirty[owner]
+            if n >= left:
+                dirty[owner] = None  # more to send: to the back of the line
+            if owner.settle(now):
+                self._forget(owner)
+                continue
+            t = owner.poll_at()
+            if t is not None and (owner.timer_at is None or t < owner.timer_at):
+                owner.timer_at = t
+                heapq.heappush(self._heap, (t, next(self._order), owner))
+
+    def send_segment(self, seg, dst, now, ttl, tos, on_error):
+        """Build `seg` into a packet (header in headroom, payload attached) and send it."""
+        self.stats["segments-sent"] += 1
+        payload = seg.payload
+        plen = len(payload)
+        pkt = Packet(payload if plen else None)
+        hlen = wire_tcp.header_len(seg)
+        off = pkt.prepend(hlen)
+        buf = pkt.buf
+        if plen:
+            seg.payload = b""
+            wire_tcp.build_into(buf, off, seg, self.ipv4.address, dst)
+            seg.payload = payload
+            # The header's checksum covers a pseudo-header of length hlen; extend it
+            # to hlen + plen and over the payload (which starts at an even offset).
+            s = add(add(~_CSUM.unpack_from(buf, off + 16)[0] & 0xFFFF, plen), sum16(payload))
+            _CSUM.pack_into(buf, off + 16, ~s & 0xFFFF)
+        else:
+            wire_tcp.build_into(buf, off, seg, self.ipv4.address, dst)
+        self.ipv4.send(pkt, dst, PROTO_TCP, now, ttl=ttl, tos=tos, on_error=on_error)
+
+    # -- API -------------------------------------------------------------------------
+
+    def adopt(self, tcp):
+        """Take over a connection accepted from a listener."""
+        conn = NativeTcpConnection(self, tcp)
+        self.conns[conn.key] = conn
+        self.stats["connections-accepted"] += 1
+        self.changed(conn)
+        return conn
+
+    def close_server(self, server):
+        server.alive = False
+        if self.servers.get(server.port) is server:
+            del self.servers[server.port]
+        self._dirty.pop(server, None)
+        now = self.stack.now()
+        listener = server.listener
+        for remote, tcp in list(listener.half_open.items()) + list(listener.ready.items()):
+            tcp.abort()  # RFC 9293 3.10.4: CLOSE of a listener resets what it did not hand over
+            for seg in tcp.transmit(now, 4):
+                self._reply(remote[0], seg)
+            self._retired_drops.update(tcp.drops)
+        listener.half_open.clear()
+        listener.ready.clear()
+        self._retired_drops.update(listener.drops)
+        self._retired_counters.update(listener.counters)
+        self.stack.wake()
+
+    def _local_ip(self, address, what):
+        from .stack import _parse_host
+        ip = _parse_host(address[0], what)
+        if ip and ip != self.ipv4.address:
+            raise OSError(errno.EADDRNOTAVAIL,
+                          f"{os.strerror(errno.EADDRNOTAVAIL)}: {api.format_address(address)} "
+                          "is not this interface's address")
+        return ip
+
+    def listen(self, address, backlog=api.DEFAULT_BACKLOG):
+        ip = self._local_ip(address, "TCP listen address")
+        port = address[1]
+        if not 0 <= port < 65536:
+            raise OSError(errno.EINVAL, f"bad port in {api.format_address(address)}")
+        if not port:
+            port = self._ephemeral(lambda p: p not in self.servers)
+        elif port in self.servers:
+            raise OSError(errno.EADDRINUSE,
+                          f"{os.strerror(errno.EADDRINUSE)}: TCP listen {api.format_address(address)}")
+        listener = Listener(self.config, (self.ipv4.address, port), self.isn, backlog=max(1, backlog),
+                            max_half_open=MAX_HALF_OPEN, syncookies=True)
+        server = NativeTcpServer(self, listener, address[0] if ip else "")
+        self.servers[port] = server
+        return server
+
+    def _ephemeral(self, free):
+        lo, hi = EPHEMERAL
+        span = hi - lo + 1
+        start = self._next_port
+        for i in range(span):
+            port = lo + (start - lo + i) % span
+            if free(port):
+                self._next_port = lo + (port - lo + 1) % span
+                return port
+        raise OSError(errno.EADDRNOTAVAIL, "no free ephemeral TCP port")
+
+    async def connect(self, address, local_address=None, timeout=None):
+        from .stack import _parse_host
+        what = f"connect to {api.format_address(address)}"
+        dst, dport = _parse_host(address[0], "TCP destination"), address[1]
+        if not dst or not 0 < dport < 65536:
+            raise OSError(errno.EINVAL, f"{os.strerror(errno.EINVAL)}: {what}")
+        if not self.stack.configured:
+            try:
+                await self.stack.wait_configured(timeout)
+            except asyncio.TimeoutError:
+                raise TimeoutError(errno.ETIMEDOUT, f"no address configured (DHCP): {what}") from None
+        if self.ipv4.is_broadcast(dst) or dst >> 28 >= 0xE:
+            raise OSError(errno.EINVAL, f"broadcast or multicast destination (MUST-46): {what}")
+        if self.ipv4.route(dst) is None:
+            raise OSError(errno.ENETUNREACH, f"{os.strerror(errno.ENETUNREACH)}: {what}")
+        lport = 0
+        if local_address is not None:
+            self._local_ip(local_address, "TCP local address")
+            lport = local_address[1]
+        if lport:
+            if (lport, dst, dport) in self.conns:
+                raise OSError(errno.EADDRINUSE, f"{os.strerror(errno.EADDRINUSE)}: {what} from port {lport}")
+        else:
+            lport = self._ephemeral(lambda p: p not in self.servers and (p, dst, dport) not in self.conns)
+        now = self.stack.now()
+        src = self.ipv4.address
+        iss = self.isn(src, lport, dst, dport, now)
+        tcp = Connection.active(self.config, (src, lport), (dst, dport), iss, now, ts_offset=iss)
+        conn = NativeTcpConnection(self, tcp)
+        conn._connected = fut = asyncio.get_running_loop().create_future()
+        self.conns[conn.key] = conn
+        self.stats["connections-opened"] += 1
+        self.changed(conn)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            conn.abort()
+            raise TimeoutError(errno.ETIMEDOUT, f"{os.strerror(errno.ETIMEDOUT)}: {what}") from None
+        except asyncio.CancelledError:
+            conn.abort()
+            raise
+        return conn
+
+    def shutdown(self):
+        """Stack stop: fail every waiting application call and forget all state."""
+        for server in list(self.servers.values()):
+            server.close()
+        for conn in list(self.conns.values()):
+            conn._exc = ConnectionAbortedError(errno.ECONNABORTED, f"stack stopped: {conn._describe()}")
+            conn._wake_all()
+            self._forget(conn)
+        self._dirty.clear()
+        self._heap.clear()
+        self._replies.clear()
+
+    def counters(self):
+        """Layer counters plus those of every connection, live or gone."""
+        drops = Counter(self.drops)
+        drops.update(self._retired_drops)
+        counters = Counter(self.stats)
+        counters.update(self._retired_counters)
+        for conn in self.conns.values():
+            drops.update(conn.tcp.drops)
+            counters.update(conn.tcp.counters)
+        for server in self.servers.values():
+            drops.update(server.listener.drops)
+            counters.update(server.listener.counters)
+        counters["connections"] = len(self.conns)
+        return {"stats": dict(counters), "drops": dict(drops)}
