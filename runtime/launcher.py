@@ -353,6 +353,7 @@ async def _stop_extensions():
 
 async def _shard_zero(main, router, loop):
     await _start_extensions()
+    router.open()
     task = asyncio.ensure_future(main())
     stopping = []
 
@@ -382,6 +383,7 @@ async def _shard_zero(main, router, loop):
 
 async def _other_shard(router):
     await _start_extensions()
+    router.open()
     await router.stopped
 
 

@@ -53,7 +53,7 @@ class Reactor:
         self._pollers = []
         self._last_work = clock()
         self._handle = None
-        self._readers = []
+        self._reader_of = {}  # poller -> the fd registered as a loop reader for it
         self._heartbeat = None
         self._fatal = None
         self.sleeping = False
@@ -71,6 +71,19 @@ class Reactor:
         if self.sleeping:
             self.wake()
         self._pollers.remove(poller)
+        self._set_reader(poller, None)
+
+    def _set_reader(self, poller, fd):
+        old = self._reader_of.get(poller)
+        if old == fd:
+            return
+        if old is not None and old not in (f for p, f in self._reader_of.items() if p is not poller):
+            self.loop.remove_reader(old)
+        if fd is None:
+            self._reader_of.pop(poller, None)
+        else:
+            self._reader_of[poller] = fd
+            self.loop.add_reader(fd, self.wake)
 
     def start(self):
         global _current
@@ -85,6 +98,8 @@ class Reactor:
         global _current
         if self.sleeping:
             self.wake()
+        for poller in list(self._reader_of):
+            self._set_reader(poller, None)
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -126,10 +141,9 @@ class Reactor:
         self.sleeping = True
         self.stats["sleeps"] += 1
         for poller in self._pollers:
-            fd = poller.enter_interrupt_mode()
-            if fd is not None:
-                self.loop.add_reader(fd, self.wake)
-                self._readers.append(fd)
+            # A reader stays registered across sleeps (two epoll_ctl calls per sleep
+            # saved); while polling, the fds are quiet or their wake() is a no-op.
+            self._set_reader(poller, poller.enter_interrupt_mode())
         if self.stall_limit:
             self._heartbeat = self.loop.call_later(self.stall_limit / 2, self._beat)
 
@@ -145,9 +159,6 @@ class Reactor:
             return
         self.sleeping = False
         self.stats["wakeups"] += 1
-        for fd in self._readers:
-            self.loop.remove_reader(fd)
-        self._readers.clear()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None

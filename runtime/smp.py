@@ -117,6 +117,7 @@ class Router:
         self.pending = {}
         self.ids = itertools.count(1)
         self.stopped = loop.create_future()
+        self.early = []  # requests received before open()
         self.words = (self.n + 63) // 64
         self.kick = lambda: None  # the reactor's wake(), set when the router is added to it
         self.stats = {"messages_sent": 0, "messages_received": 0, "records_sent": 0, "records_received": 0,
@@ -235,17 +236,10 @@ class Router:
         self.stats["messages_received"] += 1
         kind, req_id = _HDR.unpack_from(view)
         if kind == _REQ:
-            try:
-                func, args, kwargs = pickle.loads(view[_HDR.size:])
-                result = func(*args, **kwargs)
-            except Exception as exc:
-                self._reply(src, req_id, False, _with_traceback(exc, self.me))
-                return
-            if inspect.isawaitable(result):
-                task = asyncio.ensure_future(result)
-                task.add_done_callback(lambda t, src=src, req_id=req_id: self._task_done(t, src, req_id))
+            if self.early is None:
+                self._serve(src, req_id, view[_HDR.size:])
             else:
-                self._reply(src, req_id, True, result)
+                self.early.append((src, req_id, bytes(view[_HDR.size:])))
         elif kind == _STOP:
             if not self.stopped.done():
                 self.stopped.set_result(None)
@@ -261,6 +255,27 @@ class Router:
                 fut.set_result(value)
             else:
                 fut.set_exception(value)
+
+    def _serve(self, src, req_id, body):
+        try:
+            func, args, kwargs = pickle.loads(body)
+            result = func(*args, **kwargs)
+        except Exception as exc:
+            self._reply(src, req_id, False, _with_traceback(exc, self.me))
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            task.add_done_callback(lambda t, src=src, req_id=req_id: self._task_done(t, src, req_id))
+        else:
+            self._reply(src, req_id, True, result)
+
+    def open(self):
+        """Start serving requests. Until then (while the shard's extensions start)
+        requests that arrive are kept in order; replies are processed from the start,
+        so a starting extension may itself call other shards."""
+        early, self.early = self.early, None
+        for src, req_id, body in early:
+            self._serve(src, req_id, body)
 
     def _task_done(self, task, src, req_id):
         if task.cancelled():

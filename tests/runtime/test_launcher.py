@@ -1,4 +1,5 @@
 """The launcher: pinning, main's outcome, crashes, signals, stalls, and no leftovers."""
+import asyncio
 import os
 import signal
 import subprocess
@@ -215,3 +216,41 @@ def test_app_template_exit_codes():
     app = AppTemplate()
     assert app.run(returns_three, ["--smp", "1"]) == 3
     assert app.run(raises, ["--smp", "1"]) == 1
+
+
+_started = []
+
+
+def started_here():
+    return list(_started)
+
+
+class SlowExtension:
+    """Takes a while to start on shard 1; requests to it must wait for that."""
+
+    def __init__(self, log_path):
+        self.log_path = log_path
+
+    def add_options(self, parser):
+        parser.add_argument("--greeting", default="hi")
+
+    async def start_shard(self, args):
+        if smp.this_shard() == 1:
+            await asyncio.sleep(0.3)
+        _started.append(args.greeting)
+
+    async def stop_shard(self, args):
+        with open(self.log_path, "a") as f:
+            f.write(f"stopped {smp.this_shard()}\n")
+
+
+def test_extensions_start_before_requests_are_served_and_stop_on_every_shard(tmp_path):
+    log = tmp_path / "stops"
+
+    async def main():
+        return await smp.submit_to(1, started_here), started_here()
+
+    there, here = run(main, smp=2, argv=["--overprovisioned", "--greeting", "hello"],
+                      extensions=[SlowExtension(str(log))])
+    assert there == ["hello"] and here == ["hello"]
+    assert sorted(log.read_text().split("\n")[:-1]) == ["stopped 0", "stopped 1"]
