@@ -123,14 +123,3 @@ def test_port_in_use_fails_with_the_address():
                              capture_output=True, text=True, timeout=STARTUP_S)
     assert out.returncode != 0
     assert f"{LOCAL}:{port}" in out.stderr and "Address already in use" in out.stderr
-
-
-def test_native_stack_is_refused_clearly():
-    from shoal.net import api
-    api.load_stack_modules()
-    if "native" in api.registered_stacks():
-        pytest.skip("the native stack has registered itself")
-    out = subprocess.run([sys.executable, "-m", "shoal.apps.echo", "--network-stack", "native"],
-                         capture_output=True, text=True, timeout=STARTUP_S)
-    assert out.returncode == 2
-    assert "native stack not available" in out.stderr

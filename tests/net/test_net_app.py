@@ -23,16 +23,6 @@ def test_posix_is_the_default():
     assert "posix" in net.registered_stacks()
 
 
-def test_native_is_refused_until_it_registers(capsys):
-    if "native" in net.registered_stacks():
-        pytest.skip("the native stack has registered itself")
-    app = net.AppTemplate("t")
-    with pytest.raises(SystemExit) as info:
-        app.parse(["--network-stack", "native"])
-    assert info.value.code == 2
-    assert "native stack not available" in capsys.readouterr().err
-
-
 def test_unknown_stack_lists_the_available_ones():
     with pytest.raises(LookupError, match="bogus stack not available; available: .*posix"):
         api.stack_info("bogus")
