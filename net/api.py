@@ -243,11 +243,14 @@ class NetworkStack(abc.ABC):
 @dataclass
 class StackInfo:
     """A registered stack: ``factory(args) -> NetworkStack`` runs on each shard;
-    ``add_options(parser)`` adds the stack's own command-line options."""
+    ``add_options(parser)`` adds the stack's own command-line options;
+    ``check_options(args)`` raises ValueError for options the stack cannot run
+    with (checked while parsing, before any shard starts)."""
     name: str
     factory: Callable[[Any], NetworkStack]
     add_options: Callable[[Any], None] | None = None
     description: str = ""
+    check_options: Callable[[Any], None] | None = None
 
 
 _registry: dict[str, StackInfo] = {}
@@ -257,9 +260,10 @@ _current: NetworkStack | None = None
 
 def register_stack(name: str, factory: Callable[[Any], NetworkStack], *,
                    add_options: Callable[[Any], None] | None = None,
-                   description: str = "") -> None:
+                   description: str = "",
+                   check_options: Callable[[Any], None] | None = None) -> None:
     """Make a stack selectable as ``--network-stack NAME``."""
-    _registry[name] = StackInfo(name, factory, add_options, description)
+    _registry[name] = StackInfo(name, factory, add_options, description, check_options)
 
 
 def load_stack_modules() -> None:

@@ -43,6 +43,11 @@ class NetworkExtension:
             if info.add_options is not None:
                 info.add_options(parser)
 
+    def check_options(self, args) -> None:
+        check = api.stack_info(args.network_stack).check_options
+        if check is not None:
+            check(args)
+
     async def start_shard(self, args) -> None:
         stack = api.stack_info(args.network_stack).factory(args)
         api.use_stack(stack)

@@ -3,8 +3,10 @@
 An application builds an `AppTemplate`, adds its own options to `.parser`, and
 calls ``sys.exit(app.run(main))``. Layers above the runtime (the network stacks)
 join as *extensions*: objects with ``add_options(parser)``, ``async
-start_shard(args)`` and ``async stop_shard(args)``, so the runtime itself never
-knows what they are.
+start_shard(args)`` and ``async stop_shard(args)``, and optionally
+``check_options(args)`` (raise ValueError for options that cannot work together:
+they are refused as usage errors before any shard starts), so the runtime itself
+never knows what they are.
 """
 import argparse
 import sys
@@ -82,8 +84,16 @@ class AppTemplate:
         self.args = None
 
     def parse(self, argv=None):
-        self.args = self.parser.parse_args(argv)
-        return self.args
+        args = self.parser.parse_args(argv)
+        for extension in self.extensions:
+            check = getattr(extension, "check_options", None)
+            if check is not None:
+                try:
+                    check(args)
+                except ValueError as exc:
+                    self.parser.error(str(exc))
+        self.args = args
+        return args
 
     def run(self, main, argv=None):
         """Parse `argv` (default: sys.argv[1:]), run `main` on shard 0, return the exit code.

@@ -8,6 +8,7 @@ creates the stack: importing a wire-format module stays cheap and no import cycl
 can form.
 """
 from shoal.net import api
+from shoal.runtime.cpuset import choose_cpus
 
 from . import config as _config
 
@@ -17,10 +18,21 @@ def _add_options(parser):
     _config.add_options(parser)
 
 
+def _check_options(args):
+    _config.from_args(args)
+    try:
+        shards = len(choose_cpus(args.smp, args.cpuset, args.overprovisioned))
+    except ValueError:
+        return  # the runtime refuses these options itself, with its own message
+    if shards > 1:
+        raise _config.ConfigError(f"the native stack drives a single device queue for now: run it with "
+                                  f"--smp 1 (these options give {shards} shards)")
+
+
 def _create(args):
     from .stack import create
     return create(args)
 
 
-api.register_stack("native", _create, add_options=_add_options,
+api.register_stack("native", _create, add_options=_add_options, check_options=_check_options,
                    description="shoal's user-space TCP/IP over a TAP device")

@@ -2,6 +2,8 @@
 import argparse
 import asyncio
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -105,3 +107,15 @@ def test_a_stack_module_that_fails_to_import_is_reported(monkeypatch):
     with pytest.raises(LookupError, match=r"broken stack not available \(shoal.net.no_such_stack_module "
                                           r"failed to import: ModuleNotFoundError"):
         api.stack_info("broken")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--smp", "1"], "the native stack needs an address"),
+    (["--smp", "1", "--dhcp", "--host-ipv4-addr", "10.9.9.2"], "--dhcp conflicts with --host-ipv4-addr"),
+    (["--smp", "2", "--overprovisioned", "--host-ipv4-addr", "10.9.9.2"], "run it with --smp 1"),
+])
+def test_stack_option_conflicts_are_usage_errors_before_any_shard_starts(argv, message):
+    out = subprocess.run([sys.executable, "-m", "shoal.apps.echo", "--network-stack", "native", *argv],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr
