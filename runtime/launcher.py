@@ -107,6 +107,7 @@ class _Launcher:
         sys.stdout.flush()
         sys.stderr.flush()
         try:
+            old_handlers = self._install_signal_handlers()
             parent = os.getpid()
             for shard in range(self.n):
                 pid = os.fork()
@@ -116,7 +117,8 @@ class _Launcher:
                 pidfds[shard] = os.pidfd_open(pid)
             while write_ends:  # the shards hold them now
                 os.close(write_ends.pop())
-            old_handlers = self._install_signal_handlers()
+            if self.stop_requested is not None:  # a signal came while the shards were being forked
+                _kill(self.pids[0], signal.SIGTERM)
             return self._supervise(pidfds, [r for r, _ in pipes])
         finally:
             for signum, handler in old_handlers.items():
@@ -275,6 +277,9 @@ def _shard_process(shard, cpus, segment, efds, pipes, parent, main, args, extens
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         else:
+            # Held until shard 0's loop handles them (see _shard_zero): a stop request
+            # that comes while the shard starts is then a clean stop, not a kill.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.sched_setaffinity(0, {cpus[shard]})
@@ -352,20 +357,25 @@ async def _stop_extensions():
 
 
 async def _shard_zero(main, router, loop):
-    await _start_extensions()
-    router.open()
-    task = asyncio.ensure_future(main())
     stopping = []
+    running = []
 
     def request_stop(signum):
         if not stopping:
             stopping.append(signum)
-            task.cancel()
+            for task in running:
+                task.cancel()
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, request_stop, signum)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    await _start_extensions()
+    router.open()
     try:
-        outcome = ("ok", await task)
+        if stopping:
+            raise asyncio.CancelledError
+        running.append(asyncio.ensure_future(main()))
+        outcome = ("ok", await running[0])
     except asyncio.CancelledError:
         if not stopping:
             raise
