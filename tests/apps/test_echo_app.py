@@ -4,23 +4,14 @@ The server is awaited until it answers (generous bound) and stopped by its PID
 with SIGTERM, after which it must exit with status 0.
 """
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
+from app_process import LOCAL, STARTUP_S, AppProcess, free_port
 
-STARTUP_S = 90
 IO_S = 30
-LOCAL = "127.0.0.1"
-
-
-def free_port(kind=socket.SOCK_STREAM):
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((LOCAL, 0))
-        return s.getsockname()[1]
 
 
 def udp_ask(port, payload, timeout):
@@ -30,42 +21,19 @@ def udp_ask(port, payload, timeout):
         return s.recvfrom(65536)[0]
 
 
-class Echo:
+class Echo(AppProcess):
     def __init__(self, *options, udp=False):
+        port = free_port(socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+        super().__init__("echo", port, *(["--udp"] if udp else []), *options,
+                         ready=(lambda: self._udp_answers(port)) if udp else None)
         self.udp = udp
-        self.port = free_port(socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
-        cmd = [sys.executable, "-m", "shoal.apps.echo", "--address", LOCAL, "--port", str(self.port),
-               *(["--udp"] if udp else []), *options]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + STARTUP_S
-        while not self._answers():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise AssertionError(f"echo did not start:\n{self.proc.stdout.read().decode()}")
-            time.sleep(0.05)
 
-    def _answers(self):
+    @staticmethod
+    def _udp_answers(port):
         try:
-            if self.udp:
-                return udp_ask(self.port, b"?", 0.2) == b"?"
-            socket.create_connection((LOCAL, self.port), timeout=5).close()
-            return True
+            return udp_ask(port, b"?", 0.2) == b"?"
         except OSError:
             return False
-
-    def stop(self):
-        os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            out, _ = self.proc.communicate(timeout=STARTUP_S)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-        return self.proc.returncode, out.decode()
-
-    def kill(self):
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.communicate()
 
 
 CONFIGS = [("asyncio", 1), ("uvloop", 1), ("asyncio", 2), ("uvloop", 2)]

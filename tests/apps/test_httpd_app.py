@@ -11,59 +11,19 @@ import os
 import re
 import select
 import shutil
-import signal
 import socket
 import subprocess
-import sys
-import time
 
 import pytest
+from app_process import LOCAL, AppProcess, free_port
 
-STARTUP_S = 90
 IO_S = 30
-LOCAL = "127.0.0.1"
 HELLO = b"Hello, World!\n"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind((LOCAL, 0))
-        return s.getsockname()[1]
-
-
-class Httpd:
+class Httpd(AppProcess):
     def __init__(self, root, *options):
-        self.port = free_port()
-        cmd = [sys.executable, "-m", "shoal.apps.httpd", "--address", LOCAL,
-               "--port", str(self.port), "--root", str(root), *options]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + STARTUP_S
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"httpd exited early:\n{self.proc.stdout.read().decode()}")
-            try:
-                socket.create_connection((LOCAL, self.port), timeout=5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise AssertionError("httpd did not accept connections in time")
-                time.sleep(0.05)
-
-    def stop(self):
-        """SIGTERM by PID; return the exit status and the output."""
-        os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            out, _ = self.proc.communicate(timeout=STARTUP_S)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-        return self.proc.returncode, out.decode()
-
-    def kill(self):
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.communicate()
+        super().__init__("httpd", free_port(), "--root", str(root), *options)
 
 
 @pytest.fixture(scope="module")
