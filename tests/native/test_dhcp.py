@@ -1,15 +1,20 @@
-"""DHCP client state machine (RFC 2131) against a scripted server, with a fake clock."""
+"""DHCP client state machine (RFC 2131, with RFC 5227's address check) against a scripted
+server and scripted ARP traffic, with a fake clock."""
 import random
 import struct
+
+import pytest
 
 from hypothesis import given, settings, strategies as st
 
 from shoal.net.native import dhcp
+from shoal.net.native.wire import arp as wire_arp
 from shoal.net.native.wire import dhcp as wire
 
 MAC = bytes.fromhex("020000000042")
 SERVER, ADDR, GW, MASK = 0x0A000001, 0x0A000032, 0x0A0000FE, 0xFFFFFF00
 BCAST = 0xFFFFFFFF
+OTHER_MAC = bytes.fromhex("02aabbccddee")
 
 
 def u32(v):
@@ -17,6 +22,9 @@ def u32(v):
 
 
 def _client(**kw):
+    """A client without the address check (``probe_num=0``) unless asked: the lease-timing
+    tests bind at the ACK; the probing tests further down use the RFC 5227 defaults."""
+    kw.setdefault("probe_num", 0)
     return dhcp.DhcpClient(MAC, random.Random(7), hostname="shoal", **kw)
 
 
@@ -219,3 +227,200 @@ def test_garbage_never_raises(junk, kind):
                                     yiaddr=ADDR)), 0.0)
     c.poll(100.0)
 
+
+
+# -- address check after the ACK (RFC 2131 section 3.1 step 5, RFC 5227 section 2.1.1) --------
+
+def _probing_client(**kw):
+    return dhcp.DhcpClient(MAC, random.Random(7), **kw)
+
+
+def _ack(c, now=0.0):
+    """DISCOVER/OFFER/REQUEST/ACK; returns the REQUEST (the client is then PROBING)."""
+    c.start(now)
+    (_, disc), = _sent(c)
+    c.receive(_reply(disc, wire.OFFER), now)
+    (_, req), = _sent(c)
+    c.receive(_reply(req, wire.ACK), now)
+    return req
+
+
+def _arp(op, sha, spa, tpa, tha=bytes(6)):
+    return memoryview(wire_arp.build(op, sha, spa, tha, tpa))
+
+
+def _probes(c):
+    out = []
+    while c.arp_tx:
+        out.append(wire_arp.parse(memoryview(c.arp_tx.popleft())))
+    return out
+
+
+def _run_probes(c):
+    """Poll at each deadline until the client leaves PROBING; returns the probe times."""
+    times = []
+    while c.state == dhcp.PROBING:
+        now = c.poll_at()
+        c.poll(now)
+        times.extend(now for _ in _probes(c))
+    return times
+
+
+def test_ack_is_probed_before_the_address_is_used():
+    c = _probing_client()
+    _ack(c, 10.0)
+    assert c.state == dhcp.PROBING and c.probing and not c.events and not c.arp_tx and c.lease is None
+    first = c.poll_at()
+    assert 10.0 <= first <= 11.0  # PROBE_WAIT: a random 0..1 s before the first probe
+    c.poll(first - 0.001)
+    assert not c.arp_tx
+    c.poll(first)
+    probe, = _probes(c)
+    # a probe: a request from our MAC with sender IP 0 for the offered address, target MAC 0
+    assert (probe.op, probe.sha, probe.spa, probe.tha, probe.tpa) == (wire_arp.OP_REQUEST, MAC, 0, bytes(6), ADDR)
+    times = [first] + _run_probes(c)
+    assert len(times) == 3 and all(1.0 <= b - a <= 2.0 for a, b in zip(times, times[1:]))  # PROBE_MIN..MAX
+    ev, = c.events
+    assert ev.kind == "bound" and ev.lease.address == ADDR and c.state == dhcp.BOUND
+    assert c.stats["probes"] == 3 and c.stats["probes-passed"] == 1 and not c.tx
+    # bound ANNOUNCE_WAIT (2 s) after the last probe; the lease still runs from the REQUEST
+    assert ev.lease.obtained == 10.0 and c.poll_at() == 10.0 + 1800.0
+
+
+def test_bound_only_after_announce_wait():
+    c = _probing_client()
+    _ack(c)
+    for _ in range(3):
+        c.poll(c.poll_at())
+    last = c.poll_at() - 2.0
+    c.poll(last + 1.999)
+    assert c.state == dhcp.PROBING and not c.events
+    c.poll(last + 2.0)
+    assert c.state == dhcp.BOUND
+
+
+@pytest.mark.parametrize("claim", ["reply-from-holder", "request-from-holder", "other-hosts-probe"])
+def test_a_claim_on_the_address_declines_it_and_restarts_after_ten_seconds(claim):
+    c = _probing_client()
+    req = _ack(c)
+    c.poll(c.poll_at())
+    _probes(c)
+    now = c.poll_at() - 0.5
+    packet = {"reply-from-holder": _arp(wire_arp.OP_REPLY, OTHER_MAC, ADDR, 0, MAC),
+              "request-from-holder": _arp(wire_arp.OP_REQUEST, OTHER_MAC, ADDR, SERVER),
+              "other-hosts-probe": _arp(wire_arp.OP_REQUEST, OTHER_MAC, 0, ADDR)}[claim]
+    c.arp_received(packet, now)
+    (dst, decline), = _sent(c)
+    # RFC 2131 section 4.4.4 and table 5: broadcast, the ACK's xid, ciaddr 0, requested
+    # address and server identifier; no parameter list or maximum message size
+    assert dst == BCAST and decline.message_type == wire.DECLINE and decline.xid == req.xid
+    assert decline.ciaddr == 0 and decline.option_u32(wire.OPT_REQUESTED_IP) == ADDR
+    assert decline.option_u32(wire.OPT_SERVER_ID) == SERVER
+    assert wire.OPT_PARAMETER_LIST not in decline.options and wire.OPT_MAX_MESSAGE_SIZE not in decline.options
+    assert OTHER_MAC.hex(":").encode() in decline.options[wire.OPT_MESSAGE]
+    assert c.state == dhcp.INIT and not c.events and c.lease is None and c.stats["declines"] == 1
+    assert not c.probing and c.poll_at() == now + 10.0
+    c.poll(now + 9.999)
+    assert not c.tx and not c.arp_tx
+    c.poll(now + 10.0)
+    (dst, disc), = _sent(c)
+    assert disc.message_type == wire.DISCOVER and disc.xid != req.xid and c.state == dhcp.SELECTING
+
+
+@pytest.mark.parametrize("packet", [
+    _arp(wire_arp.OP_REQUEST, MAC, 0, ADDR),                   # our own probe, looped back
+    _arp(wire_arp.OP_REQUEST, OTHER_MAC, GW, SERVER),          # someone else's business
+    _arp(wire_arp.OP_REPLY, OTHER_MAC, GW, 0, MAC),
+    _arp(wire_arp.OP_REPLY, OTHER_MAC, 0, ADDR),               # not a probe: a reply from nobody
+    memoryview(b"\x00\x01\x08\x00"),                          # truncated
+], ids=["own-probe", "other-request", "other-reply", "zero-sender-reply", "truncated"])
+def test_other_arp_traffic_is_not_a_conflict(packet):
+    c = _probing_client()
+    _ack(c)
+    c.poll(c.poll_at())
+    c.arp_received(packet, c.poll_at() - 0.1)
+    assert c.state == dhcp.PROBING and not c.tx
+    _run_probes(c)
+    assert c.state == dhcp.BOUND and c.stats["declines"] == 0
+
+
+def test_repeated_conflicts_are_rate_limited():
+    """RFC 5227 section 2.1.1: after MAX_CONFLICTS (10) in a row, wait RATE_LIMIT_INTERVAL (60 s)."""
+    c = _probing_client()
+    now, waits = 0.0, []
+    for _ in range(11):
+        _ack(c, now)
+        c.arp_received(_arp(wire_arp.OP_REPLY, OTHER_MAC, ADDR, 0, MAC), now)
+        _sent(c)
+        waits.append(c.poll_at() - now)
+        now = c.poll_at()
+    assert waits == [10.0] * 9 + [60.0, 60.0]
+    _ack(c, now)
+    _run_probes(c)
+    assert c.state == dhcp.BOUND
+    # a success ends the run of conflicts: the next one waits ten seconds again
+    c.release(now + 100.0)
+    _sent(c)
+    _ack(c, now + 100.0)
+    c.arp_received(_arp(wire_arp.OP_REPLY, OTHER_MAC, ADDR, 0, MAC), now + 100.0)
+    assert c.poll_at() == now + 110.0
+
+
+def test_renewal_is_not_probed():
+    c = _probing_client()
+    _ack(c)
+    _run_probes(c)
+    c.events.clear()
+    c.poll(1800.0)
+    (_, req), = _sent(c)
+    c.receive(_reply(req, wire.ACK), 1800.0)
+    ev, = c.events
+    assert ev.kind == "renewed" and c.state == dhcp.BOUND and not c.arp_tx and c.stats["probes"] == 3
+
+
+def test_arp_input_outside_probing_is_ignored():
+    c = _probing_client()
+    c.arp_received(_arp(wire_arp.OP_REPLY, OTHER_MAC, ADDR, 0, MAC), 0.0)
+    _ack(c)
+    _run_probes(c)
+    c.arp_received(_arp(wire_arp.OP_REPLY, OTHER_MAC, ADDR, 0, MAC), 100.0)
+    assert c.state == dhcp.BOUND and not c.tx and c.stats["declines"] == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=0, max_size=64))
+def test_arp_garbage_while_probing_never_raises(junk):
+    c = _probing_client()
+    _ack(c)
+    c.arp_received(memoryview(junk), 0.0)
+    assert c.state in (dhcp.PROBING, dhcp.INIT)
+
+
+# -- DHCPRELEASE (RFC 2131 section 4.4.6) ---------------------------------------------------
+
+def test_release_gives_the_lease_back_to_its_server():
+    c = _client()
+    _bind(c)
+    c.poll(1800.0)  # RENEWING: a lease is still held
+    (_, renew), = _sent(c)
+    assert c.release(1801.0) is True
+    (dst, rel), = _sent(c)
+    # table 5: unicast to the server, a new xid, ciaddr set, server identifier; no
+    # requested address, parameter list or maximum message size
+    assert dst == SERVER and rel.message_type == wire.RELEASE and rel.ciaddr == ADDR and rel.xid != renew.xid
+    assert rel.option_u32(wire.OPT_SERVER_ID) == SERVER and rel.secs == 0 and not rel.flags
+    for absent in (wire.OPT_REQUESTED_IP, wire.OPT_PARAMETER_LIST, wire.OPT_MAX_MESSAGE_SIZE):
+        assert absent not in rel.options
+    ev = c.events.popleft()
+    assert ev.kind == "released" and ev.lease.address == ADDR and not c.events
+    assert c.state == dhcp.INIT and c.lease is None and c.poll_at() is None
+    c.receive(_reply(renew, wire.ACK), 1801.5)  # a late answer to the renewal changes nothing
+    assert c.lease is None and not c.events
+    assert c.release(1802.0) is False and not c.tx
+
+
+def test_release_without_a_lease_just_stops():
+    c = _probing_client()
+    _ack(c)  # PROBING: the address is not ours yet
+    assert c.release(1.0) is False
+    assert not c.tx and not c.events and c.state == dhcp.INIT and c.poll_at() is None and not c.probing

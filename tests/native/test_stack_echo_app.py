@@ -105,6 +105,10 @@ def test_echo_app_with_dhcp(tmp_path):
                     assert app.poll() is None, "the app exited"
                     assert time.monotonic() < deadline, "no lease within 60 s"
                     time.sleep(0.1)
+                # The lease is on file at the ACK; the address is in use only after the
+                # RFC 5227 probe (up to 7 s): ping until it answers (bounded).
+                peer.run(["sh", "-c", f"for i in $(seq 60); do ping -n -c 1 -W 1 {s}.77 && exit 0; done; exit 1"],
+                         timeout=150)
                 check_echo_and_ping(peer, app, f"{s}.77")
 
             running(peer, app, leased_and_echoing)
