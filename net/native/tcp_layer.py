@@ -101,7 +101,6 @@ class NativeTcpConnection(api.Connection):
         self._exc = None
         self._soft = None
         self._icmp = None
-        self._held = deque()
         self._reader = None
         self._writers = []
         self._flushers = []
@@ -243,8 +242,6 @@ class NativeTcpConnection(api.Connection):
 
     async def read(self):
         while True:
-            if self._held:
-                return self._held.popleft()
             tcp = self.tcp
             if tcp.readable:
                 data = tcp.recv()
@@ -306,18 +303,13 @@ class NativeTcpConnection(api.Connection):
         tcp = self.tcp
         if not self._app or tcp.state not in (State.SYN_RECEIVED, State.ESTABLISHED, State.CLOSE_WAIT):
             return
-        # The machine's close() resets a connection with unread data (RFC 9293 3.6,
-        # SHLD-3), which is right for close() but not for a half-close: keep that data here.
-        if tcp.readable:
-            self._held.append(tcp.recv())
-        tcp.close()
+        tcp.shutdown()  # FIN after queued data; unread and later data stay readable
         self._layer.changed(self)
 
     async def close(self):
         if not self._app:
             return
         self._app = False
-        self._held.clear()
         try:
             self.tcp.close()
         except TcpError:
@@ -327,7 +319,6 @@ class NativeTcpConnection(api.Connection):
 
     def abort(self):
         self._app = False
-        self._held.clear()
         self.tcp.abort()
         self._wake_all()
         self._layer.changed(self)

@@ -187,6 +187,11 @@ async def both_ways(a, b, size_ab, size_ba, seed=7):
     assert got_by_a == (size_ba, hashlib.sha256(data_ba).hexdigest())
     # No state left: the 4-tuple dicts empty once TIME-WAIT (2*MSL) has passed.
     await until(lambda: not a.tcp.conns and not b.tcp.conns, "connections to be forgotten")
+    # Duplicates and reordering are answered with plain ACKs (RFC 9293 3.10.7.4), never
+    # through the RFC 5961 challenge limiter: nothing here is an attack.
+    for stack in (a, b):
+        drops = stack.counters()["tcp"]["drops"]
+        assert drops.get("challenge-ack-limited", 0) == 0, drops
 
 
 def run(coro):
@@ -287,6 +292,36 @@ def test_close_with_unread_data_resets_and_read_after_peer_close_is_eof():
                 while True:
                     await conn.read()
             assert await client.read() == b""
+
+    run(main())
+
+
+def test_shutdown_output_with_unread_data_half_closes_and_keeps_reading():
+    """A half-close is not a close: the FIN goes out, buffered and later data stay
+    readable, and the peer sees EOF, not a reset (SHLD-3 is about close only)."""
+    async def main():
+        async with two_stacks() as (a, b, _):
+            server = b.listen(("", 8013))
+            accepted = asyncio.ensure_future(server.accept())
+            client = await a.connect((B_IP, 8013))
+            conn, _ = await accepted
+            await conn.write(b"unread ")
+            await until(lambda: client.tcp.readable, "the data to arrive")
+            client.shutdown_output()
+            assert client.tcp.state is State.FIN_WAIT_1 and client.tcp.readable == 7
+            assert await conn.read() == b""  # EOF at the server, no ConnectionResetError
+            await conn.write(b"and more")
+            await conn.close()
+            got = b""
+            while True:
+                data = await client.read()
+                if not data:
+                    break
+                got += data
+            assert got == b"unread and more"
+            assert a.counters()["tcp"]["stats"].get("close-with-unread-data", 0) == 0
+            await client.close()
+            await until(lambda: not a.tcp.conns and not b.tcp.conns, "both sides to forget")
 
     run(main())
 

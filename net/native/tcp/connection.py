@@ -103,6 +103,9 @@ class TcpConfig:
     SYN is tried for over 3 minutes, MUST-23) the connection times out (R2, MUST-20,
     settable per connection, MUST-21). TIME-WAIT lasts 2 * `msl` (MUST-13).
     Keepalive is off by default, 2 hours idle (MUST-25, MUST-28).
+    `challenge_ack_limit` caps RFC 5961 challenge ACKs per second (section 7);
+    `unacceptable_ack_interval` spaces the ACKs answering unacceptable pure ACKs
+    (see `Connection._ack_unacceptable`).
     """
 
     mss: int = 1460
@@ -128,6 +131,7 @@ class TcpConfig:
     keepalive_probes: int = 9
     congestion: str = "cubic"
     challenge_ack_limit: int = 100
+    unacceptable_ack_interval: float = 0.5
     ecn: bool = False
     ttl: int = 64     # for the IP header the owner builds (MUST-49)
     dscp: int = 0     # Diffserv codepoint, passed unchanged to IP (MUST-48, SHLD-22)
@@ -251,6 +255,7 @@ class Connection:
         self._rst_due = None
         self._replies = []
         self._challenge_window = (0.0, 0)
+        self._unacceptable_ack_at = None
         # timers (absolute deadlines or None)
         self.rto_at = None
         self.delack_at = None
@@ -410,18 +415,31 @@ class Connection:
         return data
 
     def close(self):
-        """CLOSE (RFC 9293 3.10.4): send FIN after queued data; half-close until the peer's FIN.
+        """CLOSE (RFC 9293 3.10.4): the application will neither send nor read any more.
 
         Closing with received data the application never read resets the connection
-        instead, to show the peer that data was lost (RFC 9293 3.6, SHLD-3).
+        instead, to show the peer that data was lost (RFC 9293 3.6, SHLD-3; RFC 2525
+        2.17). That holds after a `shutdown` too (FIN-WAIT-1/2): the close is what
+        says the data will never be read. Otherwise it is `shutdown`.
         """
-        st = self.state
-        if self._rcvbuf and st in (State.ESTABLISHED, State.CLOSE_WAIT):
+        if self._rcvbuf and self.state in (State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1,
+                                           State.FIN_WAIT_2):
             self.counters["close-with-unread-data"] += 1
             self.abort()
             return
+        self.shutdown()
+
+    def shutdown(self):
+        """Half-close (RFC 9293 3.10.4 CLOSE, MAY-1): FIN after queued data, keep receiving.
+
+        The FIN follows everything already queued by `send` (which then raises);
+        the receive side is untouched: buffered and later data stay readable, up to
+        the peer's FIN (FIN-WAIT-1, FIN-WAIT-2), so unread data is no reason to
+        reset here, unlike `close`. In CLOSE-WAIT this is the last step (LAST-ACK).
+        """
+        st = self.state
         if st in (State.CLOSED, State.LISTEN, State.SYN_SENT):
-            self._enter_closed()
+            self._enter_closed()  # RFC 9293 3.10.4: CLOSE in SYN-SENT deletes the TCB
         elif st in (State.SYN_RECEIVED, State.ESTABLISHED):
             self._fin_queued = True
             if st is State.ESTABLISHED:
@@ -584,7 +602,7 @@ class Connection:
         ts = seg.timestamp
         if self.ts_ok and ts is not None and not flags & RST and Seq(ts[0]) < Seq(self.ts_recent):
             self.drops["paws"] += 1
-            self._challenge_ack(now)  # an ACK answers it (RFC 7323 5.3), rate limited
+            self._ack_unacceptable(seg, now)  # RFC 7323 5.3 R1: ACK and drop, as 3.10.7.4 says
             return
         # first: sequence number acceptability
         rcv_wnd = max(self.rcv_adv - self.rcv_nxt, 0)
@@ -598,7 +616,7 @@ class Connection:
                 if st is State.TIME_WAIT and flags & FIN:
                     self.timewait_at = now + 2 * self.config.msl  # retransmitted FIN restarts 2MSL
                 if not flags & RST:
-                    self._challenge_ack(now)  # rate limited like RFC 5961 challenges
+                    self._ack_unacceptable(seg, now)
                 self.drops["out-of-window"] += 1
                 return
         # second: RST (RFC 5961 3.2: only an exact match resets; in-window gets a challenge)
@@ -802,6 +820,7 @@ class Connection:
             if self._seg_ce and self.ecn_ok:
                 self._ece_pending = True  # RFC 3168 6.1.3
                 self._ack_now = True
+                self.counters["ce-received"] += 1
             if dseq == self.rcv_nxt:
                 had_hole = bool(self._ofo)
                 self._rcvbuf += payload
@@ -913,6 +932,41 @@ class Connection:
         self.state = State.TIME_WAIT
         self.timewait_at = now + 2 * self.config.msl  # MUST-13
         self.rto_at = self.persist_at = self.keepalive_at = None
+
+    def _ack_unacceptable(self, seg, now):
+        """Answer an unacceptable segment that is not a RST (RFC 9293 3.10.7.4 first step).
+
+        RFC 9293 says to send ``<SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>`` and drop the
+        segment. That is a plain ACK, not an RFC 5961 challenge: RFC 5961 throttles
+        (section 7) only the challenge ACKs it adds for in-window RSTs (3.2), SYNs
+        (4.2) and ACK values outside SND.UNA - MAX.SND.WND .. SND.NXT (5.2), which
+        are what a blind attacker can provoke. Old duplicates are normal on a
+        network that duplicates or reorders, and the ACK is what tells a peer that
+        retransmitted too early that its data arrived, so they must not eat the
+        challenge budget. Two exceptions:
+
+        * a SYN, whatever its sequence number, gets the RFC 5961 4.2 challenge ACK;
+        * a segment occupying no sequence space (a pure ACK) is answered at most once
+          per `unacceptable_ack_interval`: two endpoints that disagree about the
+          window would otherwise ACK each other's ACKs forever (an ACK storm), and
+          such a segment carries nothing the peer needs acknowledged. The ones not
+          answered are counted in ``counters["unacceptable-ack-suppressed"]``. A
+          peer's keepalive probe (SEG.SEQ = RCV.NXT - 1, RFC 9293 3.8.4) is one, but
+          probes come tens of seconds apart, so each is answered.
+
+        Several answers due before the next transmit pull share one ACK.
+        """
+        if seg.flags & SYN:
+            self._challenge_ack(now)
+            return
+        if not seg.seg_len:
+            last = self._unacceptable_ack_at
+            if last is not None and now - last < self.config.unacceptable_ack_interval:
+                self.counters["unacceptable-ack-suppressed"] += 1
+                return
+            self._unacceptable_ack_at = now
+        self._ack_now = True
+        self.counters["unacceptable-ack"] += 1
 
     def _challenge_ack(self, now):
         """Queue an RFC 5961 challenge ACK, rate limited per second (RFC 5961 section 7)."""
