@@ -55,8 +55,10 @@ class Offloads:
 
     ``rx_checksum``: received frames had their L3/L4 checksums verified by the device.
     ``tx_checksum``: the device computes L4 checksums of transmitted frames.
-    ``tso``: the device segments TCP super-frames larger than the MTU.
-    ``lro``: the device may hand up coalesced TCP super-frames.
+    ``tso``: the device segments TCP super-frames larger than the MTU (a frame object
+    whose ``gso_size`` attribute is set, such as a `Packet`, is cut into segments of
+    that many payload octets).
+    ``lro``: the device may hand up coalesced TCP super-frames (up to 64 KB of IPv4).
     """
 
     rx_checksum: bool = False

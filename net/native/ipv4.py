@@ -140,9 +140,12 @@ class Ipv4:
         if next_hop is None:
             return self._fail(packet, "no-route", on_error, errno.ENETUNREACH, "no route to host")
         ident = self._ident
-        self._ident = (ident + 1) & 0xFFFF
         size = len(packet)
-        if size + wire_ipv4.HEADER_LEN <= self.mtu:
+        # a TSO super-segment becomes up to size / gso_size datagrams, numbered from `ident` on
+        self._ident = (ident + (-(-size // packet.gso_size) if packet.gso_size else 1)) & 0xFFFF
+        if size + wire_ipv4.HEADER_LEN <= self.mtu or (packet.gso_size and size + wire_ipv4.HEADER_LEN
+                                                        <= wire_ipv4.MAX_DATAGRAM):
+            # (a TSO super-segment goes whole: the device cuts it into gso_size segments)
             wire_ipv4.push(packet, self.address, dst, proto, ident, ttl, df, False, 0, tos)
             return self.l2.output(packet, next_hop, now, on_error=on_error)
         if df:

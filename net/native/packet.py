@@ -20,6 +20,11 @@ keeps views past the call that handed them in, such as a socket receive queue) a
 driver puts its buffer back in its pool) and the fragments are dropped. `slice()`
 makes a packet that shares a range of this one's bytes and keeps it alive, which is
 how IPv4 fragmentation splits a payload without copying it.
+
+`gso_size` (0: none) marks a TCP segment larger than the path allows that the device
+is to cut (TSO, when ``device.offloads.tso``): the payload size of each segment it
+stands for. IPv4 then sends the packet whole instead of fragmenting it, and the
+driver describes it to the device (`shoal.drivers.vnet`).
 """
 
 DEFAULT_HEADROOM = 128
@@ -31,7 +36,7 @@ _EMPTY = bytearray()
 class Packet:
     """A frame or datagram under construction or in flight (see the module docstring)."""
 
-    __slots__ = ("buf", "head", "frags", "_size", "_release", "_refs")
+    __slots__ = ("buf", "head", "frags", "_size", "_release", "_refs", "gso_size")
 
     def __init__(self, payload=None, headroom=DEFAULT_HEADROOM, release=None):
         self.buf = bytearray(headroom) if headroom else _EMPTY
@@ -45,6 +50,7 @@ class Packet:
             self._size = len(view)
         self._release = release
         self._refs = 1
+        self.gso_size = 0
 
     @classmethod
     def wrap(cls, data, release=None):

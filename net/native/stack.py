@@ -63,6 +63,8 @@ TX_LOW_WATER = 256
 UDP_RECEIVE_QUEUE = 1024
 """Datagrams a channel holds for the application before further ones are dropped."""
 UDP_ERRORS_KEPT = 16
+RELEASE_FLUSH_S = 2.0
+"""Longest a clean stop waits for the DHCPRELEASE to reach the device."""
 
 _ip_text_cache = {}
 _ip_value_cache = {}
@@ -311,6 +313,8 @@ class NativeStack(api.NetworkStack):
         return self._configured is not None and self._configured.is_set()
 
     async def stop(self):
+        if self.dhcp is not None and self._reactor is not None:
+            await self._release_lease()
         for channel in list(self._channels):
             channel.close()
         self.tcp.shutdown()
@@ -368,11 +372,13 @@ class NativeStack(api.NetworkStack):
                     self.ipv4.receive(eth.payload, packet, now)
                 elif ethertype == ethernet.ETHERTYPE_ARP:
                     self.arp.receive(eth.payload, now)
+                    if self.dhcp is not None and self.dhcp.probing:
+                        self.dhcp.arp_received(eth.payload, now)  # RFC 5227 address check
                 else:
                     drops["ipv6" if ethertype == ethernet.ETHERTYPE_IPV6 else "unknown-ethertype"] += 1
             finally:
                 packet.release()
-        if self.dhcp is not None and (self.dhcp.tx or self.dhcp.events):
+        if self.dhcp is not None and (self.dhcp.tx or self.dhcp.events or self.dhcp.arp_tx):
             self._dhcp_output(now)
 
     # -- transmit --------------------------------------------------------------------
@@ -439,19 +445,35 @@ class NativeStack(api.NetworkStack):
 
     def _dhcp_output(self, now):
         dhcp = self.dhcp
+        while dhcp.arp_tx:  # the client's address probes (RFC 5227), broadcast
+            probe = Packet(dhcp.arp_tx.popleft(), ethernet.HEADER_LEN)
+            ethernet.push(probe, ethernet.BROADCAST, self.mac, ethernet.ETHERTYPE_ARP)
+            self.arp.tx.append(probe)
         while dhcp.tx:
             dst, payload = dhcp.tx.popleft()
             self.udp.send(wire_dhcp.CLIENT_PORT, dst, wire_dhcp.SERVER_PORT, payload, now)
         while dhcp.events:
             event = dhcp.events.popleft()
             self.stats[f"dhcp-{event.kind}"] += 1
-            if event.kind == "lost":
+            if event.kind in ("lost", "released"):
                 self.ipv4.configure(0, 0, 0, now)
                 self._configured.clear()
             else:
                 lease = event.lease
                 self.ipv4.configure(lease.address, lease.netmask, lease.gateway, now)
                 self._configured.set()
+
+    async def _release_lease(self):
+        """DHCPRELEASE on a clean stop (RFC 2131 section 4.4.6): queued, then given up to
+        `RELEASE_FLUSH_S` to leave (the server's MAC may need resolving) before the device closes."""
+        now = self.now()
+        if not self.dhcp.release(now):
+            return
+        self._dhcp_output(now)
+        deadline = now + RELEASE_FLUSH_S
+        while (self.arp.tx or self.arp.pending or self.device_poller.has_pending_tx()) and self.now() < deadline:
+            self.wake()
+            await asyncio.sleep(0.01)
 
     # -- API -------------------------------------------------------------------------
 

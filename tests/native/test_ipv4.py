@@ -110,6 +110,23 @@ def test_fragmentation_shares_payload_and_reassembles():
     assert data == payload and h.total_len == 4020 and not h.mf and rx.memory_used == 0 and rx.reassemblies == 0
 
 
+def test_tso_super_segment_goes_whole_and_reserves_one_ident_per_segment():
+    ip, _ = _ip(mtu=1500, ident=10)
+    big = Packet(bytes(4000))
+    big.gso_size = 1460  # the device cuts it into 3 segments, identified 10, 11, 12
+    assert ip.send(big, PEER, 6, 0.0)
+    assert ip.send(Packet(b"after"), PEER, 6, 0.0)
+    (raw1, _), (raw2, _) = ip.l2.out
+    h1, p1 = wire_ipv4.parse(memoryview(raw1))
+    h2, _ = wire_ipv4.parse(memoryview(raw2))
+    assert (h1.total_len, h1.mf, h1.frag_offset, len(p1), h1.ident) == (4020, False, 0, 4000, 10)
+    assert h2.ident == 13 and ip.stats["fragmented"] == 0
+    too_big = Packet(bytes(65516))
+    too_big.gso_size = 1460
+    assert not ip.send(too_big, PEER, 6, 0.0)
+    assert ip.tx_drops["too-big"] == 1
+
+
 def test_df_above_mtu_fails_with_emsgsize():
     ip, _ = _ip(mtu=576)
     errors = []
