@@ -175,5 +175,6 @@ def test_two_process_stress_keeps_order_and_content():
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3600)
 def test_two_process_stress_soak():
     _stress(20_000_000, ring_bytes=1 << 16, seed=2)
