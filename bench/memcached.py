@@ -222,6 +222,8 @@ def run_load(target, duration, connections, config):
 
 
 def main(argv=None):
+    # A SIGTERM (timeout, a CI limit) unwinds like Ctrl-C, so the namespace made here is removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=5, help="seconds per run (default 5)")
     parser.add_argument("--rounds", type=int, default=3, help="runs per target, interleaved (default 3)")
