@@ -28,6 +28,11 @@ per 4-tuple, a `Listener` per listening port) to one `NativeStack`:
   bytes, attached as a fragment; the header is written into the headroom with
   `wire.tcp.build_into` and its checksum extended over the payload by one C sum
   (no payload copy).
+* **TSO.** When the device offers TCP segmentation (``device.offloads.tso``, the
+  TAP with virtio-net headers), every connection's `TcpConfig.tso_max` is set, so
+  bulk data leaves as segments of many MSS; `send_segment` marks such a packet
+  with ``gso_size`` = the connection's MSS and the device cuts it. Anywhere else
+  (the virtual wire, plain frames) segments stay within one MSS.
 * **Connections after the application.** ``close`` queues the FIN and returns;
   the layer keeps driving the machine (retransmission, FIN-WAIT-2, TIME-WAIT)
   and forgets the 4-tuple when it reaches CLOSED, so the dict empties once
@@ -53,7 +58,7 @@ from dataclasses import replace
 from shoal.net import api
 
 from .packet import Packet
-from .tcp.connection import Connection, Event, State, TcpConfig, TcpError, reset_for
+from .tcp.connection import TSO_MAX_PAYLOAD, Connection, Event, State, TcpConfig, TcpError, reset_for
 from .tcp.isn import IsnGenerator
 from .tcp.listener import Listener
 from .tcp.seq import Seq
@@ -142,7 +147,8 @@ class NativeTcpConnection(api.Connection):
             tos = cfg.dscp << 2
             ip = self._remote_ip
             for seg in segs:
-                layer.send_segment(seg, ip, now, cfg.ttl, tos | 2 if seg.ect else tos, self.on_send_error)
+                layer.send_segment(seg, ip, now, cfg.ttl, tos | 2 if seg.ect else tos, self.on_send_error,
+                                   tcp.snd_mss)
         return len(segs)
 
     def settle(self, now):
@@ -417,7 +423,8 @@ class TcpLayer:
     """TCP for one `NativeStack` (see the module docstring).
 
     ``config`` is the `TcpConfig` every connection starts from (its ``mtu`` is set
-    to the device's, which clamps the MSS we advertise: MUST-67, SHLD-6); ``rng``
+    to the device's, which clamps the MSS we advertise: MUST-67, SHLD-6, and its
+    ``tso_max`` to `TSO_MAX_PAYLOAD` if the device offers TSO, else 0); ``rng``
     gives the ISN secret (RFC 6528) and the first ephemeral port (RFC 6056).
     """
 
@@ -425,7 +432,8 @@ class TcpLayer:
         self.stack = stack
         self.ipv4 = stack.ipv4
         base = config if config is not None else TcpConfig()
-        self.config = replace(base, mtu=min(base.mtu, stack.device.mtu))
+        self.config = replace(base, mtu=min(base.mtu, stack.device.mtu),
+                              tso_max=TSO_MAX_PAYLOAD if stack.device.offloads.tso else 0)
         self.fin_wait_2_timeout = fin_wait_2_timeout
         self.isn = IsnGenerator(rng.randbytes(32))
         self.conns = {}
@@ -574,12 +582,19 @@ class TcpLayer:
                 owner.timer_at = t
                 heapq.heappush(self._heap, (t, next(self._order), owner))
 
-    def send_segment(self, seg, dst, now, ttl, tos, on_error):
-        """Build `seg` into a packet (header in headroom, payload attached) and send it."""
+    def send_segment(self, seg, dst, now, ttl, tos, on_error, mss=0):
+        """Build `seg` into a packet (header in headroom, payload attached) and send it.
+
+        A payload longer than `mss` (the sending connection's) is a TSO segment: the
+        packet's ``gso_size`` tells the device to cut it into `mss`-sized segments.
+        """
         self.stats["segments-sent"] += 1
         payload = seg.payload
         plen = len(payload)
         pkt = Packet(payload if plen else None)
+        if mss and plen > mss:
+            pkt.gso_size = mss
+            self.stats["tso-segments-sent"] += 1
         hlen = wire_tcp.header_len(seg)
         off = pkt.prepend(hlen)
         buf = pkt.buf

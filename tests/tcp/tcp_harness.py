@@ -5,7 +5,8 @@ already in a state, driven there through real segments; `send_seg` feeds one
 segment from the peer (through the wire format: build, then parse with the
 checksum checked) and `pull` collects what the connection transmits. `Sim` joins
 two TCP endpoints over a seeded lossy/reordering/duplicating/corrupting link with
-a bottleneck rate and a drop-tail queue, on a fake clock.
+a bottleneck rate and a drop-tail queue, on a fake clock; with ``tso=True`` the
+link first cuts a segment longer than its sender's MSS as a TSO device would.
 """
 import collections
 import hashlib
@@ -15,7 +16,7 @@ import struct
 
 from shoal.net.native.wire import WireError, checksum
 from shoal.net.native.wire import tcp as wire
-from shoal.net.native.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpSegment
+from shoal.net.native.wire.tcp import ACK, CWR, FIN, PSH, RST, SYN, TcpSegment
 from shoal.net.native.tcp.connection import Connection, State, TcpConfig, reset_for
 from shoal.net.native.tcp.isn import IsnGenerator
 from shoal.net.native.tcp.listener import Listener
@@ -142,7 +143,7 @@ class Endpoint:
                 out = conn.transmit(now, 64)
                 assert out, f"wants_transmit() but nothing to send: {conn!r}"  # a poller would spin
                 for s in out:
-                    self.sim.emit(self, remote[0], s)
+                    self.sim.emit(self, remote[0], s, conn.snd_mss)
                     n += 1
         for lst in self.listeners.values():
             if lst.wants_transmit():
@@ -172,13 +173,15 @@ class Sim:
     """
 
     def __init__(self, seed=1, loss=0.0, dup=0.0, reorder=0.0, corrupt=0.0, delay=0.005,
-                 rate=20e6, queue=64, ecn_threshold=None):
+                 rate=20e6, queue=64, ecn_threshold=None, tso=False):
         self.rng = random.Random(seed)
         self.loss, self.dup, self.reorder, self.corrupt = loss, dup, reorder, corrupt
         self.delay = delay
         self.rate = rate / 8.0  # bytes per second
         self.queue = queue
         self.ecn_threshold = ecn_threshold
+        self.tso = tso
+        self.tso_segments = 0
         self.now = T0
         self.heap = []
         self._n = 0
@@ -190,7 +193,16 @@ class Sim:
         self.trace = collections.deque(maxlen=20_000)  # (time, src ip, dst ip, segment bytes)
         self.faults = {"loss": 0, "dup": 0, "reorder": 0, "corrupt": 0, "queue-drop": 0, "ce": 0}
 
-    def emit(self, src, dst_ip, s):
+    def emit(self, src, dst_ip, s, mss=0):
+        if mss and len(s.payload) > mss:
+            assert self.tso, f"a segment of {len(s.payload)} octets over a link without TSO: {s}"
+            self.tso_segments += 1
+            for piece in cut(s, mss):
+                self._emit_one(src, dst_ip, piece)
+        else:
+            self._emit_one(src, dst_ip, s)
+
+    def _emit_one(self, src, dst_ip, s):
         frame = bytearray(wire.build(s, src.ip, dst_ip))
         dst = self.a if dst_ip == self.a.ip else self.b
         self.frames += 1
@@ -256,6 +268,24 @@ class Sim:
             if self.now > end or not self.step():
                 return cond()
         return cond()
+
+
+def cut(s, mss):
+    """The `mss`-sized segments a TSO device makes of `s`: the header repeated with the
+    sequence number advanced, PSH and FIN on the last piece only, CWR on the first only
+    (as Linux's tcp_gso_segment does)."""
+    payload = bytes(s.payload)
+    pieces = []
+    for off in range(0, len(payload), mss):
+        p = TcpSegment(s.src_port, s.dst_port, (s.seq + off) & 0xFFFFFFFF, s.ack, s.flags, s.window, s.urgent,
+                       timestamp=s.timestamp, sack=s.sack, payload=payload[off:off + mss])
+        p.ect = s.ect
+        if off:
+            p.flags &= ~CWR
+        if off + mss < len(payload):
+            p.flags &= ~(FIN | PSH)
+        pieces.append(p)
+    return pieces
 
 
 def write_pcap(path, trace):

@@ -15,6 +15,9 @@ Its outputs are data:
   full-sized segments and one ACK covers everything received since the last
   pull (MUST-58, MUST-59). `wants_transmit()` says whether a pull would yield
   anything (cheap; the owner uses it to keep the connection on its transmit list).
+  With `TcpConfig.tso_max` (the owner's device does TCP segmentation offload) a
+  new-data segment may hold many MSS, up to 64 KiB; the device cuts it into the
+  MSS-sized segments the rules would have produced here.
 * timers - `poll_at()` is the earliest deadline (retransmission, delayed ACK, zero
   window probe, keepalive, TIME-WAIT) or None; the owner calls `poll(now)` at or
   after it. Timers are plain attributes, so a shard keeps one deadline heap.
@@ -45,6 +48,9 @@ from .seq import Seq, seq_max, seq_min
 DEFAULT_MSS_IPV4 = 536  # MUST-15: assumed when the peer sends no MSS option
 IPV4_TCP_HEADERS = 40
 TS_OPTION_LEN = 12
+TSO_MAX_PAYLOAD = 0xFFFF - 20 - 60
+"""The most payload one TSO segment may carry: an IPv4 datagram's 64 KiB less the IP
+header and the longest TCP header (RFC 791 total length; RFC 9293 3.1 data offset)."""
 
 
 class State(enum.Enum):
@@ -106,6 +112,10 @@ class TcpConfig:
     `challenge_ack_limit` caps RFC 5961 challenge ACKs per second (section 7);
     `unacceptable_ack_interval` spaces the ACKs answering unacceptable pure ACKs
     (see `Connection._ack_unacceptable`).
+    `tso_max` (0: off) is the largest payload one new-data segment may carry when the
+    device segments TCP for us (TSO, `shoal.drivers.base.Offloads.tso`); the owner sets
+    it from the device, since a segment longer than the MSS is only valid for a device
+    that cuts it into MSS-sized segments (see `Connection._next_data_len`).
     """
 
     mss: int = 1460
@@ -135,6 +145,7 @@ class TcpConfig:
     ecn: bool = False
     ttl: int = 64     # for the IP header the owner builds (MUST-49)
     dscp: int = 0     # Diffserv codepoint, passed unchanged to IP (MUST-48, SHLD-22)
+    tso_max: int = 0  # TSO: largest new-data payload; set by the owner from its device
 
     def __post_init__(self):
         if not 0 <= self.delayed_ack < 0.5:
@@ -145,6 +156,8 @@ class TcpConfig:
             raise ValueError("need 0 < min_rto <= max_rto")
         if not 1 <= self.ttl <= 255 or not 0 <= self.dscp <= 63:
             raise ValueError("ttl must be 1..255 and dscp 0..63")
+        if not 0 <= self.tso_max <= TSO_MAX_PAYLOAD:
+            raise ValueError(f"tso_max must be 0..{TSO_MAX_PAYLOAD} (an IPv4 datagram holds 64 KiB)")
 
     def receive_mss(self):
         """Our MSS option value: `mss` clamped to the device MTU (MUST-67, SHLD-6)."""
@@ -1193,29 +1206,52 @@ class Connection:
         return self._fin_queued and self.snd_nxt == self._fin_seq()
 
     def _next_data_len(self):
-        """Octets the next new-data segment from SND.NXT may carry now (0: hold back)."""
+        """Octets the next new-data segment from SND.NXT may carry now (0: hold back).
+
+        At most one MSS, or with TSO (`TcpConfig.tso_max`) as many whole MSS as the
+        congestion window, the peer's window and `tso_max` allow: the device cuts such a
+        segment into MSS-sized ones, so each of them must pass the same rules as if it
+        had been built here. A partial last piece therefore rides along only where the
+        Nagle and SWS rules would send it behind the full ones (`_small_ok` with data in
+        flight). Retransmissions (going back after a timeout) stay MSS-sized, and so does
+        a segment carrying URG or CWR, whose meaning the device's cut would change.
+        """
         end = self._sndbuf_seq + len(self._sndbuf)
         avail = end - self.snd_nxt
         if avail <= 0:
             return 0
+        mss = self.snd_mss
         flight = self._flight()
         cwnd_left = self.cc.cwnd - flight
         if self.recovery is None and 0 < self.dupacks < 3:
-            cwnd_left += self.dupacks * self.snd_mss  # limited transmit (RFC 3042)
+            cwnd_left += self.dupacks * mss  # limited transmit (RFC 3042)
         wnd_left = (self.snd_una + self.snd_wnd) - self.snd_nxt
-        n = min(self.snd_mss, avail, wnd_left, cwnd_left)
+        tso = self.config.tso_max
+        if (tso >= 2 * mss and self.snd_nxt >= self.snd_max and not self._cwr_due
+                and (self.snd_up is None or self.snd_up <= self.snd_nxt)):
+            n = min(tso - tso % mss, avail, wnd_left, cwnd_left)
+            if n > mss:
+                tail = n % mss
+                if tail and not self._small_ok(tail, n == avail, n == wnd_left, False):
+                    n -= tail
+                return n
+        else:
+            n = min(mss, avail, wnd_left, cwnd_left)
         if n <= 0:
             return 0
         if self.snd_nxt < self.snd_max:
             return n  # going back after a timeout: resend what fits
-        if n >= self.snd_mss or n == avail and (self.config.nodelay or self.snd_max == self.snd_una
-                                                or self._fin_queued):
-            return n  # full segment, or Nagle allows the tail (SHLD-7, MUST-17)
-        if n == wnd_left and (n >= self.max_snd_wnd // 2 or self.snd_max == self.snd_una):
-            # Sender SWS avoidance (RFC 9293 3.8.6.2.1): fill at least half the largest
-            # window seen, or the whole offered window when nothing is in flight.
+        if n >= mss or self._small_ok(n, n == avail, n == wnd_left, self.snd_max == self.snd_una):
             return n
         return 0
+
+    def _small_ok(self, n, empties_buffer, fills_window, idle):
+        """May a segment of `n` < MSS octets go now? `idle`: nothing else is in flight."""
+        if empties_buffer and (self.config.nodelay or idle or self._fin_queued):
+            return True  # Nagle allows the tail (SHLD-7, MUST-17)
+        # Sender SWS avoidance (RFC 9293 3.8.6.2.1): fill at least half the largest
+        # window seen, or the whole offered window when nothing is in flight.
+        return fills_window and (n >= self.max_snd_wnd // 2 or idle)
 
     def _flight(self):
         if self.recovery == "sack":
@@ -1305,7 +1341,7 @@ class Connection:
         end = start + n
         fin = self._fin_queued and end == self._fin_seq()
         retransmission = start < self.snd_max
-        seg = self._build_data(start, n, fin, now)
+        seg = self._build_data(start, n, fin, now, tso=not retransmission)
         fin = bool(seg.flags & FIN)
         n = len(seg.payload)
         if self.ecn_ok and n and not retransmission:
@@ -1328,13 +1364,21 @@ class Connection:
             self.rto_at = now + self.rtt.rto
         return seg
 
-    def _build_data(self, start, n, fin, now):
+    def _build_data(self, start, n, fin, now, tso=False):
+        """The segment carrying `n` octets from `start` (fewer if they do not fit).
+
+        One MSS at most, less the room SACK blocks take; with `tso` (new data, sized by
+        `_next_data_len`) up to `n`, unless SACK blocks ride along: the device repeats
+        the header in every piece it cuts, so those pieces would not fit the MSS.
+        """
         off = start - self._sndbuf_seq
         seg = self._segment(start, ACK | (FIN if fin else 0), b"", now)
         sack_room = 4 + 8 * len(seg.sack) if seg.sack else 0
-        n = max(min(n, self.snd_mss - sack_room), 0)
+        if not tso or sack_room or n < self.snd_mss:
+            n = max(min(n, self.snd_mss - sack_room), 0)
         if n:
-            seg.payload = bytes(self._sndbuf[off:off + n])
+            # one copy, through a view released at once (the buffer grows and shrinks later)
+            seg.payload = bytes(memoryview(self._sndbuf)[off:off + n])
             if fin and n < self._fin_seq() - start:
                 seg.flags &= ~FIN
             if off + n == len(self._sndbuf):
