@@ -9,7 +9,6 @@ code it serves is a cffi builder (API mode) and is compiled by `pip install`.
 import os
 
 from setuptools import build_meta as _setuptools
-from setuptools.build_meta import *  # noqa: F401,F403  (the PEP 517 hooks)
 
 ROOTS = {"runtime": "shoal.runtime", "net": "shoal.net", "drivers": "shoal.drivers", "apps": "shoal.apps"}
 
