@@ -44,7 +44,7 @@ import time
 if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
     del sys.path[0]
 
-from shoal.drivers.netns import KernelPeer, unavailable  # noqa: E402
+from shoal.drivers.netns import KernelPeer, stop_process, unavailable  # noqa: E402
 
 OFFLOAD_CLIENT = r"""
 import socket, sys, time
@@ -138,16 +138,6 @@ def wait_banner(app):
         raise RuntimeError("httpd did not start:\n" + "".join(seen))
 
 
-def stop(app):
-    if app.poll() is None:
-        app.send_signal(signal.SIGTERM)
-        try:
-            app.wait(30)
-        except subprocess.TimeoutExpired:
-            app.kill()
-            app.wait()
-
-
 def wrk(peer, url, connections, duration):
     r = peer.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}", "--timeout", "5s", url],
                  timeout=duration + 60)
@@ -185,19 +175,13 @@ def measure(peer, base_url, connections, duration, runs):
 
 def bench_native(root, connections, duration, runs):
     with KernelPeer(open_device=False, subnet="10.213.12") as peer:
-        app = start_httpd(["--network-stack", "native", "--tap-device", peer.ifname,
-                           "--host-ipv4-addr", peer.shoal_ip, "--root", root])
+        app = peer.start_shoal(["-m", "shoal.apps.httpd", "--smp", "1", "--network-stack", "native",
+                                "--host-ipv4-addr", peer.shoal_ip, "--root", root])
         try:
-            deadline = time.monotonic() + 60
-            while not peer.interface_exists():
-                if app.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("native httpd did not create its tap:\n" + app.stdout.read())
-                time.sleep(0.05)
-            peer.adopt()
             wait_banner(app)
             return measure(_Runner(peer), f"http://{peer.shoal_ip}:10000", connections, duration, runs)
         finally:
-            stop(app)
+            stop_process(app)
 
 
 def bench_posix(root, connections, duration, runs):
@@ -207,7 +191,7 @@ def bench_posix(root, connections, duration, runs):
             wait_banner(app)
             return measure(peer, f"http://{peer.server_ip}:10000", connections, duration, runs)
         finally:
-            stop(app)
+            stop_process(app)
 
 
 class _Runner:
@@ -347,7 +331,7 @@ def bench_pytcp(root, connections, duration, runs):
             except RuntimeError as e:
                 return f"failed under load: {str(e)[:300]}"
         finally:
-            stop(app)
+            stop_process(app)
 
 
 def main(argv=None):

@@ -18,13 +18,17 @@ namespace, even after failures.
 
 With ``open_device=False`` the tap is left to a shoal process started by the test
 (``--tap-device peer.ifname``); once it exists (`interface_exists`), `adopt` moves
-it into the namespace and configures it.
+it into the namespace and configures it. `start_shoal` does all of that for an app
+run as ``python -m ...``, and `stop_process` stops it.
 
 Needs root, ``/dev/net/tun`` and iproute2; `unavailable()` says why not.
 """
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 
 from shoal.drivers.tap import TapDevice
 
@@ -38,6 +42,19 @@ def unavailable():
     if shutil.which("ip") is None:
         return "iproute2 (`ip`) is not installed"
     return None
+
+
+def stop_process(proc, grace=30):
+    """SIGTERM `proc` (by its PID), SIGKILL it after `grace` seconds; what it printed
+    that was not read yet (when its output is a text pipe), for failure messages."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.stdout.read() if proc.stdout is not None else ""
 
 
 class KernelPeer:
@@ -77,6 +94,20 @@ class KernelPeer:
     def interface_exists(self):
         """True once the tap `ifname` exists in the root namespace (a shoal process created it)."""
         return os.path.exists(f"/sys/class/net/{self.ifname}")
+
+    def start_shoal(self, args, timeout=60):
+        """Start ``python ARGS --tap-device IFNAME`` (a shoal app on the native stack) in the
+        root namespace, wait (bounded) until it has created the tap, and `adopt` the tap.
+        The process's output is a text pipe; stop it with `stop_process`."""
+        proc = subprocess.Popen([sys.executable, *args, "--tap-device", self.ifname],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + timeout
+        while not self.interface_exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the app did not create tap {self.ifname}:\n{stop_process(proc)}")
+            time.sleep(0.05)
+        self.adopt()
+        return proc
 
     @staticmethod
     def _ip(*args):

@@ -24,7 +24,6 @@ import json
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ import time
 import pytest
 
 from shoal.drivers.faults import FaultInjector, Faults
-from shoal.drivers.netns import KernelPeer, unavailable
+from shoal.drivers.netns import KernelPeer, stop_process, unavailable
 from shoal.net.native.config import NativeConfig
 from shoal.net.native.stack import NativeStack
 from shoal.net.native.tcp.connection import TcpConfig
@@ -90,15 +89,8 @@ def impair(peer, loss=0.02, duplicate=True):
 # -- apps launched as a user would ------------------------------------------------------
 
 def start_app(peer, module, *options):
-    app = subprocess.Popen([sys.executable, "-m", module, "--smp", "1", "--network-stack", "native",
-                            "--tap-device", peer.ifname, "--host-ipv4-addr", peer.shoal_ip, *options],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 60
-    while not peer.interface_exists():
-        assert app.poll() is None, app.stdout.read()
-        assert time.monotonic() < deadline, "the app did not create its tap"
-        time.sleep(0.05)
-    peer.adopt()
+    app = peer.start_shoal(["-m", module, "--smp", "1", "--network-stack", "native",
+                            "--host-ipv4-addr", peer.shoal_ip, *options])
     seen = []
     for line in app.stdout:
         seen.append(line)
@@ -108,17 +100,6 @@ def start_app(peer, module, *options):
     return app
 
 
-def stop(app):
-    if app.poll() is None:
-        app.send_signal(signal.SIGTERM)
-        try:
-            app.wait(30)
-        except subprocess.TimeoutExpired:
-            app.kill()
-            app.wait()
-    return app.stdout.read()
-
-
 @contextlib.contextmanager
 def app_on_tap(module, *options):
     with KernelPeer(open_device=False) as peer:
@@ -126,9 +107,9 @@ def app_on_tap(module, *options):
         try:
             yield peer, app
         except AssertionError as e:
-            raise AssertionError(f"{e}\n--- app output ---\n{stop(app)[-4000:]}") from None
+            raise AssertionError(f"{e}\n--- app output ---\n{stop_process(app)[-4000:]}") from None
         finally:
-            stop(app)
+            stop_process(app)
 
 
 def curl_sha(peer, url, timeout=120):

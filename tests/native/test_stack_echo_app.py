@@ -1,14 +1,12 @@
 """The done-when of issue 4: the echo demo on the native stack, launched like a user would,
 answers a kernel UDP client and `ping` from the namespace, statically or with --dhcp."""
 import shutil
-import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-from shoal.drivers.netns import KernelPeer, unavailable
+from shoal.drivers.netns import KernelPeer, stop_process, unavailable
 
 pytestmark = [
     pytest.mark.root,
@@ -30,28 +28,8 @@ print("echoed")
 
 
 def start_echo(peer, *options):
-    app = subprocess.Popen([sys.executable, "-m", "shoal.apps.echo", "--udp", "--port", "10000", "--smp", "1",
-                            "--network-stack", "native", "--tap-device", peer.ifname, *options],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 60
-    while not peer.interface_exists():
-        assert app.poll() is None, app.stdout.read()
-        assert time.monotonic() < deadline, "the app did not create its tap"
-        time.sleep(0.05)
-    peer.adopt()
-    return app
-
-
-def stop(app):
-    """Stop the app; returns what it printed after its first line (for failure messages)."""
-    if app.poll() is None:
-        app.send_signal(signal.SIGTERM)
-        try:
-            app.wait(30)
-        except subprocess.TimeoutExpired:
-            app.kill()
-            app.wait()
-    return app.stdout.read()
+    return peer.start_shoal(["-m", "shoal.apps.echo", "--udp", "--port", "10000", "--smp", "1",
+                             "--network-stack", "native", *options])
 
 
 def running(peer, app, check):
@@ -59,7 +37,7 @@ def running(peer, app, check):
     try:
         check()
     except AssertionError as e:
-        raise AssertionError(f"{e}\n--- app output ---\n{stop(app)}") from None
+        raise AssertionError(f"{e}\n--- app output ---\n{stop_process(app)}") from None
 
 
 def check_echo_and_ping(peer, app, address):
@@ -84,7 +62,7 @@ def test_echo_app_static_address():
             neigh = peer.run(["ip", "neigh", "show", peer.shoal_ip]).stdout
             assert "02:00:00:12:34:56" in neigh
         finally:
-            stop(app)
+            stop_process(app)
 
 
 @pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq is not installed (apt: dnsmasq-base)")
@@ -113,4 +91,4 @@ def test_echo_app_with_dhcp(tmp_path):
 
             running(peer, app, leased_and_echoing)
         finally:
-            stop(app)
+            stop_process(app)
