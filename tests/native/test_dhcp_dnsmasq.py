@@ -14,12 +14,12 @@ import weakref
 import pytest
 
 from shoal.drivers.base import format_mac
-from shoal.drivers.netns import KernelPeer, unavailable
+from shoal.drivers.netns import KernelPeer, stop_process, unavailable
 from shoal.net.native.config import NativeConfig
 from shoal.net.native.stack import NativeStack
 from shoal.runtime.reactor import Reactor
 
-from test_stack_echo_app import start_echo, stop
+from test_stack_echo_app import start_echo
 
 pytestmark = [
     pytest.mark.root,
@@ -187,7 +187,7 @@ def test_app_stopped_by_sigterm_releases_its_lease(tmp_path):
                                           f"done; exit 1"], check=False, timeout=150)
                 assert r.returncode == 0, r.stdout
             finally:
-                output = stop(app)
+                output = stop_process(app)
             assert app.returncode == 0, output
             await wait_for(lambda: f"DHCPRELEASE({peer.ifname})" in log_text(tmp_path),
                            "dnsmasq to log the DHCPRELEASE")
