@@ -7,55 +7,33 @@ shards' stores at scrape time, so they must agree exactly with memcached's own
 """
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pymemcache.client.base import Client
+from test_memcached_server import REPLY_S, ServerProcess
 
-STARTUP_S = 90
-REPLY_S = 20
 _ENDPOINT = re.compile(r"\[shard 0\] .*serving metrics on http://([\d.]+:\d+)/metrics")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
+class Server(ServerProcess):
     """The server process; ready once it logged its endpoint and its listening line."""
 
     def __init__(self, *args):
-        self.port = free_port()
-        cmd = [sys.executable, "-m", "shoal.apps.memcached", "--address", "127.0.0.1", "--port", str(self.port),
-               "--prometheus-port", "0", "--prometheus-address", "127.0.0.1", *args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.output, self.endpoint = [], None
-        self.listening = threading.Event()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-        deadline = time.monotonic() + STARTUP_S
-        while not (self.listening.wait(0.1) and self.endpoint):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError("memcached did not start:\n" + "".join(self.output))
+        self.endpoint = None
+        super().__init__("--prometheus-port", "0", "--prometheus-address", "127.0.0.1", *args)
 
     def _read(self):
+        listening = False
         for line in self.proc.stdout:
             self.output.append(line)
             found = _ENDPOINT.search(line)
             if found:
                 self.endpoint = found.group(1)
-            if line.startswith("memcached: listening"):
-                self.listening.set()
+            listening = listening or line.startswith("memcached: listening")
+            if listening and self.endpoint:
+                self.ready.set()
 
     def scrape(self):
         """{sample name: [(labels, value), ...]} from /metrics."""
@@ -66,16 +44,6 @@ class Server:
             for sample in family.samples:
                 out.setdefault(sample.name, []).append((sample.labels, sample.value))
         return out
-
-    def stop(self):
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(30)
-        self.reader.join(10)
 
 
 def per_shard(samples, name, **labels):
