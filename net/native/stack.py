@@ -34,6 +34,7 @@ Selection: importing `shoal.net.native` registers the stack as ``--network-stack
 native`` (its factory is `create` here, imported when a shard makes the stack).
 """
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import random
@@ -537,3 +538,26 @@ def create(args):
         raise
     return stack
 
+
+
+@contextlib.asynccontextmanager
+async def running(device, config, idle_poll_time=0.0005, **stack_kwargs):
+    """A `NativeStack` on `device`, driven by a reactor of its own on the running loop:
+    the stack without the launcher (tests, benchmarks, an embedding event loop).
+    The stack owns the device from here on and closes it on the way out."""
+    from shoal.runtime.reactor import Reactor
+
+    reactor = Reactor(asyncio.get_running_loop(), idle_poll_time=idle_poll_time)
+    stack = None
+    try:
+        stack = NativeStack(device, config, **stack_kwargs)
+        stack.start(reactor)
+        reactor.start()
+        yield stack
+    finally:
+        if stack is not None:
+            await stack.stop()
+        else:
+            device.close()
+        reactor.close()
+        reactor.check_fatal()

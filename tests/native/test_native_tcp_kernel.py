@@ -33,9 +33,8 @@ import pytest
 from shoal.drivers.faults import FaultInjector, Faults
 from shoal.drivers.netns import KernelPeer, stop_process, unavailable
 from shoal.net.native.config import NativeConfig
-from shoal.net.native.stack import NativeStack
+from shoal.net.native.stack import running
 from shoal.net.native.tcp.connection import TcpConfig
-from shoal.runtime.reactor import Reactor
 
 pytestmark = [
     pytest.mark.root,
@@ -181,23 +180,12 @@ def test_echo_app_over_tcp_with_a_kernel_client():
 
 @contextlib.asynccontextmanager
 async def kernel_and_stack(rx_faults=None, tcp_config=None):
-    peer = KernelPeer()
-    reactor = Reactor(asyncio.get_running_loop(), idle_poll_time=0.0005)
-    stack = None
-    try:
+    with KernelPeer() as peer:
         config = NativeConfig(peer.ifname, False, addr(peer.shoal_ip), addr("255.255.255.0"), None)
         device = peer.device if rx_faults is None else FaultInjector(peer.device, 3, rx=rx_faults)
-        stack = NativeStack(device, config, rng=random.Random(5), tcp_config=tcp_config)
         peer.device = None  # the stack owns (and closes) it now
-        stack.start(reactor)
-        reactor.start()
-        yield peer, stack
-    finally:
-        if stack is not None:
-            await stack.stop()
-        reactor.close()
-        peer.close()
-        reactor.check_fatal()
+        async with running(device, config, rng=random.Random(5), tcp_config=tcp_config) as stack:
+            yield peer, stack
 
 
 async def wait_listening(peer, port):

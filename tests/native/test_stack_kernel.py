@@ -14,8 +14,7 @@ import pytest
 
 from shoal.drivers.netns import KernelPeer, unavailable
 from shoal.net.native.config import NativeConfig
-from shoal.net.native.stack import NativeStack
-from shoal.runtime.reactor import Reactor
+from shoal.net.native.stack import running
 
 pytestmark = [
     pytest.mark.root,
@@ -30,22 +29,11 @@ def addr(text):
 
 @contextlib.asynccontextmanager
 async def kernel_and_stack(mtu=1500):
-    peer = KernelPeer(mtu=mtu)
-    reactor = Reactor(asyncio.get_running_loop(), idle_poll_time=0.0005)
-    stack = None
-    try:
+    with KernelPeer(mtu=mtu) as peer:
         config = NativeConfig(peer.ifname, False, addr(peer.shoal_ip), addr("255.255.255.0"), addr(peer.kernel_ip))
-        stack = NativeStack(peer.device, config, rng=random.Random(5))
-        peer.device = None  # the stack owns (and closes) it now
-        stack.start(reactor)
-        reactor.start()
-        yield peer, stack
-    finally:
-        if stack is not None:
-            await stack.stop()
-        reactor.close()
-        peer.close()
-        reactor.check_fatal()
+        device, peer.device = peer.device, None  # the stack owns (and closes) it now
+        async with running(device, config, rng=random.Random(5)) as stack:
+            yield peer, stack
 
 
 async def run_in(peer, *argv, timeout=60):
