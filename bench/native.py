@@ -1,6 +1,6 @@
 """The native stack against the posix stack (and pytcp), with the Linux kernel as the client.
 
-    python bench/native.py [--duration 3] [--connections 1,16] [--size-mb 20] [--runs 3]
+    python bench/native.py [--duration 3] [--connections 1,16] [--size-mb 20] [--runs 3] [--no-tso]
 
 In one run, the same ``python -m shoal.apps.httpd --smp 1 --root DIR`` is measured
 
@@ -24,10 +24,19 @@ in this process on a TAP opened with and without them serves the bulk file to a
 kernel socket in the namespace (download: shoal sends) and sinks the same amount
 from it (upload: shoal receives), best MB/s of ``--runs`` each, measured by the
 kernel-side client from its first to its last byte.
+
+``--no-tso`` runs every native row with TSO from TCP off: connections send segments
+of one MSS, as before issue 5's change (the TAP driver may still coalesce runs of them
+into super-frames, which the offloads table's first row leaves out). The stack has no
+option for it, so the switch is the layer's cap on a segment's new data
+(``shoal.net.native.tcp_layer.TSO_MAX_PAYLOAD``, docs/benchmarks.md "TSO from TCP") set
+to 0 before the stack is made: in the httpd's process before it forks its shard, and in
+this process around the offloads table.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import random
@@ -73,6 +82,24 @@ print(size / (time.monotonic() - t) / 1e6)
 """
 
 PYTHON = sys.executable
+
+HTTPD_WITHOUT_TSO = ("import runpy, shoal.net.native.tcp_layer as layer; layer.TSO_MAX_PAYLOAD = 0; "
+                     "runpy.run_module('shoal.apps.httpd', run_name='__main__', alter_sys=True)")
+"""``python -c`` program: the httpd with TSO from TCP off (the shard it forks inherits it)."""
+
+
+@contextlib.contextmanager
+def tso_from_tcp(on):
+    """Native stacks made in this process inside the block use TSO from TCP only if `on`."""
+    from shoal.net.native import tcp_layer
+
+    saved = tcp_layer.TSO_MAX_PAYLOAD
+    if not on:
+        tcp_layer.TSO_MAX_PAYLOAD = 0
+    try:
+        yield
+    finally:
+        tcp_layer.TSO_MAX_PAYLOAD = saved
 
 
 class VethPeer:
@@ -173,9 +200,10 @@ def measure(peer, base_url, connections, duration, runs):
     return row
 
 
-def bench_native(root, connections, duration, runs):
+def bench_native(root, connections, duration, runs, tso):
+    httpd = ["-m", "shoal.apps.httpd"] if tso else ["-c", HTTPD_WITHOUT_TSO]
     with KernelPeer(open_device=False, subnet="10.213.12") as peer:
-        app = peer.start_shoal(["-m", "shoal.apps.httpd", "--smp", "1", "--network-stack", "native",
+        app = peer.start_shoal([*httpd, "--smp", "1", "--network-stack", "native",
                                 "--host-ipv4-addr", peer.shoal_ip, "--root", root])
         try:
             wait_banner(app)
@@ -257,11 +285,12 @@ async def _offload_round(vnet_hdr, size, runs):
         reactor.check_fatal()
 
 
-def bench_offloads(size_mb, runs):
+def bench_offloads(size_mb, runs, tso):
     import asyncio
 
-    return {vnet: asyncio.run(asyncio.wait_for(_offload_round(vnet, size_mb << 20, runs), 600))
-            for vnet in (False, True)}
+    with tso_from_tcp(tso):
+        return {vnet: asyncio.run(asyncio.wait_for(_offload_round(vnet, size_mb << 20, runs), 600))
+                for vnet in (False, True)}
 
 
 PYTCP_SERVER = r"""
@@ -346,6 +375,8 @@ def main(argv=None):
     parser.add_argument("--no-pytcp", dest="pytcp", action="store_false", help="skip pytcp")
     parser.add_argument("--no-offloads", dest="offloads", action="store_false",
                         help="skip the TAP offloads table (in-process stack, with and without)")
+    parser.add_argument("--no-tso", dest="tso", action="store_false",
+                        help="native rows with TSO from TCP off: one-MSS segments (see the docstring)")
     args = parser.parse_args(argv)
     why = unavailable()
     if why is not None:
@@ -357,14 +388,15 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as root:
         with open(os.path.join(root, "big.bin"), "wb") as f:
             f.write(random.Random(1).randbytes(args.size_mb << 20))
-        rows = {"native (TAP)": bench_native(root, connections, args.duration, args.runs),
+        rows = {"native (TAP)": bench_native(root, connections, args.duration, args.runs, args.tso),
                 "posix (veth)": bench_posix(root, connections, args.duration, args.runs)}
         pytcp = bench_pytcp(root, connections, args.duration, 1) if args.pytcp else "skipped (--no-pytcp)"
         if isinstance(pytcp, dict):
             rows["pytcp (TAP)"] = pytcp
-    offloads = bench_offloads(args.size_mb, args.runs) if args.offloads else None
+    offloads = bench_offloads(args.size_mb, args.runs, args.tso) if args.offloads else None
+    tso = "TSO from TCP " + ("on" if args.tso else "off (--no-tso)")
     print(f"# shoal httpd: native vs posix vs pytcp ({datetime.datetime.now().isoformat(timespec='seconds')}, "
-          f"wrk -d{args.duration}, {args.size_mb} MB file, 1 shard)\n")
+          f"wrk -d{args.duration}, {args.size_mb} MB file, 1 shard, native: {tso})\n")
     header = "| stack | " + " | ".join(f"wrk -c{c} req/s" for c in connections) + " | curl MB/s |"
     print(header)
     print("|" + "---|" * (len(connections) + 2))
@@ -379,7 +411,7 @@ def main(argv=None):
     else:
         print(f"pytcp: {pytcp}")
     if offloads is not None:
-        print(f"\n## TAP offloads: in-process native stack, {args.size_mb} MB, best of {args.runs}, "
+        print(f"\n## TAP offloads: in-process native stack, {tso}, {args.size_mb} MB, best of {args.runs}, "
               f"load average {os.getloadavg()[0]:.2f}\n")
         print("| TAP | download MB/s (shoal sends) | upload MB/s (shoal sinks) |")
         print("|---|---|---|")

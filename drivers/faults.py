@@ -20,6 +20,25 @@ their due time (jitter also reorders). The clock is injected: `time.monotonic` f
 real-time tests, a manual clock for virtual time (the injector then moves frames
 only when the test advances the clock and calls a burst).
 
+*TSO super-frames* (a transmit frame whose ``gso_size`` is set: one TCP/IPv4 segment
+larger than the MTU that the device cuts into ``gso_size`` segments, see
+`shoal.drivers.vnet.tso`) keep their ``gso_size`` through the injector, and each fault
+acts on what the wire will carry. The ``mtu`` fault measures the segments the device
+will make (headers + ``gso_size``), not the super-frame. *Corruption* cannot be applied
+to the super-frame itself: the device (the kernel behind a TAP) recomputes the IPv4 and
+TCP checksums of every segment it cuts, so a bit flipped before the cut leaves on the
+wire inside a segment with a valid checksum, an error no receiver can detect (RFC 9293
+3.1: the checksum is what detects it) and one that a flipped port, address or sequence
+number turns into wrong data delivered as right. A corrupted super-frame is therefore
+cut here, the way the device would cut it (`cut_super_frame`: Linux's
+``tcp_gso_segment``), and one bit of those wire frames is flipped after their
+checksums are final, so the receiver drops exactly one segment, as it would for a
+bit error on a real link; the other segments go out intact as ordinary frames (counted
+``tx_cut``). Loss, duplication, reordering and delay act on the super-frame whole, as a
+device queue that drops or delays the frame it was given. Received frames need none of
+this: a super-frame a TAP hands up (LRO) has its checksum completed by the driver
+before the injector sees it, so a flipped bit there is caught by the stack's check.
+
 Frames held here are reported through ``next_deadline()`` so a sleeping reactor
 wakes for them, and received frames already released but not yet returned (more
 than ``max_frames`` at once) make ``arm()`` refuse to sleep. Counters are in
@@ -28,10 +47,16 @@ than ``max_frames`` at once) make ``arm()`` refuse to sleep. Counters are in
 import collections
 import heapq
 import random
+import struct
 import time
 from dataclasses import dataclass
 
 from shoal.drivers.base import ETH_HEADER_LEN, DeviceWrapper, frame_bytes
+from shoal.drivers.vnet import complete_checksum, ones_sum
+
+_H = struct.Struct("!H")
+_I = struct.Struct("!I")
+_TCP_FIN, _TCP_PSH, _TCP_CWR = 0x01, 0x08, 0x80
 
 
 @dataclass(frozen=True)
@@ -59,6 +84,75 @@ class Faults:
 NONE = Faults()
 
 
+class _SuperFrame(bytes):
+    """The injector's copy of a TSO super-frame: the bytes, and the ``gso_size`` the
+    device below needs to cut it (a plain ``bytes`` copy would lose it)."""
+
+    def __new__(cls, data, gso_size):
+        frame = super().__new__(cls, data)
+        frame.gso_size = gso_size
+        return frame
+
+
+def _tcp_ipv4_headers_len(frame):
+    """Length of the Ethernet + IPv4 + TCP headers of an untagged TCP/IPv4 frame, else None."""
+    if len(frame) < ETH_HEADER_LEN + 20 or frame[12:14] != b"\x08\x00" or frame[14] >> 4 != 4 \
+            or frame[23] != 6:
+        return None
+    tcp = ETH_HEADER_LEN + (frame[14] & 0x0F) * 4
+    if len(frame) < tcp + 20:
+        return None
+    return tcp + (frame[tcp + 12] >> 4) * 4
+
+
+def cut_super_frame(frame, gso_size):
+    """The wire frames a TSO device makes of the super-frame `frame` (bytes), checksums final.
+
+    As Linux's GSO does (``inet_gso_segment``, ``tcp_gso_segment``): every piece repeats
+    the headers with ``gso_size`` octets of payload (the last the rest), the sequence
+    number advanced by the octets before it, the IP identification counting up from the
+    super-frame's, FIN and PSH on the last piece only and CWR on the first only; the IPv4
+    header checksum (RFC 791) and the TCP checksum over the pseudo-header (RFC 9293 3.1)
+    are computed per piece. A frame that is not TCP/IPv4, or whose payload fits one
+    segment, is what the device sends as it is: the result is ``[frame]``.
+    """
+    hlen = _tcp_ipv4_headers_len(frame)
+    if hlen is None or len(frame) - hlen <= gso_size:
+        return [frame]
+    tcp = ETH_HEADER_LEN + (frame[14] & 0x0F) * 4
+    ident = _H.unpack_from(frame, 18)[0]
+    seq = _I.unpack_from(frame, tcp + 4)[0]
+    flags = frame[tcp + 13]
+    payload = memoryview(frame)[hlen:]
+    pieces = []
+    for i, off in enumerate(range(0, len(payload), gso_size)):
+        chunk = payload[off:off + gso_size]
+        hdr = bytearray(frame[:hlen])
+        _H.pack_into(hdr, 16, hlen - ETH_HEADER_LEN + len(chunk))
+        _H.pack_into(hdr, 18, (ident + i) & 0xFFFF)
+        _H.pack_into(hdr, 24, 0)
+        _H.pack_into(hdr, 24, ~ones_sum(hdr[ETH_HEADER_LEN:tcp]) & 0xFFFF)
+        _I.pack_into(hdr, tcp + 4, (seq + off) & 0xFFFFFFFF)
+        piece_flags = flags
+        if off + len(chunk) < len(payload):
+            piece_flags &= ~(_TCP_FIN | _TCP_PSH)
+        if i:
+            piece_flags &= ~_TCP_CWR
+        hdr[tcp + 13] = piece_flags
+        # pseudo-header sum (source, destination, zero + protocol 6, TCP length) in the
+        # checksum field, then the checksum finished over the segment from its TCP header
+        pseudo = ones_sum(bytes(hdr[26:34]) + _H.pack(6) + _H.pack(hlen - tcp + len(chunk)))
+        _H.pack_into(hdr, tcp + 16, pseudo)
+        pieces.append(bytes(complete_checksum(bytes(hdr) + chunk, tcp, 16)))
+    return pieces
+
+
+def _wire_frame_len(data, gso_size):
+    """The largest frame `data` becomes on the wire: one TSO segment of it, or itself."""
+    hlen = _tcp_ipv4_headers_len(data) if gso_size else None
+    return len(data) if hlen is None else min(len(data), hlen + gso_size)
+
+
 class _Direction:
     """The fault pipeline of one direction, with its own random stream and held frames."""
 
@@ -80,25 +174,42 @@ class _Direction:
         f, rng = self.faults, self.rng
         for frame in frames:
             data = bytes(frame_bytes(frame))  # held frames must not alias the sender's buffers
-            if f.mtu is not None and len(data) - ETH_HEADER_LEN > f.mtu:
+            gso_size = getattr(frame, "gso_size", 0)
+            if f.mtu is not None and _wire_frame_len(data, gso_size) - ETH_HEADER_LEN > f.mtu:
                 self._count("oversize")
                 continue
             if f.loss and rng.random() < f.loss:
                 self._count("lost")
                 continue
+            out = (_SuperFrame(data, gso_size),) if gso_size else (data,)
             if f.corrupt and rng.random() < f.corrupt and len(data):
-                bit = rng.randrange(len(data) * 8)
-                mutable = bytearray(data)
-                mutable[bit >> 3] ^= 1 << (bit & 7)
-                data = bytes(mutable)
+                if gso_size:
+                    out = cut_super_frame(data, gso_size)  # see the module docstring
+                    if len(out) > 1:
+                        self._count("cut")
+                out = self._flip_one_bit(out)
                 self._count("corrupted")
             copies = 1
             if f.duplicate and rng.random() < f.duplicate:
                 copies = 2
                 self._count("duplicated")
             for _ in range(copies):
-                self._reorder(data, now)
+                for piece in out:
+                    self._reorder(piece, now)
         self.release(now)
+
+    def _flip_one_bit(self, frames):
+        """`frames` with one bit, drawn uniformly over all their bits, inverted."""
+        out = list(frames)
+        bit = self.rng.randrange(sum(len(data) for data in out) * 8)
+        i = 0
+        while bit >= len(out[i]) * 8:
+            bit -= len(out[i]) * 8
+            i += 1
+        mutable = bytearray(out[i])
+        mutable[bit >> 3] ^= 1 << (bit & 7)
+        out[i] = bytes(mutable)
+        return out
 
     def _reorder(self, data, now):
         f = self.faults

@@ -5,6 +5,7 @@ implementation without touching the host's network::
 
     with KernelPeer() as peer:              # tap "shoalXXXXXXXX", netns "shoal-XXXXXXXX"
         dev = peer.device                   # shoal's end: a TapDevice (fd in our namespace)
+                                            # (with queues=N: peer.devices, one per queue, steered)
         peer.run(["ping", "-c1", peer.shoal_ip])   # runs inside the namespace
 
 It creates a uniquely named TAP (shoal keeps the descriptor), a uniquely named
@@ -60,7 +61,7 @@ def stop_process(proc, grace=30):
 class KernelPeer:
     """A TAP device for shoal plus the kernel on its far side, in a namespace of its own."""
 
-    def __init__(self, subnet="10.213.7", mtu=1500, mac=None, open_device=True):
+    def __init__(self, subnet="10.213.7", mtu=1500, mac=None, open_device=True, queues=1):
         token = os.urandom(4).hex()
         self.namespace = f"shoal-{token}"
         self.ifname = f"shoal{token}"
@@ -69,6 +70,7 @@ class KernelPeer:
         self.shoal_ip = f"{subnet}.2"
         self.mtu = mtu
         self._procs = []
+        self.devices = []
         self.device = None
         self._ns_made = False
         try:
@@ -78,7 +80,8 @@ class KernelPeer:
             self.run(["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"])
             self._ip("-n", self.namespace, "link", "set", "lo", "up")
             if open_device:
-                self.device = TapDevice(self.ifname, mac=mac, mtu=mtu, up=False)
+                self.devices = TapDevice.open_queues(self.ifname, queues, mac=mac, mtu=mtu, up=False)
+                self.device = self.devices[0]
                 self.adopt()
         except BaseException:
             self.close()
@@ -138,9 +141,10 @@ class KernelPeer:
                     proc.kill()
                     proc.wait()
         self._procs = []
-        if self.device is not None:
-            self.device.close()
-            self.device = None
+        for device in self.devices:
+            device.close()
+        self.devices = []
+        self.device = None
         if self._ns_made:
             subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True, timeout=30)
             self._ns_made = False

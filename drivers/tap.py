@@ -5,7 +5,11 @@ tap of that name) with ``TUNSETIFF`` and ``IFF_TAP | IFF_NO_PI``: every ``read``
 non-blocking descriptor returns one whole Ethernet frame the kernel sent, and every
 ``write`` (``writev`` for scatter frames) hands one frame to the kernel as if it had
 arrived on the interface (see the kernel's Documentation/networking/tuntap.rst).
-One descriptor is one queue; this driver uses a single queue.
+One descriptor is one queue. `TapDevice.open_queues` opens the several queues of a
+multi-queue tap (``IFF_MULTI_QUEUE``), one per shard, and makes the kernel's choice of
+queue for each received frame deterministic with shoal's flow-steering program
+(`shoal.drivers.steering`): queue ``i`` then carries exactly the flows that
+``flow_queue(sport, dport, count) == i`` names, so shard ``i`` owns them.
 
 The tap's own MAC address belongs to the kernel side. shoal is a different host on
 the same link and needs its own address: ``mac`` (default: a random locally
@@ -40,6 +44,7 @@ import os
 import socket
 import struct
 
+from shoal.drivers import steering as steering_program
 from shoal.drivers import vnet
 from shoal.drivers.base import ETH_HEADER_LEN, VLAN_TAG_LEN, Device, Offloads, frame_buffers, random_mac
 
@@ -47,6 +52,8 @@ TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
+IFF_MULTI_QUEUE = 0x0100
+TUNSETSTEERINGEBPF = 0x800454E0
 TUNSETOFFLOAD = 0x400454D0
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
@@ -74,7 +81,8 @@ class TapDevice(Device):
     super-frames and partial checksums from the kernel too.
     """
 
-    def __init__(self, name, mac=None, mtu=None, up=True, randbytes=os.urandom, vnet_hdr=True, rx_offload=None):
+    def __init__(self, name, mac=None, mtu=None, up=True, randbytes=os.urandom, vnet_hdr=True, rx_offload=None,
+                 multi_queue=False):
         if rx_offload is None:
             rx_offload = vnet_hdr
         elif rx_offload and not vnet_hdr:
@@ -83,7 +91,7 @@ class TapDevice(Device):
             raise ValueError(f"interface name {name!r} is longer than {IFNAMSIZ - 1} bytes")
         self._fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
+            flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0) | (IFF_MULTI_QUEUE if multi_queue else 0)
             result = fcntl.ioctl(self._fd, TUNSETIFF, _ifreq(name, "H", flags))
             self.name = result[:IFNAMSIZ].rstrip(b"\0").decode()
             if rx_offload:
@@ -107,6 +115,35 @@ class TapDevice(Device):
         frame = MAX_GSO_FRAME if rx_offload else ETH_HEADER_LEN + VLAN_TAG_LEN + self.mtu
         self._read_size = frame + (vnet.VNET_HDR_LEN if vnet_hdr else 0)
         self.stats = collections.Counter()
+
+    @classmethod
+    def open_queues(cls, name, count, mac=None, steering=True, randbytes=os.urandom, **options):
+        """`count` queues of the tap `name` (created if absent), all with one MAC, in queue order.
+
+        The kernel numbers a tap's queues in the order they attach, so opening them
+        here, one after the other in one process, is what makes the i-th descriptor
+        queue i; the launcher does it before the shards fork and gives shard i the i-th.
+        With ``steering`` (and more than one queue) the flow-steering program is
+        attached, so queue i receives the flows `flow_queue` assigns to i; without it
+        the kernel's automq spreads new flows by its own hash. One queue is a plain tap."""
+        if count < 1:
+            raise ValueError(f"a tap needs at least one queue, not {count}")
+        mac = mac or random_mac(randbytes)
+        queues = []
+        try:
+            for _ in range(count):
+                queues.append(cls(queues[0].name if queues else name, mac=mac, multi_queue=count > 1, **options))
+            if steering and count > 1:
+                program = steering_program.load_steering_program()
+                try:
+                    fcntl.ioctl(queues[0].fileno(), TUNSETSTEERINGEBPF, struct.pack("i", program))
+                finally:
+                    os.close(program)  # the tap holds its own reference now
+        except BaseException:
+            for queue in queues:
+                queue.close()
+            raise
+        return queues
 
     def rx_burst(self, max_frames):
         fd, size, read = self._fd, self._read_size, os.read

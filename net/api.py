@@ -245,12 +245,16 @@ class StackInfo:
     """A registered stack: ``factory(args) -> NetworkStack`` runs on each shard;
     ``add_options(parser)`` adds the stack's own command-line options;
     ``check_options(args)`` raises ValueError for options the stack cannot run
-    with (checked while parsing, before any shard starts)."""
+    with (checked while parsing, before any shard starts); ``prepare(args,
+    shard_count)`` runs in the launcher before the shards fork (to open device
+    queues in shard order) and ``release(args)`` there after they have."""
     name: str
     factory: Callable[[Any], NetworkStack]
     add_options: Callable[[Any], None] | None = None
     description: str = ""
     check_options: Callable[[Any], None] | None = None
+    prepare: Callable[[Any, int], None] | None = None
+    release: Callable[[Any], None] | None = None
 
 
 _registry: dict[str, StackInfo] = {}
@@ -261,9 +265,11 @@ _current: NetworkStack | None = None
 def register_stack(name: str, factory: Callable[[Any], NetworkStack], *,
                    add_options: Callable[[Any], None] | None = None,
                    description: str = "",
-                   check_options: Callable[[Any], None] | None = None) -> None:
-    """Make a stack selectable as ``--network-stack NAME``."""
-    _registry[name] = StackInfo(name, factory, add_options, description, check_options)
+                   check_options: Callable[[Any], None] | None = None,
+                   prepare: Callable[[Any, int], None] | None = None,
+                   release: Callable[[Any], None] | None = None) -> None:
+    """Make a stack selectable as ``--network-stack NAME`` (see `StackInfo` for the hooks)."""
+    _registry[name] = StackInfo(name, factory, add_options, description, check_options, prepare, release)
 
 
 def load_stack_modules() -> None:

@@ -48,6 +48,16 @@ class NetworkExtension:
         if check is not None:
             check(args)
 
+    def before_fork(self, args, shard_count: int) -> None:
+        prepare = api.stack_info(args.network_stack).prepare
+        if prepare is not None:
+            prepare(args, shard_count)
+
+    def after_fork(self, args) -> None:
+        release = api.stack_info(args.network_stack).release
+        if release is not None:
+            release(args)
+
     async def start_shard(self, args) -> None:
         stack = api.stack_info(args.network_stack).factory(args)
         api.use_stack(stack)

@@ -6,7 +6,12 @@ join as *extensions*: objects with ``add_options(parser)``, ``async
 start_shard(args)`` and ``async stop_shard(args)``, and optionally
 ``check_options(args)`` (raise ValueError for options that cannot work together:
 they are refused as usage errors before any shard starts), so the runtime itself
-never knows what they are.
+never knows what they are. An extension that must acquire something in shard
+order before the shards exist (the queues of a network device, which the kernel
+numbers in the order they are opened) also has ``before_fork(args, shard_count)``,
+called in the launcher (a ValueError is refused like a bad option); the shards
+inherit what it made, and ``after_fork(args)`` then runs in the launcher once
+every shard is forked (or the start failed), to let go of the launcher's copies.
 """
 import argparse
 import sys

@@ -98,6 +98,24 @@ class _Launcher:
         self.fatal = None
 
     def run(self, main):
+        prepared = []
+        try:
+            for extension in self.extensions:
+                before_fork = getattr(extension, "before_fork", None)
+                if before_fork is not None:
+                    try:
+                        before_fork(self.args, self.n)
+                    except ValueError as exc:
+                        raise OptionError(str(exc)) from None
+                prepared.append(extension)
+            return self._fork_and_supervise(main)
+        finally:
+            for extension in prepared:
+                after_fork = getattr(extension, "after_fork", None)
+                if after_fork is not None:
+                    after_fork(self.args)
+
+    def _fork_and_supervise(self, main):
         segment = Segment.create(self.n, self.ring_bytes)
         efds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(self.n)]
         pipes = [os.pipe() for _ in range(self.n)]

@@ -19,14 +19,24 @@ def _add_options(parser):
 
 
 def _check_options(args):
-    _config.from_args(args)
+    config = _config.from_args(args)
     try:
         shards = len(choose_cpus(args.smp, args.cpuset, args.overprovisioned))
     except ValueError:
         return  # the runtime refuses these options itself, with its own message
-    if shards > 1:
-        raise _config.ConfigError(f"the native stack drives a single device queue for now: run it with "
-                                  f"--smp 1 (these options give {shards} shards)")
+    if shards > 1 and config.dhcp:
+        raise _config.ConfigError(f"--dhcp runs on a single shard: run it with --smp 1 (these options give "
+                                  f"{shards} shards), or give a static --host-ipv4-addr")
+
+
+def _prepare(args, shard_count):
+    from .stack import prepare
+    prepare(args, shard_count)
+
+
+def _release(args):
+    from .stack import release
+    release(args)
 
 
 def _create(args):
@@ -35,4 +45,5 @@ def _create(args):
 
 
 api.register_stack("native", _create, add_options=_add_options, check_options=_check_options,
-                   description="shoal's user-space TCP/IP over a TAP device")
+                   prepare=_prepare, release=_release,
+                   description="shoal's user-space TCP/IP over a TAP device (one queue per shard)")

@@ -12,6 +12,16 @@
 ``--tcp-congestion NAME``   TCP congestion control: ``cubic`` (default, RFC 9438) or ``newreno``
 ``--tcp-min-rto SECONDS``   lower bound of the retransmission timeout (default 1 s, RFC 6298
                             2.4; Linux uses 0.2 s, which recovers lost retransmissions faster)
+``--tcp-ecn on|off``        Explicit Congestion Notification (RFC 3168), default ``off``.
+                            With ``on`` every connection asks for ECN in its SYN and accepts
+                            a peer's ECN-setup SYN (section 6.1.1), sends ECT(0) on new data
+                            and reduces its window once per window on ECE (section 6.1.2).
+                            Off by default because negotiation is per connection and needs
+                            the peer to take part, which Linux's default ``tcp_ecn=2`` does
+                            only as a responder (it accepts but never asks), and because
+                            shoal has no fallback to a plain SYN when a middlebox drops or
+                            resets an ECN-setup SYN (section 6.1.1.1): ask only on paths
+                            known to carry it.
 
 Seastar lets ``--host-ipv4-addr`` silently switch ``--dhcp`` off; shoal refuses
 every contradictory or impossible combination with a message naming the options,
@@ -27,6 +37,7 @@ MIN_MTU = 576
 """RFC 1122 section 3.3.3: every IPv4 host must accept 576-byte datagrams; DHCP needs it too."""
 MAX_MTU = 65535
 TCP_CONGESTION = ("cubic", "newreno")
+ON_OFF = ("on", "off")
 MAX_MIN_RTO = 60.0
 """RFC 6298 2.5: a maximum RTO of at least 60 s; the minimum may not exceed it."""
 
@@ -48,6 +59,7 @@ class NativeConfig:
     mtu: int | None = None
     tcp_congestion: str = "cubic"
     tcp_min_rto: float | None = None
+    tcp_ecn: bool = False
 
 
 def add_options(parser):
@@ -70,6 +82,10 @@ def add_options(parser):
                        help="TCP congestion control (default cubic, RFC 9438)")
     group.add_argument("--tcp-min-rto", type=float, default=None, metavar="SECONDS",
                        help="minimum TCP retransmission timeout (default 1, RFC 6298; Linux uses 0.2)")
+    group.add_argument("--tcp-ecn", default="off", choices=ON_OFF,
+                       help="ask for and accept ECN on every TCP connection (RFC 3168). Default off: "
+                            "it is negotiated per connection, Linux's default tcp_ecn=2 accepts it but "
+                            "never asks, and shoal does not retry a dropped ECN-setup SYN without it")
 
 
 def _address(text, option):
@@ -128,6 +144,9 @@ def from_args(args):
     min_rto = getattr(args, "tcp_min_rto", None)
     if min_rto is not None and not 0 < min_rto <= MAX_MIN_RTO:
         raise ConfigError(f"--tcp-min-rto {min_rto} must be above 0 and at most {MAX_MIN_RTO:g} seconds")
+    ecn = getattr(args, "tcp_ecn", None) or "off"
+    if ecn not in ON_OFF:
+        raise ConfigError(f"--tcp-ecn {ecn!r}: choose on or off")
     config = NativeConfig(
         tap_device=getattr(args, "tap_device", None) or DEFAULT_TAP,
         dhcp=dhcp,
@@ -135,6 +154,7 @@ def from_args(args):
         mtu=mtu,
         tcp_congestion=congestion,
         tcp_min_rto=min_rto,
+        tcp_ecn=ecn == "on",
     )
     if dhcp:
         return config

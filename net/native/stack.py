@@ -30,6 +30,18 @@ Configuration: a static address is set at `start`; with DHCP, a `DhcpClient` run
 on UDP port 68 and each lease event reconfigures IPv4 (and so ARP, which announces
 the address). `configured` tells when an address is set.
 
+Several shards: with ``--smp N`` the launcher opens N queues of one multi-queue TAP
+before the shards fork (`prepare`: the kernel numbers queues in the order they are
+opened) and shard i drives queue i (`create`). All shards share the MAC and the
+address; the device steers each TCP/UDP flow to the queue of its ports
+(`shoal.drivers.steering`), so each connection lives on one shard, and a shard
+opening a connection picks a local port whose flow is steered back to it
+(`owns_flow`). A frame that reaches a shard which does not own it (anything without
+ports lands on queue 0; `ownership.frame_owner` says who owns what) is handed to
+its owner through the smp rings, and shard 0 hands every ARP reply or announcement
+to the others, whose caches would otherwise never learn the neighbours (only shard
+0 answers ARP requests). DHCP runs on one shard only, so it takes ``--smp 1``.
+
 Selection: importing `shoal.net.native` registers the stack as ``--network-stack
 native`` (its factory is `create` here, imported when a shard makes the stack).
 """
@@ -37,15 +49,18 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
+import logging
 import random
 import socket
 import struct
 from collections import Counter, deque
 
 from shoal.drivers.base import DevicePoller
+from shoal.drivers.steering import flow_queue
 from shoal.net import api
 
 from . import config as native_config
+from . import ownership
 from .arp import Arp
 from .dhcp import DhcpClient
 from .icmp import Icmp
@@ -57,6 +72,8 @@ from .udp import Udp
 from .wire import WireError
 from .wire import dhcp as wire_dhcp
 from .wire import ethernet
+
+log = logging.getLogger("shoal.net.native")
 
 TX_HIGH_WATER = 1024
 """Frames queued for the device above which senders wait (back-pressure)."""
@@ -256,12 +273,23 @@ class NativeStack(api.NetworkStack):
     ``random.Random`` for identifiers (IP ident, ephemeral ports, DHCP xid, the TCP
     ISN secret): both are injected so that tests are reproducible. ``tcp_config`` is
     the `TcpConfig` TCP connections start from (its MTU is clamped to the device's).
+    ``shard``/``shards``: which of how many queues of the interface `device` is;
+    ``forward(shard, frame_bytes)`` hands a frame to the stack of another shard
+    (required with more than one).
     """
 
     name = "native"
 
-    def __init__(self, device, config, *, rng, clock=None, batch=64, tcp_config=None):
+    def __init__(self, device, config, *, rng, clock=None, batch=64, tcp_config=None, shard=0, shards=1,
+                 forward=None):
+        if shards > 1 and forward is None:
+            raise ValueError("a stack on one of several queues needs `forward` to reach the others")
+        if not 0 <= shard < shards:
+            raise ValueError(f"shard {shard} is not one of {shards}")
         self.device = device
+        self.shard = shard
+        self.shards = shards
+        self._forward = forward
         self.config = config
         self.mac = device.mac
         self._clock = clock
@@ -344,8 +372,39 @@ class NativeStack(api.NetworkStack):
 
     # -- receive ---------------------------------------------------------------------
 
+    def owns_flow(self, local_port, remote_port):
+        """True if the device steers the TCP/UDP flow between these ports to this shard."""
+        return self.shards == 1 or flow_queue(local_port, remote_port, self.shards) == self.shard
+
+    def _keep_own(self, frames):
+        """The frames of `frames` this shard handles; the others go to their owners (see the
+        module docstring). Shard 0 also hands ARP news to every other shard."""
+        own = []
+        me, shards, owner_of = self.shard, self.shards, ownership.frame_owner
+        for frame in frames:
+            owner = owner_of(frame, shards)
+            if owner is None or owner == me:
+                own.append(frame)
+                if owner is None and me == 0 and ownership.arp_news(frame):
+                    data = bytes(frame)
+                    for other in range(1, shards):
+                        self._forward(other, data)
+                    self.stats["arp-shared"] += 1
+            else:
+                self._forward(owner, bytes(frame))
+                self.stats["rx-forwarded"] += 1
+        return own
+
+    def receive_forwarded(self, frame):
+        """A frame another shard received for this one (see `_keep_own`)."""
+        self.stats["rx-from-other-shards"] += 1
+        self.receive_frames([frame])
+        self.wake()
+
     def receive_frames(self, frames):
         """Demultiplex a burst of received Ethernet frames. Never raises on bad input."""
+        if self.shards > 1:
+            frames = self._keep_own(frames)
         now = self.now()
         mac = self.mac
         drops = self.drops
@@ -513,31 +572,88 @@ class NativeStack(api.NetworkStack):
 
 def tcp_config(config):
     """The `TcpConfig` a `NativeConfig`'s TCP options ask for (RFC defaults otherwise)."""
-    kw = {"congestion": config.tcp_congestion}
+    kw = {"congestion": config.tcp_congestion, "ecn": config.tcp_ecn}
     if config.tcp_min_rto is not None:
         kw["min_rto"] = config.tcp_min_rto
         kw["initial_rto"] = max(TcpConfig.initial_rto, config.tcp_min_rto)
     return TcpConfig(**kw)
 
 
+_prepared_queues = None
+"""The TAP queues `prepare` opened in the launcher, inherited by the shards (index = shard)."""
+
+
+def prepare(args, shard_count):
+    """Open one queue of the TAP per shard, in shard order (runs in the launcher, before the
+    shards fork: the kernel numbers a tap's queues in the order they attach). One MAC for all."""
+    global _prepared_queues
+    from shoal.drivers.tap import TapDevice
+
+    config = native_config.from_args(args)
+    try:
+        _prepared_queues = TapDevice.open_queues(config.tap_device, shard_count, mac=config.hw_address,
+                                                 mtu=config.mtu)
+    except OSError as exc:
+        raise native_config.ConfigError(f"--tap-device {config.tap_device}: cannot open {shard_count} "
+                                        f"queue(s): {exc}") from None
+
+
+def release(args):
+    """The launcher's copies of the queue descriptors are closed once every shard has its own."""
+    global _prepared_queues
+    queues, _prepared_queues = _prepared_queues, None
+    for queue in queues or ():
+        queue.close()
+
+
+def _forward(shard, frame):
+    """Hand a frame to the stack of `shard` through the smp rings (see `NativeStack._keep_own`)."""
+    from shoal.runtime import smp
+
+    task = asyncio.ensure_future(smp.submit_to(shard, _receive_forwarded, frame))
+    task.add_done_callback(_forward_done)
+
+
+def _receive_forwarded(frame):
+    api.installed_stack().receive_forwarded(frame)
+
+
+def _forward_done(task):
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("forwarding a frame to its shard failed: %r", task.exception())
+
+
 def create(args):
-    """The `--network-stack native` factory: runs on each shard before `main`."""
+    """The `--network-stack native` factory: runs on each shard before `main`.
+
+    Shard i takes the i-th queue `prepare` opened and closes its copies of the others'
+    queues (their shards hold them). Without `prepare` (a stack made outside the
+    launcher), it opens the single queue itself."""
     from shoal.drivers.tap import TapDevice
     from shoal.runtime import reactor, smp
 
     config = native_config.from_args(args)
-    if smp.count > 1:
-        raise native_config.ConfigError(
-            f"the native stack drives a single device queue for now: run it with --smp 1 (not {smp.count})")
-    device = TapDevice(config.tap_device, mac=config.hw_address, mtu=config.mtu)
+    shards = smp.count or 1
+    shard = smp.this_shard() if shards > 1 else 0
+    queues = _prepared_queues
+    if queues is None:
+        if shards > 1:
+            raise native_config.ConfigError("the native stack's queues are opened by the launcher before the "
+                                            f"shards fork; this shard ({shard} of {shards}) has none")
+        device = TapDevice(config.tap_device, mac=config.hw_address, mtu=config.mtu)
+    else:
+        device = queues[shard]
+        for i, queue in enumerate(queues):
+            if i != shard:
+                queue.close()
     try:
-        stack = NativeStack(device, config, rng=random.Random(), tcp_config=tcp_config(config))
+        stack = NativeStack(device, config, rng=random.Random(), tcp_config=tcp_config(config), shard=shard,
+                            shards=shards, forward=_forward if shards > 1 else None)
         stack.start(reactor.current())
     except BaseException:
         device.close()
         raise
     return stack
-
 
 
 @contextlib.asynccontextmanager

@@ -693,11 +693,17 @@ class TcpLayer:
         if local_address is not None:
             self._local_ip(local_address, "TCP local address")
             lport = local_address[1]
+        owns = self.stack.owns_flow
         if lport:
             if (lport, dst, dport) in self.conns:
                 raise OSError(errno.EADDRINUSE, f"{os.strerror(errno.EADDRINUSE)}: {what} from port {lport}")
+            if not owns(lport, dport):
+                raise OSError(errno.EADDRNOTAVAIL, f"{os.strerror(errno.EADDRNOTAVAIL)}: {what} from port {lport}"
+                              " (that flow belongs to another shard's device queue)")
         else:
-            lport = self._ephemeral(lambda p: p not in self.servers and (p, dst, dport) not in self.conns)
+            # Only a port whose flow the device steers to this shard: the replies must come here.
+            lport = self._ephemeral(lambda p: owns(p, dport) and p not in self.servers
+                                    and (p, dst, dport) not in self.conns)
         now = self.stack.now()
         src = self.ipv4.address
         iss = self.isn(src, lport, dst, dport, now)

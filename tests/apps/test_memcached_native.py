@@ -19,9 +19,11 @@ import pytest
 from pymemcache.client.base import Client
 
 from shoal.drivers.netns import KernelPeer, unavailable
+from shoal.drivers.steering import flow_queue
 
-from test_memcached_server import (REPLY_S, Raw, ServerProcess, mc, test_bad_command_lines,  # noqa: F401
-                                   test_bad_data_chunk, test_binary_values, test_delete_incr_decr,
+from test_memcached_server import (REPLY_S, Raw, ServerProcess, check_eviction_under_256k, mc,  # noqa: F401
+                                   test_bad_command_lines, test_bad_data_chunk, test_binary_values,
+                                   test_delete_incr_decr,
                                    test_flags_round_trip, test_flush_all_version_verbosity_stats,
                                    test_gat_and_gats, test_garbage_lines, test_gets_and_cas,
                                    test_line_too_long_closes, test_noreply,
@@ -81,12 +83,12 @@ class NamespaceSockets:
 class NativeServer:
     """`python -m shoal.apps.memcached` on the native stack, its TAP's far side in a namespace."""
 
-    def __init__(self, *options):
+    def __init__(self, *options, smp=1):
         self.port = PORT
         self.peer = KernelPeer(open_device=False)
         self.proc = self.sockets = None
         try:
-            self.proc = ServerProcess("--smp", "1", "--network-stack", "native", "--tap-device", self.peer.ifname,
+            self.proc = ServerProcess("--smp", str(smp), "--network-stack", "native", "--tap-device", self.peer.ifname,
                                       "--host-ipv4-addr", self.peer.shoal_ip, "--netmask-ipv4-addr",
                                       "255.255.255.0", *options, address=self.peer.shoal_ip, port=PORT)
             # the stack opened the tap before it listened: give its far side to the kernel
@@ -186,15 +188,26 @@ def test_many_connections_at_once(server):
 def test_eviction_under_a_small_memory_limit():
     srv = NativeServer("--max-memory", "256k")
     try:
-        client = srv.client()
-        value = b"v" * 1000
-        for i in range(1000):
-            client.set(f"e{i}", value, noreply=True)
-        stats = client.stats()
-        assert stats[b"evictions"] > 0
-        assert stats[b"bytes"] <= 256 * 1024
-        assert client.get("e999") == value  # the most recent survive
-        assert client.get("e0") is None     # the oldest were evicted
-        client.close()
+        check_eviction_under_256k(srv.client())
     finally:
+        srv.stop()
+
+
+def test_two_shards_on_one_tap_serve_every_key_from_every_connection():
+    """`--smp 2` on the native stack: one TAP queue per shard, connections steered by their
+    ports, keys owned by their shard's cache (multi-gets split over the rings)."""
+    srv = NativeServer("--max-memory", "64M", smp=2)
+    clients = []
+    try:
+        clients = [srv.client() for _ in range(12)]
+        values = {f"two-shards-{i}": os.urandom(20 + i) for i in range(100)}
+        assert clients[0].set_many(values) == []
+        for c in clients:
+            assert c.get_many(list(values)) == values
+        shards = {flow_queue(c.sock.getsockname()[1], PORT, 2) for c in clients}
+        assert shards == {0, 1}, "the connections landed on both shards"
+        assert clients[0].stats()[b"curr_connections"] >= 12
+    finally:
+        for c in clients:
+            c.close()
         srv.stop()

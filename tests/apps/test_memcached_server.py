@@ -432,19 +432,24 @@ def test_libmemcached_capability_suite(sharded_server):
     assert proc.returncode == 0 and "All tests passed" in proc.stdout, proc.stdout + proc.stderr
 
 
+def check_eviction_under_256k(client):
+    """Fill a server started with ``--max-memory 256k`` far beyond it: LRU eviction keeps it
+    within the budget, the most recent items survive and the oldest are gone."""
+    value = b"v" * 1000
+    for i in range(1000):
+        client.set(f"e{i}", value, noreply=True)
+    stats = client.stats()
+    assert stats[b"evictions"] > 0
+    assert stats[b"bytes"] <= 256 * 1024
+    assert client.get("e999") == value
+    assert client.get("e0") is None
+    client.close()
+
+
 def test_eviction_under_a_small_memory_limit():
     srv = ServerProcess("--smp", "1", "--max-memory", "256k")
     try:
-        client = srv.client()
-        value = b"v" * 1000
-        for i in range(1000):
-            client.set(f"e{i}", value)
-        stats = client.stats()
-        assert stats[b"evictions"] > 0
-        assert stats[b"bytes"] <= 256 * 1024
-        assert client.get("e999") == value  # the most recent survive
-        assert client.get("e0") is None     # the oldest were evicted
-        client.close()
+        check_eviction_under_256k(srv.client())
     finally:
         srv.stop()
 

@@ -1,11 +1,15 @@
 """The fault injector: each fault kind, determinism per seed, virtual and real time."""
 import asyncio
+import random
 
 import pytest
 
-from shoal.drivers.base import DevicePoller
-from shoal.drivers.faults import FaultInjector, Faults
+from shoal.drivers.base import Device, DevicePoller, Offloads
+from shoal.drivers.faults import FaultInjector, Faults, cut_super_frame
 from shoal.drivers.virtual import VirtualWire
+from shoal.net.native.wire import ipv4 as wire_ipv4, tcp as wire_tcp
+from shoal.net.native.wire import WireError
+from shoal.net.native.wire.tcp import ACK, CWR, FIN, PSH, TcpSegment
 
 SRC = b"\x02\x00\x00\x00\x00\x01"
 
@@ -183,3 +187,124 @@ def test_poller_sleeps_until_a_delayed_frame_is_due():
         wire.close()
 
     asyncio.run(main())
+
+
+# -- TSO super-frames ------------------------------------------------------------------
+
+ETH = 14
+MSS = 1448
+A_IP, B_IP = wire_ipv4.addr("10.9.0.1"), wire_ipv4.addr("10.9.0.2")
+
+
+class SuperFrame(bytes):
+    """A transmit frame marked for TSO, as the stack's `Packet` with ``gso_size`` set."""
+
+    def __new__(cls, data, gso_size):
+        frame = super().__new__(cls, data)
+        frame.gso_size = gso_size
+        return frame
+
+
+class Recorder(Device):
+    """A TSO device that keeps what it is given, untouched (gso_size included)."""
+
+    mac = bytes.fromhex("020000000001")
+    mtu = 1500
+    offloads = Offloads(tso=True)
+
+    def __init__(self):
+        self.sent = []
+
+    def tx_burst(self, frames):
+        self.sent.extend(frames)
+        return len(frames)
+
+
+def tcp_frame(payload, flags=ACK | PSH, seq=0xFFFFF000, ident=0xFFFE):
+    """An Ethernet + IPv4 (DF) + TCP (with timestamps) frame, checksums correct."""
+    seg = TcpSegment(40000, 80, seq, 7, flags, 512, timestamp=(1, 2), payload=payload)
+    ip = wire_ipv4.build(A_IP, B_IP, 6, wire_tcp.build(seg, A_IP, B_IP), ident=ident, ttl=64, df=True, tos=2)
+    return b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00" + ip
+
+
+def parse_tcp(frame):
+    """(ip header, tcp segment) of `frame`; raises `WireError` on any bad checksum."""
+    ip, segment = wire_ipv4.parse(frame[ETH:])
+    return ip, wire_tcp.parse(segment, ip.src, ip.dst)
+
+
+def test_cut_super_frame_makes_the_segments_the_device_would():
+    """Each piece: MSS of payload, sequence and IP ident counting up (both wrap here),
+    FIN and PSH on the last piece only, CWR on the first only, valid checksums."""
+    payload = random.Random(5).randbytes(5 * MSS + 100)
+    pieces = cut_super_frame(tcp_frame(payload, flags=ACK | PSH | FIN | CWR), MSS)
+    assert len(pieces) == 6
+    got = b""
+    for i, piece in enumerate(pieces):
+        ip, seg = parse_tcp(piece)
+        assert len(piece) <= ETH + 1500 and ip.ident == (0xFFFE + i) & 0xFFFF and ip.df and ip.tos == 2
+        assert seg.seq == (0xFFFFF000 + len(got)) & 0xFFFFFFFF and seg.timestamp == (1, 2)
+        assert seg.flags == ACK | (CWR if i == 0 else 0) | (PSH | FIN if i == 5 else 0)
+        got += bytes(seg.payload)
+    assert got == payload
+
+
+def test_cut_super_frame_leaves_what_the_device_would_send_as_it_is():
+    one_segment = tcp_frame(bytes(MSS))
+    assert cut_super_frame(one_segment, MSS) == [one_segment]
+    not_tcp = b"\xff" * 6 + SRC + b"\x08\x06" + bytes(3000)
+    assert cut_super_frame(not_tcp, MSS) == [not_tcp]
+
+
+def test_super_frames_keep_their_gso_size_through_the_injector():
+    device = Recorder()
+    inj = FaultInjector(device, 1, tx=Faults(duplicate=0.5, reorder=0.2))
+    frames = [SuperFrame(tcp_frame(bytes(3 * MSS), seq=i * 3 * MSS), MSS) for i in range(40)]
+    assert inj.tx_burst(frames) == 40
+    inj.tx_burst([])
+    assert all(getattr(f, "gso_size", 0) == MSS for f in device.sent) and len(device.sent) > 40
+    assert sorted(set(device.sent)) == sorted(frames)
+
+
+def test_mtu_fault_measures_the_segments_of_a_super_frame():
+    device = Recorder()
+    inj = FaultInjector(device, 1, tx=Faults(mtu=1500))
+    big = SuperFrame(tcp_frame(bytes(20 * MSS)), MSS)
+    too_big_segments = SuperFrame(tcp_frame(bytes(20 * MSS)), 1500)
+    assert inj.tx_burst([big, too_big_segments]) == 2
+    assert device.sent == [big] and inj.stats["tx_oversize"] == 1
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_corrupting_a_super_frame_spoils_one_wire_segment_detectably(seed):
+    """The device would recompute the checksums of a flipped super-frame, so the injector
+    cuts it and flips one bit in one cut segment: every other segment arrives as the
+    device would have sent it, and the flipped one differs in one bit and (unless the bit
+    is in its Ethernet header, which the link's FCS would catch) fails a checksum."""
+    payload = random.Random(seed).randbytes(10 * MSS + 7)
+    original = tcp_frame(payload)
+    device = Recorder()
+    inj = FaultInjector(device, seed, tx=Faults(corrupt=1.0))
+    assert inj.tx_burst([SuperFrame(original, MSS)]) == 1
+    expected = cut_super_frame(original, MSS)
+    assert len(device.sent) == len(expected) == 11
+    assert not any(getattr(f, "gso_size", 0) for f in device.sent)
+    changed = [(got, want) for got, want in zip(device.sent, expected) if got != want]
+    assert len(changed) == 1 and inj.stats["tx_corrupted"] == inj.stats["tx_cut"] == 1
+    got, want = changed[0]
+    diff = int.from_bytes(got, "big") ^ int.from_bytes(want, "big")
+    assert bin(diff).count("1") == 1
+    if diff.bit_length() <= (len(got) - ETH) * 8:  # the flipped bit lies beyond the Ethernet header
+        with pytest.raises(WireError):
+            parse_tcp(got)
+
+
+def test_corrupted_super_frames_are_deterministic_per_seed():
+    def run(seed):
+        device = Recorder()
+        inj = FaultInjector(device, seed, tx=Faults(corrupt=0.3, duplicate=0.1))
+        rng = random.Random(3)
+        inj.tx_burst([SuperFrame(tcp_frame(rng.randbytes(4 * MSS), seq=i * 4 * MSS), MSS) for i in range(30)])
+        return [bytes(f) for f in device.sent], dict(inj.stats)
+
+    assert run(4) == run(4) and run(4) != run(5)

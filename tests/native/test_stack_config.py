@@ -1,12 +1,18 @@
 """The native stack's options: Seastar's names, and loud refusal of contradictions."""
 import argparse
+import asyncio
 import os
 import subprocess
 import sys
 
 import pytest
 
+from shoal.drivers.pcap import read_pcap
 from shoal.net.native.config import ConfigError, NativeConfig, add_options, from_args
+from shoal.net.native.stack import tcp_config
+from shoal.net.native.tcp.connection import TcpConfig
+
+from test_native_tcp_virtual import B_IP, WALL_LIMIT, read_all, two_stacks
 
 
 def parse(*argv):
@@ -53,7 +59,79 @@ def test_conflicts_and_impossible_values_are_refused(argv, message):
     assert message in str(info.value)
 
 
-def test_factory_refuses_several_shards_before_touching_a_device(monkeypatch):
+def test_tcp_options_default_to_the_rfc_defaults_and_ecn_off():
+    c = parse("--host-ipv4-addr", "10.0.0.2")
+    assert (c.tcp_congestion, c.tcp_min_rto, c.tcp_ecn) == ("cubic", None, False)
+    assert tcp_config(c) == TcpConfig()
+
+
+def test_tcp_options_reach_the_tcp_config():
+    c = parse("--host-ipv4-addr", "10.0.0.2", "--tcp-ecn", "on", "--tcp-congestion", "newreno",
+              "--tcp-min-rto", "0.2")
+    assert c.tcp_ecn
+    assert tcp_config(c) == TcpConfig(ecn=True, congestion="newreno", min_rto=0.2, initial_rto=1.0)
+    assert not tcp_config(parse("--host-ipv4-addr", "10.0.0.2", "--tcp-ecn", "off")).ecn
+
+
+@pytest.mark.parametrize("value", ["yes", "1", "ON", ""])
+def test_tcp_ecn_takes_only_on_or_off(value, capsys):
+    with pytest.raises(SystemExit):
+        parse("--host-ipv4-addr", "10.0.0.2", "--tcp-ecn", value)
+    assert "--tcp-ecn: invalid choice" in capsys.readouterr().err
+    # from_args checks too, for callers that build the namespace without this parser
+    args = argparse.Namespace(host_ipv4_addr="10.0.0.2", tcp_ecn=value or "maybe")
+    with pytest.raises(ConfigError, match="--tcp-ecn .*: choose on or off"):
+        from_args(args)
+
+
+ECE, CWR, SYN, ACK = 0x40, 0x80, 0x02, 0x10
+ECT0 = 0b10
+
+
+def _tcp_frames(records, src_ip):
+    """(ip ecn bits, tcp flags, payload length) of the TCP/IPv4 frames from `src_ip` in a capture."""
+    src = bytes(int(x) for x in src_ip.split("."))
+    out = []
+    for _, f in records:
+        if f[12:14] == b"\x08\x00" and f[23] == 6 and f[26:30] == src:
+            ihl = (f[14] & 0x0F) * 4
+            t = 14 + ihl
+            payload = int.from_bytes(f[16:18], "big") - ihl - (f[t + 12] >> 4) * 4
+            out.append((f[15] & 3, f[t + 13], payload))
+    return out
+
+
+@pytest.mark.parametrize("a_ecn, b_ecn", [("on", "on"), ("on", "off"), ("off", "on")])
+def test_tcp_ecn_option_negotiates_ecn_between_two_stacks(a_ecn, b_ecn, tmp_path):
+    """Two native stacks built from the options as an app builds them: ECN is used only
+    when both ask (RFC 3168 6.1.1: an ECN-setup SYN carries ECE and CWR, the SYN-ACK
+    ECE), and then new data goes out ECT(0) (section 6.1.2)."""
+    tcp_a = tcp_config(parse("--host-ipv4-addr", "10.9.0.1", "--tcp-ecn", a_ecn))
+    tcp_b = tcp_config(parse("--host-ipv4-addr", "10.9.0.2", "--tcp-ecn", b_ecn))
+    capture = tmp_path / "a.pcap"
+    payload = bytes(range(256)) * 200
+
+    async def main():
+        async with two_stacks(tcp_a=tcp_a, tcp_b=tcp_b, pcap=str(capture)) as (a, b, _clock):
+            server = b.listen(("", 8020))
+            accepted = asyncio.ensure_future(server.accept())
+            client = await a.connect((B_IP, 8020))
+            conn, _ = await accepted
+            await client.write(payload)
+            client.shutdown_output()
+            assert (await read_all(conn))[0] == len(payload)
+            return client.tcp.ecn_ok, conn.tcp.ecn_ok
+
+    negotiated = a_ecn == b_ecn == "on"
+    assert asyncio.run(asyncio.wait_for(main(), WALL_LIMIT)) == (negotiated, negotiated)
+    sent_by_a = _tcp_frames(read_pcap(capture), "10.9.0.1")
+    syn_flags = [flags for _, flags, _ in sent_by_a if flags & (SYN | ACK) == SYN]
+    assert syn_flags and all(bool(flags & ECE and flags & CWR) == (a_ecn == "on") for flags in syn_flags)
+    data_ecn = {ecn for ecn, flags, n in sent_by_a if n > 0}
+    assert data_ecn == ({ECT0} if negotiated else {0})
+
+
+def test_factory_on_several_shards_needs_the_queues_the_launcher_opens(monkeypatch):
     from shoal.net.native import stack
     from shoal.runtime import smp
 
@@ -61,7 +139,9 @@ def test_factory_refuses_several_shards_before_touching_a_device(monkeypatch):
     add_options(parser)
     args = parser.parse_args(["--host-ipv4-addr", "10.0.0.2", "--tap-device", "shoal-never"])
     monkeypatch.setattr(smp, "count", 2)
-    with pytest.raises(ConfigError, match="single device queue for now: run it with --smp 1"):
+    monkeypatch.setattr(smp, "_shard", 1)
+    monkeypatch.setattr(stack, "_prepared_queues", None)
+    with pytest.raises(ConfigError, match=r"opened by the launcher before the shards fork; this shard \(1 of 2\)"):
         stack.create(args)
 
 

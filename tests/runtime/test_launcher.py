@@ -254,3 +254,63 @@ def test_extensions_start_before_requests_are_served_and_stop_on_every_shard(tmp
                       extensions=[SlowExtension(str(log))])
     assert there == ["hello"] and here == ["hello"]
     assert sorted(log.read_text().split("\n")[:-1]) == ["stopped 0", "stopped 1"]
+
+
+_prepared = []
+
+
+def prepared_here():
+    return list(_prepared)
+
+
+class ForkingExtension:
+    """Prepares something in shard order before the shards fork (as the native stack opens
+    TAP queues); refuses ``--prepare-fails`` with a ValueError."""
+
+    def __init__(self, log_path):
+        self.log_path = log_path
+
+    def add_options(self, parser):
+        parser.add_argument("--prepare-fails", action="store_true")
+
+    def before_fork(self, args, shard_count):
+        if args.prepare_fails:
+            raise ValueError("--prepare-fails: the device is gone")
+        _prepared[:] = [f"queue {i} pid {os.getpid()}" for i in range(shard_count)]
+
+    def after_fork(self, args):
+        with open(self.log_path, "a") as f:
+            f.write(f"after_fork in {os.getpid()}\n")
+        _prepared.clear()
+
+    async def start_shard(self, args):
+        pass
+
+    async def stop_shard(self, args):
+        pass
+
+
+def test_before_fork_runs_in_the_launcher_and_the_shards_inherit_what_it_made(tmp_path):
+    log = tmp_path / "after"
+
+    async def main():
+        return await smp.submit_to(1, prepared_here), prepared_here()
+
+    there, here = run(main, smp=2, argv=["--overprovisioned"], extensions=[ForkingExtension(str(log))])
+    expected = [f"queue {i} pid {os.getpid()}" for i in range(2)]
+    assert there == expected and here == expected
+    assert log.read_text() == f"after_fork in {os.getpid()}\n"  # once, in the launcher
+    assert _prepared == []
+
+
+def test_a_before_fork_value_error_is_a_usage_error_and_no_shard_starts(tmp_path):
+    log = tmp_path / "after"
+    app = AppTemplate(extensions=[ForkingExtension(str(log))])
+
+    async def main():
+        raise AssertionError("no shard may start")
+
+    with pytest.raises(SystemExit) as exc:
+        app.run(main, ["--smp", "1", "--prepare-fails"])
+    assert exc.value.code == 2
+    assert not log.exists()  # nothing was prepared, so nothing is released

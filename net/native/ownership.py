@@ -1,0 +1,56 @@
+"""Which shard owns a received frame, when several shards share one interface.
+
+Each shard drives one queue of the device, and the device steers every TCP or UDP
+flow to the queue `shoal.drivers.steering.flow_queue` names (by its two ports), so
+the shard of that queue holds the flow's state. A frame can still reach another
+shard: the device sends frames without ports to queue 0 (ARP, ICMP, IP fragments),
+and a device without deterministic steering (the TAP's automq) picks queues by its
+own hash. `frame_owner` reads, without building any header object, which shard a
+frame belongs to, so the stack can keep its own and hand the rest on:
+
+* TCP and UDP in an unfragmented IPv4 datagram: the shard of its ports;
+* an ICMP error (destination unreachable, time exceeded, parameter problem:
+  RFC 792) quotes the IP header and first 8 octets of the datagram that caused it
+  (RFC 1122 section 3.2.2 asks the transport layer to act on it, e.g. PMTU
+  discovery): the shard of the quoted TCP or UDP ports;
+* anything else (``None``): whichever shard received it handles it; a fragment is
+  reassembled where its pieces land (they all go to queue 0).
+"""
+from shoal.drivers.steering import flow_queue
+
+_ETH = 14
+_ICMP_ERRORS = (3, 11, 12)
+
+
+def _ports_owner(frame, l4, shards):
+    if len(frame) < l4 + 4:
+        return None
+    return flow_queue((frame[l4] << 8) | frame[l4 + 1], (frame[l4 + 2] << 8) | frame[l4 + 3], shards)
+
+
+def frame_owner(frame, shards):
+    """The shard (0 .. shards-1) owning an Ethernet `frame`'s flow, or None if it has none."""
+    if len(frame) < _ETH + 20 or frame[12] != 0x08 or frame[13] != 0x00:
+        return None
+    if frame[20] & 0x3F or frame[21]:  # MF or a fragment offset: a piece without ports
+        return None
+    l4 = _ETH + (frame[14] & 0x0F) * 4
+    protocol = frame[23]
+    if protocol == 6 or protocol == 17:
+        return _ports_owner(frame, l4, shards)
+    if protocol == 1 and len(frame) > l4 + 8 + 20 and frame[l4] in _ICMP_ERRORS:
+        inner = l4 + 8
+        if frame[inner + 9] in (6, 17) and not (frame[inner + 6] & 0x1F or frame[inner + 7]):
+            return _ports_owner(frame, inner + (frame[inner] & 0x0F) * 4, shards)
+    return None
+
+
+def arp_news(frame):
+    """True for an ARP reply or a gratuitous ARP: an address every shard's cache should learn.
+
+    Shard 0 receives all ARP and answers requests itself; the others only need the
+    mappings, which replies (to anybody's request) and announcements carry."""
+    if len(frame) < _ETH + 28 or frame[12] != 0x08 or frame[13] != 0x06:
+        return False
+    op = (frame[20] << 8) | frame[21]
+    return op == 2 or (op == 1 and frame[28:32] == frame[38:42])

@@ -1,0 +1,231 @@
+"""The native stack on several shards: one TAP queue each, flows steered to their owner.
+
+Layers: `ownership.frame_owner` on hand-built frames; a stack told it is shard 0 of
+2 keeps its own frames and hands the others on (ARP news to everybody); then a
+real two-shard app on a multi-queue TAP with the Linux kernel as the peer, serving
+connections on both shards and opening connections from both.
+"""
+import collections
+import random
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from shoal.drivers.netns import KernelPeer, stop_process, unavailable
+from shoal.drivers.steering import flow_queue
+from shoal.drivers.virtual import VirtualWire
+from shoal.net.native import ownership
+from shoal.net.native.config import NativeConfig
+from shoal.net.native.stack import NativeStack
+
+MAC_A = bytes.fromhex("02000000000a")
+MAC_B = bytes.fromhex("02000000000b")
+IP_A, IP_B = bytes([10, 1, 0, 1]), bytes([10, 1, 0, 2])
+
+
+def ipv4_frame(protocol, l4, dst_mac=MAC_A, flags_frag=0x4000, src=IP_B, dst=IP_A):
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, flags_frag, 64, protocol, 0, src, dst)
+    return dst_mac + MAC_B + b"\x08\x00" + header + l4
+
+
+def tcp_bytes(sport, dport):
+    return struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
+
+
+def arp_frame(op, spa, tpa):
+    return (MAC_A + MAC_B + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, op)
+            + MAC_B + spa + (MAC_A if op == 2 else bytes(6)) + tpa)
+
+
+def owned_port(shard, shards, remote):
+    return next(p for p in range(20000, 30000) if flow_queue(p, remote, shards) == shard)
+
+
+def test_frame_owner_follows_the_ports_of_tcp_udp_and_quoted_datagrams():
+    for sport in range(30000, 30050):
+        want = flow_queue(sport, 80, 3)
+        assert ownership.frame_owner(ipv4_frame(6, tcp_bytes(sport, 80)), 3) == want
+        assert ownership.frame_owner(ipv4_frame(17, struct.pack("!HHHH", sport, 80, 8, 0)), 3) == want
+        # An ICMP port unreachable quoting a datagram we sent (ports reversed: the same flow).
+        quoted = ipv4_frame(17, struct.pack("!HHHH", 80, sport, 8, 0), src=IP_A, dst=IP_B)[14:42]
+        icmp = struct.pack("!BBHI", 3, 3, 0, 0) + quoted
+        assert ownership.frame_owner(ipv4_frame(1, icmp), 3) == want
+
+
+def test_frames_without_ports_have_no_owner():
+    tcp = tcp_bytes(30001, 80)
+    assert ownership.frame_owner(ipv4_frame(6, tcp, flags_frag=0x2000), 2) is None  # first fragment (MF)
+    assert ownership.frame_owner(ipv4_frame(6, tcp, flags_frag=0x0010), 2) is None  # a later one
+    assert ownership.frame_owner(ipv4_frame(1, struct.pack("!BBHI", 8, 0, 0, 0)), 2) is None  # echo request
+    assert ownership.frame_owner(arp_frame(1, IP_B, IP_A), 2) is None
+    assert ownership.frame_owner(ipv4_frame(6, b"\x00"), 2) is None  # too short for ports
+    assert ownership.frame_owner(b"\x00" * 10, 2) is None
+    assert ownership.arp_news(arp_frame(2, IP_B, IP_A)) and ownership.arp_news(arp_frame(1, IP_B, IP_B))
+    assert not ownership.arp_news(arp_frame(1, IP_B, IP_A))
+
+
+def make_shard(shard, shards, forwarded):
+    device = VirtualWire(mac_a=MAC_A, mac_b=MAC_B).a
+    config = NativeConfig(host_ipv4_addr=int.from_bytes(IP_A, "big"), netmask_ipv4_addr=0xFFFFFF00)
+    return NativeStack(device, config, rng=random.Random(shard), clock=lambda: 0.0, shard=shard, shards=shards,
+                       forward=lambda owner, frame: forwarded.append((owner, frame)))
+
+
+def test_a_shard_keeps_its_frames_and_hands_on_the_others():
+    forwarded = []
+    stack = make_shard(0, 2, forwarded)
+    stack.ipv4.configure(int.from_bytes(IP_A, "big"), 0xFFFFFF00, 0, 0.0)
+    mine, theirs = owned_port(0, 2, 80), owned_port(1, 2, 80)
+    stack.receive_frames([ipv4_frame(6, tcp_bytes(mine, 80)), ipv4_frame(6, tcp_bytes(theirs, 80))])
+    assert forwarded == [(1, ipv4_frame(6, tcp_bytes(theirs, 80)))]
+    assert stack.stats["rx-forwarded"] == 1
+    # Shard 0 answers ARP requests itself and shares replies with the other shards.
+    forwarded.clear()
+    stack.receive_frames([arp_frame(1, IP_B, IP_A), arp_frame(2, IP_B, IP_A)])
+    assert forwarded == [(1, arp_frame(2, IP_B, IP_A))]
+    assert stack.arp.stats["replies-sent"] == 1
+
+
+def test_a_shard_picks_local_ports_steered_back_to_it():
+    for shard in range(3):
+        stack = make_shard(shard, 3, [])
+        assert all(stack.owns_flow(p, 11211) == (flow_queue(p, 11211, 3) == shard) for p in range(40000, 40100))
+
+
+def test_stack_on_several_queues_needs_a_way_to_forward():
+    device = VirtualWire(mac_a=MAC_A, mac_b=MAC_B).a
+    with pytest.raises(ValueError, match="needs `forward`"):
+        NativeStack(device, NativeConfig(host_ipv4_addr=1), rng=random.Random(), shards=2)
+
+
+def test_dhcp_with_several_shards_is_refused_before_any_shard_starts():
+    out = subprocess.run([sys.executable, "-m", "shoal.apps.echo", "--smp", "2", "--network-stack", "native",
+                          "--dhcp", "--tap-device", "shoal-never"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "--dhcp runs on a single shard: run it with --smp 1" in out.stderr
+
+
+def test_a_tap_that_cannot_be_opened_stops_the_app_before_the_shards_fork():
+    out = subprocess.run([sys.executable, "-m", "shoal.apps.echo", "--smp", "2", "--network-stack", "native",
+                          "--host-ipv4-addr", "10.9.9.2", "--tap-device", "x" * 20],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "longer than 15 bytes" in out.stderr and "Traceback" not in out.stderr
+
+
+APP = textwrap.dedent("""
+    import sys
+    from shoal import net
+    from shoal.runtime import smp
+
+    async def serve(conn):
+        await conn.read()
+        await conn.write(b"shard %d\\n" % smp.this_shard())
+        await conn.close()
+
+    async def listen():
+        server = net.listen(("", 7000))
+        async def loop():
+            async for conn in server:
+                import asyncio
+                asyncio.ensure_future(serve(conn))
+        import asyncio
+        asyncio.ensure_future(loop())
+
+    async def call_kernel(host):
+        conn = await net.connect((host, 7001), timeout=30)
+        await conn.write(b"from shard %d\\n" % smp.this_shard())
+        reply = b""
+        while not reply.endswith(b"\\n"):
+            data = await conn.read()
+            if not data:
+                break
+            reply += bytes(data)
+        await conn.close()
+        return reply.decode().strip()
+
+    async def main():
+        import asyncio
+        await smp.invoke_on_all(listen)
+        print("ready", flush=True)
+        loop = asyncio.get_running_loop()
+        while not (await loop.run_in_executor(None, sys.stdin.readline)).startswith("go"):
+            pass
+        replies = []
+        for shard in range(smp.count):
+            for _ in range(3):
+                replies.append(await smp.submit_to(shard, call_kernel, sys.argv[1]))
+        print("client:", ",".join(replies), flush=True)
+        await asyncio.Event().wait()
+
+    sys.exit(net.AppTemplate().run(main, sys.argv[2:]))
+""")
+
+KERNEL_CLIENTS = textwrap.dedent("""
+    import socket, sys, collections
+    seen = collections.Counter()
+    for _ in range(int(sys.argv[2])):
+        with socket.create_connection((sys.argv[1], 7000), timeout=30) as s:
+            s.sendall(b"hi")
+            data = b""
+            while not data.endswith(b"\\n"):
+                chunk = s.recv(100)
+                assert chunk, "connection closed without an answer"
+                data += chunk
+            seen[data.decode().strip()] += 1
+    print(dict(seen))
+""")
+
+KERNEL_SERVER = textwrap.dedent("""
+    import socket
+    srv = socket.create_server(("", 7001))
+    print("listening", flush=True)
+    while True:
+        conn, _ = srv.accept()
+        with conn:
+            data = b""
+            while not data.endswith(b"\\n"):
+                chunk = conn.recv(100)
+                if not chunk:
+                    break
+                data += chunk
+            conn.sendall(b"kernel saw " + data)
+""")
+
+
+@pytest.mark.root
+@pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
+def test_two_shards_serve_and_open_connections_with_the_kernel(tmp_path):
+    app_path = tmp_path / "multishard_app.py"
+    app_path.write_text(APP)
+    with KernelPeer(subnet="10.213.9", open_device=False) as peer:
+        server = peer.popen(["python3", "-u", "-c", KERNEL_SERVER], stdout=subprocess.PIPE, text=True)
+        assert server.stdout.readline().strip() == "listening"
+        app = subprocess.Popen([sys.executable, str(app_path), peer.kernel_ip, "--smp", "2", "--network-stack",
+                                "native", "--host-ipv4-addr", peer.shoal_ip, "--tap-device", peer.ifname],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not peer.interface_exists():
+                assert app.poll() is None and time.monotonic() < deadline, stop_process(app)
+                time.sleep(0.05)
+            peer.adopt()
+            assert app.stdout.readline().strip() == "ready"
+            clients = peer.run(["python3", "-c", KERNEL_CLIENTS, peer.shoal_ip, "40"], check=False, timeout=120)
+            assert clients.returncode == 0, clients.stderr
+            seen = eval(clients.stdout)  # a dict literal the client printed
+            assert sum(seen.values()) == 40 and set(seen) == {"shard 0", "shard 1"}, seen
+            app.stdin.write("go\n")
+            app.stdin.flush()
+            line = app.stdout.readline()
+            replies = collections.Counter(line.removeprefix("client:").strip().split(","))
+            assert replies == {"kernel saw from shard 0": 3, "kernel saw from shard 1": 3}, line
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- app output ---\n{stop_process(app)}") from None
+        finally:
+            output = stop_process(app)
+        assert app.returncode == 0, output
