@@ -27,8 +27,8 @@ print("echoed")
 """
 
 
-def start_echo(peer, *options):
-    return peer.start_shoal(["-m", "shoal.apps.echo", "--udp", "--port", "10000", "--smp", "1",
+def start_echo(peer, *options, smp=1):
+    return peer.start_shoal(["-m", "shoal.apps.echo", "--udp", "--port", "10000", "--smp", str(smp),
                              "--network-stack", "native", *options])
 
 
@@ -40,15 +40,16 @@ def running(peer, app, check):
         raise AssertionError(f"{e}\n--- app output ---\n{stop_process(app)}") from None
 
 
-def check_echo_and_ping(peer, app, address):
+def check_echo_and_ping(peer, app, address, shards=1, clients=1):
     seen = []
     for line in app.stdout:  # the banner, possibly after log lines (a stall warning on a loaded machine)
         seen.append(line)
         if "echo: udp on" in line or len(seen) > 200:
             break
-    assert "echo: udp on 0.0.0.0:10000 with 1 shard(s), native stack" in line, "".join(seen)
-    client = peer.run(["python3", "-c", UDP_CLIENT, address], check=False)
-    assert client.returncode == 0 and client.stdout.strip() == "echoed", client.stdout + client.stderr
+    assert f"echo: udp on 0.0.0.0:10000 with {shards} shard(s), native stack" in line, "".join(seen)
+    for _ in range(clients):  # each from a new source port: a new flow, on the shard its ports name
+        client = peer.run(["python3", "-c", UDP_CLIENT, address], check=False)
+        assert client.returncode == 0 and client.stdout.strip() == "echoed", client.stdout + client.stderr
     ping = peer.run(["ping", "-n", "-c", "2", "-i", "0.2", "-W", "5", address], check=False)
     assert ping.returncode == 0, ping.stdout
 
@@ -61,6 +62,16 @@ def test_echo_app_static_address():
             running(peer, app, lambda: check_echo_and_ping(peer, app, peer.shoal_ip))
             neigh = peer.run(["ip", "neigh", "show", peer.shoal_ip]).stdout
             assert "02:00:00:12:34:56" in neigh
+        finally:
+            stop_process(app)
+
+
+def test_echo_app_on_two_shards():
+    """One TAP queue per shard: datagrams (fragmented ones too, reassembled on shard 0) and pings."""
+    with KernelPeer(open_device=False) as peer:
+        app = start_echo(peer, "--host-ipv4-addr", peer.shoal_ip, smp=2)
+        try:
+            running(peer, app, lambda: check_echo_and_ping(peer, app, peer.shoal_ip, shards=2, clients=6))
         finally:
             stop_process(app)
 
