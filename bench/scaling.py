@@ -1,7 +1,7 @@
 """Shard scaling: shoal memcached and httpd at 1, 2, 4, 8 shards, and submit_to among many shards.
 
     python bench/scaling.py [--shards 1,2,4,8] [--duration 8] [--rounds 2] [--connections 256]
-        [--parts probe,memcached,http,smp] [--out DIR] [--deadline-s 420]
+        [--parts probe,memcached,http,smp] [--native] [--out DIR] [--deadline-s 420]
 
 Made for a machine with more cores than bench/memcached.py and bench/http.py assume (they
 load one or two shards from one load-generator thread). The largest shard count N decides
@@ -25,6 +25,9 @@ memcached  ``python -m shoal.apps.memcached --smp n`` (posix stack) and Debian's
 http       ``python -m shoal.apps.httpd --smp n`` (posix stack) and, as a reference, the
            single-process uvloop + httptools server of bench/http.py pinned to core 0, loaded
            by ``wrk --latency`` with one thread per load core and ``--connections`` connections.
+           With ``--native``, both also run shoal on the native stack (the same app with
+           ``--network-stack native``) over a multi-queue TAP, one queue per shard, whose kernel
+           side sits in a namespace made for the run; the load generator runs in that namespace.
 smp        n >= 2 shards (default idle poll), each sending `--messages` small submit_to calls
            (windows of 256) to the next shard while serving its predecessor's: the aggregate
            cross-shard call rate.
@@ -233,6 +236,12 @@ def _probe_shards(cpus):
     return None, " / ".join(proc.stdout.strip().splitlines())
 
 
+def _probe_netns():
+    from shoal.drivers.netns import unavailable
+
+    return unavailable()
+
+
 def probe(placement):
     """Each check: None (ok), an error string, or (None, detail). Returns {name: (ok, text)}."""
     two = placement.allowed[:2]
@@ -249,6 +258,7 @@ def probe(placement):
         "uvloop": lambda: (None, __import__("uvloop").__version__),
         "httptools": lambda: (None, __import__("httptools").__version__),
         "shoal launcher, 2 shards": lambda: _probe_shards(two),
+        "TAP and namespaces": _probe_netns,
     }
     results = {}
     for name, check in checks.items():
@@ -272,6 +282,8 @@ NEEDS = {
     ("http", "shoal"): ("wrk", "httptools", "shoal launcher, 2 shards"),
     ("http", "uvloop"): ("wrk", "httptools", "uvloop"),
     ("smp", "shoal"): ("shoal launcher, 2 shards",),
+    ("memcached", "native"): ("memcaslap", "shoal launcher, 2 shards", "TAP and namespaces"),
+    ("http", "native"): ("wrk", "httptools", "shoal launcher, 2 shards", "TAP and namespaces"),
 }
 PARTS = ("probe", "memcached", "http", "smp")
 
@@ -326,6 +338,45 @@ class Server:
         _bench_module("http").stop(self.proc)
 
 
+class NativeServer(Server):
+    """A shoal app on the native stack over a multi-queue TAP whose kernel side sits in a
+    namespace made for it (`KernelPeer`): one queue per shard, flows steered to their shard.
+    The load generator runs inside that namespace (`command`), so the kernel's TCP is the
+    client and shoal's the server, across one virtual link."""
+
+    def __init__(self, argv, cpus, log_path):
+        from shoal.drivers.netns import KernelPeer
+
+        self.peer = KernelPeer(open_device=False, subnet="10.213.77")
+        self.host = self.peer.shoal_ip
+        try:
+            # "listening on" comes after every shard's stack opened its queue: the tap exists.
+            super().__init__([*argv, "--tap-device", self.peer.ifname, "--host-ipv4-addr", self.host], cpus, None,
+                             log_path, "listening on", lambda port, proc: self.peer.adopt())
+        except BaseException:
+            self.peer.close()
+            raise
+
+    def command(self, argv):
+        return self.peer.command(argv)
+
+    def stop(self):
+        try:
+            super().stop()
+        finally:
+            self.peer.close()
+
+
+def _start(server_kind, argv, cpus, port, stem, answers):
+    """The server of a row: shoal on loopback (posix) or on a TAP (native), or a peer."""
+    if server_kind == "native":
+        return NativeServer(argv, cpus, stem + ".server.log")
+    server = Server(argv, cpus, port, stem + ".server.log", "listening on" if server_kind == "shoal" else None,
+                    answers)
+    server.host, server.command = "127.0.0.1", lambda load: load
+    return server
+
+
 def _children_cpu_seconds():
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -363,16 +414,17 @@ def memcached_run(server_kind, n, args, placement, mix_path, raw_dir, round_):
     if server_kind == "shoal":
         argv = [PYTHON, "-m", "shoal.apps.memcached", "--address", "127.0.0.1", "--port", str(port), "--smp", str(n),
                 "--cpuset", _cpus(cpus), "--max-memory", "1G", "--network-stack", "posix"]
-        ready = "listening on"
+    elif server_kind == "native":
+        argv = [PYTHON, "-m", "shoal.apps.memcached", "--port", str(port), "--smp", str(n), "--cpuset", _cpus(cpus),
+                "--max-memory", "1G", "--network-stack", "native"]
     else:
         argv = ["memcached", "-u", "root", "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "1024", "-t", str(n)]
-        ready = None
     stem = os.path.join(raw_dir, f"memcached-{server_kind}-{n}-r{round_}")
-    server = Server(argv, cpus, port, stem + ".server.log", ready, mc.wait_listening)
+    server = _start(server_kind, argv, cpus, port, stem, mc.wait_listening)
     try:
         threads, conns = _threads_and_connections(placement, args.connections)
-        load = ["memcaslap", "-s", f"127.0.0.1:{port}", "-t", f"{args.duration}s", "-T", str(threads),
-                "-c", str(conns), "-F", mix_path, "-S", f"{args.duration}s"]
+        load = server.command(["memcaslap", "-s", f"{server.host}:{port}", "-t", f"{args.duration}s", "-T",
+                               str(threads), "-c", str(conns), "-F", mix_path, "-S", f"{args.duration}s"])
         out, server_cpu, load_pct = run_load(load, server, placement, args.duration, stem + ".memaslap.txt")
     finally:
         server.stop()
@@ -391,15 +443,17 @@ def http_run(server_kind, n, args, placement, raw_dir, round_):
     if server_kind == "shoal":
         argv = [PYTHON, "-m", "shoal.apps.httpd", "--address", "127.0.0.1", "--port", str(port), "--smp", str(n),
                 "--cpuset", _cpus(cpus), "--network-stack", "posix"]
-        ready = "listening on"
+    elif server_kind == "native":
+        argv = [PYTHON, "-m", "shoal.apps.httpd", "--port", str(port), "--smp", str(n), "--cpuset", _cpus(cpus),
+                "--network-stack", "native"]
     else:  # bench/http.py's peer pins itself to core 0
         argv = [PYTHON, os.path.join(_HERE, "http.py"), "--serve", "uvloop", "--port", str(port)]
-        ready = None
     stem = os.path.join(raw_dir, f"http-{server_kind}-{n}-r{round_}")
-    server = Server(argv, cpus, port, stem + ".server.log", ready, web.wait_accepting)
+    server = _start(server_kind, argv, cpus, port, stem, web.wait_accepting)
     try:
         threads, conns = _threads_and_connections(placement, args.connections)
-        load = ["wrk", "--latency", f"-t{threads}", f"-c{conns}", f"-d{args.duration}s", f"http://127.0.0.1:{port}/"]
+        load = server.command(["wrk", "--latency", f"-t{threads}", f"-c{conns}", f"-d{args.duration}s",
+                               f"http://{server.host}:{port}/"])
         out, server_cpu, load_pct = run_load(load, server, placement, args.duration, stem + ".wrk.txt")
     finally:
         server.stop()
@@ -485,6 +539,8 @@ def table(results, part, rows, columns):
     header = ["server", "n", "rate", "x base", "eff", *(c[0] for c in columns)]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for label, server, n, base_server in rows:
+        if not results.cells(part, server, n, "rate"):
+            continue  # not asked for (--native), or every run of it failed (see errors)
         rate = _median(results.cells(part, server, n, "rate"))
         base_n = min(m for _, other, m, _ in rows if other == base_server)
         base = _median(results.cells(part, base_server, base_n, "rate"))
@@ -507,6 +563,8 @@ def main(argv=None):
                         help="client connections in all, rounded to a multiple of the load threads (default 256)")
     parser.add_argument("--messages", type=int, default=100_000, help="submit_to calls per shard (smp part)")
     parser.add_argument("--parts", default="probe,memcached,http,smp")
+    parser.add_argument("--native", action="store_true",
+                        help="also shoal on the native stack over a multi-queue TAP (needs root and iproute2)")
     parser.add_argument("--out", help="folder for scaling.md, scaling.json and raw/")
     parser.add_argument("--deadline-s", type=float, help="start no run after this many seconds")
     args = parser.parse_args(argv)
@@ -533,7 +591,7 @@ def main(argv=None):
     runnable = set()
     for (part, server), checks in NEEDS.items():
         missing = [c for c in checks if c in failed]
-        if part not in parts:
+        if part not in parts or (server == "native" and not args.native):
             continue
         if missing:
             results.data["skipped"].append(f"{part} {server}: probe failed for {', '.join(missing)}")
@@ -594,15 +652,17 @@ def render(results, args, shards, placement):
     latency_us = [("p50 us", "p50", ",.0f"), ("p99 us", "p99", ",.0f"), ("server CPU us/op", "cpu_us_per_op", ".1f"),
                   ("load CPU %", "load_cpu_pct", ".0f")]
     if any(r["part"] == "memcached" for r in results.data["runs"]):
-        lines += [f"memcached, posix stack, 127.0.0.1: memaslap -T {threads} -c {conns}, 90% get / 10% set, "
+        lines += [f"memcached, posix stack on 127.0.0.1 (native rows: over a TAP, the load in its namespace): memaslap -T {threads} -c {conns}, 90% get / 10% set, "
                   "64 B keys, 100 B values; rate in ops/s; n is --smp for shoal, -t for memcached", ""]
         rows = [(f"shoal --smp {n}", "shoal", n, "shoal") for n in shards]
+        rows += [(f"shoal --smp {n}, native (TAP)", "native", n, "native") for n in shards]
         rows += [(f"memcached -t {n}", "memcached", n, "memcached") for n in shards]
         lines += table(results, "memcached", rows, latency_us) + [""]
     if any(r["part"] == "http" for r in results.data["runs"]):
-        lines += [f"httpd, posix stack, GET / on 127.0.0.1: wrk -t{threads} -c{conns}; rate in requests/s; "
+        lines += [f"httpd, GET /, posix stack on 127.0.0.1 (native rows: over a TAP, the load in its namespace): wrk -t{threads} -c{conns}; rate in requests/s; "
                   "uvloop: bench/http.py's single-process uvloop + httptools server on core 0", ""]
         rows = [(f"shoal httpd --smp {n}", "shoal", n, "shoal") for n in shards]
+        rows += [(f"shoal httpd --smp {n}, native (TAP)", "native", n, "native") for n in shards]
         rows.append(("uvloop, 1 process", "uvloop", 1, "uvloop"))
         ms = [("p50 ms", "p50", ".3f"), ("p99 ms", "p99", ".3f"), ("server CPU us/req", "cpu_us_per_op", ".1f"),
               ("load CPU %", "load_cpu_pct", ".0f")]
