@@ -239,50 +239,38 @@ async def _offload_round(vnet_hdr, size, runs):
 
     from shoal.drivers.tap import TapDevice
     from shoal.net.native.config import NativeConfig
-    from shoal.net.native.stack import NativeStack
-    from shoal.runtime.reactor import Reactor
+    from shoal.net.native.stack import running
 
-    peer = KernelPeer(open_device=False, subnet="10.213.14")
-    reactor = Reactor(asyncio.get_running_loop())
-    stack = None
     best = {"download": 0.0, "upload": 0.0}
-    try:
+    with KernelPeer(open_device=False, subnet="10.213.14") as peer:
         device = TapDevice(peer.ifname, vnet_hdr=vnet_hdr, up=False)
         peer.adopt()
         config = NativeConfig(peer.ifname, False, int(ipaddress.IPv4Address(peer.shoal_ip)),
                               int(ipaddress.IPv4Address("255.255.255.0")), None)
-        stack = NativeStack(device, config, rng=random.Random(1))
-        stack.start(reactor)
-        reactor.start()
-        server = stack.listen(("", 9000))
-        data = memoryview(random.Random(2).randbytes(size))
-        for _ in range(runs):
-            for mode in ("download", "upload"):
-                client = await asyncio.create_subprocess_exec(
-                    *peer.command([PYTHON, "-c", OFFLOAD_CLIENT, peer.shoal_ip, mode, str(size)]),
-                    stdout=subprocess.PIPE)
-                conn, _ = await asyncio.wait_for(server.accept(), 60)
-                if mode == "download":
-                    await asyncio.wait_for(conn.read(), 60)
-                    for i in range(0, size, 1 << 18):
-                        await conn.write(data[i:i + (1 << 18)])
-                else:
-                    while await asyncio.wait_for(conn.read(), 60):
-                        pass
-                    await conn.write(b"k")
-                await conn.close()
-                out, _ = await asyncio.wait_for(client.communicate(), 120)
-                if client.returncode != 0:
-                    raise RuntimeError(f"offload {mode} client failed")
-                best[mode] = max(best[mode], float(out))
-        server.close()
-        return best
-    finally:
-        if stack is not None:
-            await stack.stop()
-        reactor.close()
-        peer.close()
-        reactor.check_fatal()
+        async with running(device, config, idle_poll_time=200e-6, rng=random.Random(1)) as stack:
+            server = stack.listen(("", 9000))
+            data = memoryview(random.Random(2).randbytes(size))
+            for _ in range(runs):
+                for mode in ("download", "upload"):
+                    client = await asyncio.create_subprocess_exec(
+                        *peer.command([PYTHON, "-c", OFFLOAD_CLIENT, peer.shoal_ip, mode, str(size)]),
+                        stdout=subprocess.PIPE)
+                    conn, _ = await asyncio.wait_for(server.accept(), 60)
+                    if mode == "download":
+                        await asyncio.wait_for(conn.read(), 60)
+                        for i in range(0, size, 1 << 18):
+                            await conn.write(data[i:i + (1 << 18)])
+                    else:
+                        while await asyncio.wait_for(conn.read(), 60):
+                            pass
+                        await conn.write(b"k")
+                    await conn.close()
+                    out, _ = await asyncio.wait_for(client.communicate(), 120)
+                    if client.returncode != 0:
+                        raise RuntimeError(f"offload {mode} client failed")
+                    best[mode] = max(best[mode], float(out))
+            server.close()
+    return best
 
 
 def bench_offloads(size_mb, runs, tso):

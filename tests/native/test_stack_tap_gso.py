@@ -16,8 +16,7 @@ import pytest
 from shoal.drivers.netns import KernelPeer, unavailable
 from shoal.drivers.tap import TapDevice
 from shoal.net.native.config import NativeConfig
-from shoal.net.native.stack import NativeStack
-from shoal.runtime.reactor import Reactor
+from shoal.net.native.stack import running
 
 pytestmark = [
     pytest.mark.root,
@@ -45,39 +44,28 @@ print(n, h.hexdigest())
 
 
 async def serve_download(vnet_hdr):
-    peer = KernelPeer(open_device=False, subnet="10.213.46")
-    reactor = Reactor(asyncio.get_running_loop(), idle_poll_time=0.0005)
-    stack = None
-    try:
+    with KernelPeer(open_device=False, subnet="10.213.46") as peer:
         device = TapDevice(peer.ifname, vnet_hdr=vnet_hdr, up=False)
         peer.adopt()
         config = NativeConfig(peer.ifname, False, int(ipaddress.IPv4Address(peer.shoal_ip)),
                               int(ipaddress.IPv4Address("255.255.255.0")), None)
-        stack = NativeStack(device, config, rng=random.Random(7))
-        stack.start(reactor)
-        reactor.start()
-        server = stack.listen(("", 9100))
-        client = await asyncio.create_subprocess_exec(
-            *peer.command(["python3", "-c", CLIENT, peer.shoal_ip, str(SIZE)]), stdout=asyncio.subprocess.PIPE)
-        conn, _ = await asyncio.wait_for(server.accept(), 60)
-        h, n = hashlib.sha256(), 0
-        while data := await asyncio.wait_for(conn.read(), 60):
-            h.update(data)
-            n += len(data)
-        assert (n, h.hexdigest()) == (SIZE, UPLOAD_SHA)
-        view = memoryview(DATA)
-        for i in range(0, SIZE, 1 << 18):
-            await conn.write(view[i:i + (1 << 18)])
-        await conn.close()
-        out, _ = await asyncio.wait_for(client.communicate(), 120)
-        server.close()
-        return out.decode().split(), dict(device.stats), dict(stack.tcp.stats)
-    finally:
-        if stack is not None:
-            await stack.stop()
-        reactor.close()
-        peer.close()
-        reactor.check_fatal()
+        async with running(device, config, rng=random.Random(7)) as stack:
+            server = stack.listen(("", 9100))
+            client = await asyncio.create_subprocess_exec(
+                *peer.command(["python3", "-c", CLIENT, peer.shoal_ip, str(SIZE)]), stdout=asyncio.subprocess.PIPE)
+            conn, _ = await asyncio.wait_for(server.accept(), 60)
+            h, n = hashlib.sha256(), 0
+            while data := await asyncio.wait_for(conn.read(), 60):
+                h.update(data)
+                n += len(data)
+            assert (n, h.hexdigest()) == (SIZE, UPLOAD_SHA)
+            view = memoryview(DATA)
+            for i in range(0, SIZE, 1 << 18):
+                await conn.write(view[i:i + (1 << 18)])
+            await conn.close()
+            out, _ = await asyncio.wait_for(client.communicate(), 120)
+            server.close()
+            return out.decode().split(), dict(device.stats), dict(stack.tcp.stats)
 
 
 @pytest.mark.parametrize("vnet_hdr", [True, False], ids=["vnet", "plain"])
