@@ -113,7 +113,11 @@ class Arp:
             ethernet.push(packet, ethernet.BROADCAST, self.mac, ethertype)
             self.tx.append(packet)
             return True
-        mac = self.lookup(next_hop, now)
+        entry = self.cache.get(next_hop)
+        if entry is not None and not entry[2] and now < entry[1] - self.refresh_window:
+            mac = entry[0]  # fresh: what `lookup` would return, without its refresh work
+        else:
+            mac = self.lookup(next_hop, now)
         if mac is not None:
             ethernet.push(packet, mac, self.mac, ethertype)
             self.tx.append(packet)

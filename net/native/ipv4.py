@@ -48,6 +48,8 @@ from .wire import ipv4 as wire_ipv4
 from .wire.checksum import checksum
 
 _FRAGMENT_OVERHEAD = 64  # bytes charged per stored fragment on top of its data
+_NEXT_HOPS_KEPT = 4096
+"""Destinations whose next hop `Ipv4.send` remembers; the memo is emptied when full."""
 _U16 = struct.Struct("!H")
 
 
@@ -95,6 +97,7 @@ class Ipv4:
         self.tx_drops = Counter()
         self.stats = Counter()
         self._ident = ident & 0xFFFF
+        self._next_hops = {}  # dst -> route(dst), while the configuration stays (see `send`)
         self._reasm = {}  # key -> _Reassembly, in creation order (= deadline order)
 
     # -- configuration ---------------------------------------------------------------
@@ -104,6 +107,7 @@ class Ipv4:
         if address and gateway and (gateway ^ address) & netmask:
             raise ValueError("the gateway is not on the interface's subnet")
         self.address, self.netmask, self.gateway = address, netmask, gateway
+        self._next_hops.clear()
         self.l2.set_address(address, now)
 
     def is_broadcast(self, addr):
@@ -136,9 +140,16 @@ class Ipv4:
             ttl = self.ttl
         elif not 0 < ttl < 256:
             raise ValueError(f"TTL {ttl} outside 1..255 (RFC 1122 section 3.2.1.7: never send 0)")
-        next_hop = self.route(dst)
+        next_hop = self._next_hops.get(dst)
         if next_hop is None:
-            return self._fail(packet, "no-route", on_error, errno.ENETUNREACH, "no route to host")
+            # `route` depends on the configuration only, so its answers are kept until
+            # `configure` changes it (a server talks to few peers; the dict is bounded)
+            next_hop = self.route(dst)
+            if next_hop is None:
+                return self._fail(packet, "no-route", on_error, errno.ENETUNREACH, "no route to host")
+            if len(self._next_hops) >= _NEXT_HOPS_KEPT:
+                self._next_hops.clear()
+            self._next_hops[dst] = next_hop
         ident = self._ident
         size = len(packet)
         # a TSO super-segment becomes up to size / gso_size datagrams, numbered from `ident` on

@@ -26,8 +26,7 @@ per 4-tuple, a `Listener` per listening port) to one `NativeStack`:
   An owner that filled the room moves to the back (round robin), one that sent
   less is clean. A segment becomes a `Packet` whose payload is the machine's
   bytes, attached as a fragment; the header is written into the headroom with
-  `wire.tcp.build_into` and its checksum extended over the payload by one C sum
-  (no payload copy).
+  `wire.tcp.emit_header`, whose checksum covers the payload (no payload copy).
 * **TSO.** When the device offers TCP segmentation (``device.offloads.tso``, the
   TAP with virtio-net headers), every connection's `TcpConfig.tso_max` is set, so
   bulk data leaves as segments of many MSS; `send_segment` marks such a packet
@@ -58,13 +57,13 @@ from dataclasses import replace
 from shoal.net import api
 
 from .packet import Packet
-from .tcp.connection import TSO_MAX_PAYLOAD, Connection, Event, State, TcpConfig, TcpError, reset_for
+from .tcp.connection import (CLOSE_WAIT, CLOSED, ESTABLISHED, FIN_WAIT_2, SYN_RECEIVED, TSO_MAX_PAYLOAD,
+                             Connection, Event, TcpConfig, TcpError, reset_for)
 from .tcp.isn import IsnGenerator
 from .tcp.listener import Listener
 from .tcp.seq import Seq
 from .wire import WireError
 from .wire import tcp as wire_tcp
-from .wire.checksum import add, sum16
 
 PROTO_TCP = 6
 EPHEMERAL = (49152, 65535)
@@ -77,7 +76,6 @@ FLUSH_LOW_WATER = 64 * 1024
 """Unsent octets under which `flush` returns."""
 MAX_HALF_OPEN = 256
 """Half-open connections per listener; beyond them SYNs get SYN cookies (see `tcp.listener`)."""
-_CSUM = struct.Struct("!H")
 _QUOTE = struct.Struct("!HHI")
 
 
@@ -128,7 +126,7 @@ class NativeTcpConnection(api.Connection):
         o = self.orphan_at
         if o is not None and now >= o:
             self.orphan_at = None
-            if self.tcp.state is State.FIN_WAIT_2:
+            if self.tcp.state is FIN_WAIT_2:
                 self._layer.stats["orphan-timeouts"] += 1
                 self.tcp.abort()
         t = self.tcp.poll_at()
@@ -177,15 +175,15 @@ class NativeTcpConnection(api.Connection):
             if tcp.readable:
                 self._layer.stats["data-after-close"] += tcp.readable
                 tcp.recv()
-            if tcp.state is State.FIN_WAIT_2 and self.orphan_at is None:
+            if tcp.state is FIN_WAIT_2 and self.orphan_at is None:
                 self.orphan_at = now + self._layer.fin_wait_2_timeout
-        if self._flushers and (self._exc is not None or tcp.state is State.CLOSED
+        if self._flushers and (self._exc is not None or tcp.state is CLOSED
                                or tcp.config.send_buffer - tcp.send_space <= FLUSH_LOW_WATER):
             for fut in self._flushers:
                 if not fut.done():
                     fut.set_result(None)
             self._flushers.clear()
-        return tcp.state is State.CLOSED and not tcp.wants_transmit()
+        return tcp.state is CLOSED and not tcp.wants_transmit()
 
     def _failed(self, ev):
         self._layer.stats[f"connections-{ev.value}"] += 1
@@ -237,7 +235,7 @@ class NativeTcpConnection(api.Connection):
                 fut.set_result(None)
         self._flushers.clear()
         fut = self._connected
-        if fut is not None and not fut.done() and self.tcp.state is State.CLOSED:
+        if fut is not None and not fut.done() and self.tcp.state is CLOSED:
             fut.set_exception(ConnectionAbortedError(errno.ECONNABORTED,
                                                      f"connect to {api.format_address(self._peer)} aborted"))
 
@@ -256,7 +254,7 @@ class NativeTcpConnection(api.Connection):
                 return data
             if self._exc is not None:
                 raise self._exc
-            if tcp.at_eof or tcp.state is State.CLOSED or not self._app:
+            if tcp.at_eof or tcp.state is CLOSED or not self._app:
                 return b""
             if self._reader is not None:
                 raise RuntimeError(f"read() already waiting on {self._describe()}")
@@ -297,7 +295,7 @@ class NativeTcpConnection(api.Connection):
 
     async def flush(self):
         tcp = self.tcp
-        while self._exc is None and tcp.state is not State.CLOSED \
+        while self._exc is None and tcp.state is not CLOSED \
                 and tcp.config.send_buffer - tcp.send_space > FLUSH_LOW_WATER:
             fut = asyncio.get_running_loop().create_future()
             self._flushers.append(fut)
@@ -307,7 +305,7 @@ class NativeTcpConnection(api.Connection):
 
     def shutdown_output(self):
         tcp = self.tcp
-        if not self._app or tcp.state not in (State.SYN_RECEIVED, State.ESTABLISHED, State.CLOSE_WAIT):
+        if not self._app or tcp.state not in (SYN_RECEIVED, ESTABLISHED, CLOSE_WAIT):
             return
         tcp.shutdown()  # FIN after queued data; unread and later data stay readable
         self._layer.changed(self)
@@ -595,19 +593,8 @@ class TcpLayer:
         if mss and plen > mss:
             pkt.gso_size = mss
             self.stats["tso-segments-sent"] += 1
-        hlen = wire_tcp.header_len(seg)
-        off = pkt.prepend(hlen)
-        buf = pkt.buf
-        if plen:
-            seg.payload = b""
-            wire_tcp.build_into(buf, off, seg, self.ipv4.address, dst)
-            seg.payload = payload
-            # The header's checksum covers a pseudo-header of length hlen; extend it
-            # to hlen + plen and over the payload (which starts at an even offset).
-            s = add(add(~_CSUM.unpack_from(buf, off + 16)[0] & 0xFFFF, plen), sum16(payload))
-            _CSUM.pack_into(buf, off + 16, ~s & 0xFFFF)
-        else:
-            wire_tcp.build_into(buf, off, seg, self.ipv4.address, dst)
+        # the header into the headroom, its checksum over the payload, which stays a fragment
+        wire_tcp.emit_header(pkt.buf, pkt.prepend(wire_tcp.header_len(seg)), seg, self.ipv4.address, dst)
         self.ipv4.send(pkt, dst, PROTO_TCP, now, ttl=ttl, tos=tos, on_error=on_error)
 
     # -- API -------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from shoal.net.native.tcp import congestion
 from shoal.net.native.tcp.isn import IsnGenerator
 from shoal.net.native.tcp.rtt import RttEstimator
 from shoal.net.native.tcp.sack import Scoreboard, receive_blocks
-from shoal.net.native.tcp.seq import Seq, seq_max, seq_min
+from shoal.net.native.tcp.seq import HALF, MASK, Seq, as_seq, seq_max, seq_min, signed_distance
 
 # ------------------------------------------------------------------ Seq
 
@@ -27,6 +27,16 @@ def test_seq_distance_property(x, d):
     b = a + d
     assert b - a == d
     assert (a < b) == (d > 0) and (a == b) == (d == 0)  # MUST-1 / REC-1: unsigned 32-bit arithmetic
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(-2**31 + 1, 2**31 - 1))
+def test_plain_int_rules_agree_with_seq(x, d):
+    """The rules the connection's hot paths apply to plain ints (module docstring of `tcp.seq`)."""
+    a = Seq(x)
+    b = a + d
+    assert signed_distance(b.real - a.real) == b - a == d
+    assert (((a.real - b.real) & MASK) >= HALF) == (a < b)
+    assert as_seq(b.real) == b and type(as_seq(b.real)) is Seq
 
 
 # ------------------------------------------------------------------ RTT (RFC 6298)

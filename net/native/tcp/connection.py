@@ -30,7 +30,11 @@ RST, SYN, ACK, URG, text, FIN) with RFC 5961 challenge ACKs for in-window RSTs a
 SYNs and for too-old ACKs, RFC 7323 PAWS and timestamps, RFC 2018 SACK, RFC 6675
 loss recovery when SACK is on and RFC 6582 NewReno recovery when it is not.
 Untrusted input never raises: a segment that cannot be used is counted in
-`drops[reason]` and dropped. Sequence numbers are `Seq`; ``snd_max`` is the
+`drops[reason]` and dropped. The common segment of an ESTABLISHED connection (next
+in sequence, ACK within what was sent, no loss recovery or out-of-order data under
+way) takes a shortcut, header prediction (`_predicted_arrival`), that computes
+exactly what those steps would, in one pass. Sequence numbers are `Seq`, whose
+arithmetic the per-segment paths apply to plain ints (see `tcp.seq`); ``snd_max`` is the
 highest sequence number sent (RFC 9293's SND.NXT for acceptability tests), while
 ``snd_nxt`` is where the next new transmission starts (it goes back to SND.UNA
 after a retransmission timeout, RFC 5681 go-back-N with SACKed ranges skipped).
@@ -43,7 +47,7 @@ from ..wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, TcpSegment
 from . import congestion
 from .rtt import RttEstimator
 from .sack import Scoreboard, receive_blocks
-from .seq import Seq, seq_max, seq_min
+from .seq import HALF, MASK, Seq, as_seq, seq_max, seq_min, signed_distance
 
 DEFAULT_MSS_IPV4 = 536  # MUST-15: assumed when the peer sends no MSS option
 IPV4_TCP_HEADERS = 40
@@ -67,6 +71,22 @@ class State(enum.Enum):
     TIME_WAIT = "TIME-WAIT"
 
 
+# The states as module globals, used everywhere below: on CPython 3.11 each ``State.X``
+# goes through EnumType.__getattr__ (about 60 ns more than a global), and the
+# per-segment paths test the state dozens of times.
+CLOSED = State.CLOSED
+LISTEN = State.LISTEN
+SYN_SENT = State.SYN_SENT
+SYN_RECEIVED = State.SYN_RECEIVED
+ESTABLISHED = State.ESTABLISHED
+FIN_WAIT_1 = State.FIN_WAIT_1
+FIN_WAIT_2 = State.FIN_WAIT_2
+CLOSE_WAIT = State.CLOSE_WAIT
+CLOSING = State.CLOSING
+LAST_ACK = State.LAST_ACK
+TIME_WAIT = State.TIME_WAIT
+
+
 class Event(enum.Enum):
     CONNECTED = "connected"
     READABLE = "readable"
@@ -83,15 +103,16 @@ class Event(enum.Enum):
 
 
 ERRORS = (Event.REFUSED, Event.RESET, Event.TIMED_OUT, Event.UNREACHABLE)
+_READABLE, _WRITABLE = Event.READABLE, Event.WRITABLE  # (see the states above: `_emit` is hot)
 
 ICMP_DEST_UNREACH = 3
 
-_SYNCHRONIZED = frozenset({State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSE_WAIT,
-                           State.CLOSING, State.LAST_ACK, State.TIME_WAIT})
-_CAN_SEND = frozenset({State.SYN_SENT, State.SYN_RECEIVED, State.ESTABLISHED, State.CLOSE_WAIT})
-_RECEIVES_TEXT = frozenset({State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2})
-_SENDS_DATA = frozenset({State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1, State.LAST_ACK,
-                         State.CLOSING})
+# Tuples, not sets: membership is then an identity scan in C, where a set would call
+# the Python-level Enum.__hash__ on every test (these run several times per segment).
+_SYNCHRONIZED = (ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, CLOSE_WAIT, CLOSING, LAST_ACK, TIME_WAIT)
+_CAN_SEND = (SYN_SENT, SYN_RECEIVED, ESTABLISHED, CLOSE_WAIT)
+_RECEIVES_TEXT = (ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2)
+_SENDS_DATA = (ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, LAST_ACK, CLOSING)
 
 
 class TcpError(Exception):
@@ -202,7 +223,7 @@ class Connection:
         self.config = config
         self.local = local          # (ip, port)
         self.remote = remote
-        self.state = State.CLOSED
+        self.state = CLOSED
         self.passive_open = False
         self.iss = Seq(iss)
         self.irs = Seq(0)
@@ -290,7 +311,7 @@ class Connection:
         if not unicast_ipv4(remote[0]):
             raise ValueError(f"cannot open a connection to {remote[0]:#010x}: not a unicast address")
         conn = cls(config, local, remote, iss, now, ts_offset)
-        conn.state = State.SYN_SENT
+        conn.state = SYN_SENT
         conn._update_timers(now)
         return conn
 
@@ -303,7 +324,7 @@ class Connection:
         """
         conn = cls(config, local, remote, iss, now, ts_offset)
         conn.passive_open = True
-        conn.state = State.SYN_RECEIVED
+        conn.state = SYN_RECEIVED
         conn._take_syn(syn, now)
         conn.snd_wnd = syn.window  # a SYN's window is never scaled (RFC 7323 2.2)
         conn.max_snd_wnd = conn.snd_wnd
@@ -327,7 +348,7 @@ class Connection:
         conn.rcv_adv = conn.rcv_nxt + min(config.recv_buffer, 0xFFFF)
         conn._set_snd_mss(mss)
         conn.snd_una = conn.snd_nxt = conn.snd_max = conn.iss + 1
-        conn.state = State.ESTABLISHED
+        conn.state = ESTABLISHED
         conn.snd_wnd = ack_seg.window
         conn.max_snd_wnd = conn.snd_wnd
         conn.snd_wl1 = Seq(ack_seg.seq)
@@ -435,8 +456,7 @@ class Connection:
         2.17). That holds after a `shutdown` too (FIN-WAIT-1/2): the close is what
         says the data will never be read. Otherwise it is `shutdown`.
         """
-        if self._rcvbuf and self.state in (State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1,
-                                           State.FIN_WAIT_2):
+        if self._rcvbuf and self.state in (ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, FIN_WAIT_2):
             self.counters["close-with-unread-data"] += 1
             self.abort()
             return
@@ -451,21 +471,20 @@ class Connection:
         reset here, unlike `close`. In CLOSE-WAIT this is the last step (LAST-ACK).
         """
         st = self.state
-        if st in (State.CLOSED, State.LISTEN, State.SYN_SENT):
+        if st in (CLOSED, LISTEN, SYN_SENT):
             self._enter_closed()  # RFC 9293 3.10.4: CLOSE in SYN-SENT deletes the TCB
-        elif st in (State.SYN_RECEIVED, State.ESTABLISHED):
+        elif st in (SYN_RECEIVED, ESTABLISHED):
             self._fin_queued = True
-            if st is State.ESTABLISHED:
-                self.state = State.FIN_WAIT_1
-        elif st is State.CLOSE_WAIT:
+            if st is ESTABLISHED:
+                self.state = FIN_WAIT_1
+        elif st is CLOSE_WAIT:
             self._fin_queued = True
-            self.state = State.LAST_ACK
+            self.state = LAST_ACK
         # FIN-WAIT-*, CLOSING, LAST-ACK, TIME-WAIT: already closing ("error: connection closing").
 
     def abort(self):
         """ABORT (RFC 9293 3.10.5): send RST in synchronized states, drop everything, CLOSED."""
-        if self.state in (State.SYN_RECEIVED, State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2,
-                          State.CLOSE_WAIT):
+        if self.state in (SYN_RECEIVED, ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, CLOSE_WAIT):
             self._rst_due = TcpSegment(self.local[1], self.remote[1], seq=int(self.snd_max), flags=RST)
         self._sndbuf.clear()
         self._enter_closed()
@@ -502,7 +521,7 @@ class Connection:
         (SHLD-26). Source quench is ignored (MUST-55, RFC 6633); time exceeded and
         parameter problem never abort (MUST-56).
         """
-        if self.state is State.CLOSED:
+        if self.state is CLOSED:
             return
         if icmp_type == ICMP_DEST_UNREACH:
             if icmp_code in (2, 3, 4):
@@ -518,7 +537,7 @@ class Connection:
         return ev
 
     def _emit(self, ev):
-        if ev in (Event.READABLE, Event.WRITABLE) and ev in self._events:
+        if (ev is _READABLE or ev is _WRITABLE) and ev in self._events:
             return
         self._events.append(ev)
 
@@ -536,13 +555,15 @@ class Connection:
         listener of the port.
         """
         st = self.state
-        if st is State.CLOSED or st is State.LISTEN:
+        if st is ESTABLISHED and self._predicted_arrival(seg, now, ce):
+            return False
+        if st is CLOSED or st is LISTEN:
             self.drops["closed"] += 1
             return False
         self._seg_ce = ce
-        if st is State.SYN_SENT:
+        if st is SYN_SENT:
             self._syn_sent_arrival(seg, now)
-        elif st is State.TIME_WAIT and seg.flags & (SYN | ACK | RST) == SYN and self._syn_reopens(seg):
+        elif st is TIME_WAIT and seg.flags & (SYN | ACK | RST) == SYN and self._syn_reopens(seg):
             self.counters["time-wait-reopen"] += 1
             self._enter_closed()
             return True
@@ -550,6 +571,79 @@ class Connection:
             self._synchronized_arrival(seg, now)
         self._update_timers(now)
         return False
+
+    def _predicted_arrival(self, seg, now, ce):
+        """Header prediction: the common segment of an ESTABLISHED connection, in one pass.
+
+        The segment this handles is the next one in sequence (SEG.SEQ = RCV.NXT), with
+        ACK and at most PSH set, an acknowledgment in SND.UNA..SND.MAX, text that fits the
+        window, no SACK blocks, a timestamp (when negotiated) that passes PAWS, and a
+        connection with no loss recovery, no SACKed or out-of-order ranges and no ECN
+        reaction pending. For such a segment the steps of RFC 9293 3.10.7.4 reduce to:
+        accept it, update TS.Recent (RFC 7323 4.3), take the ACK (`_new_ack`) and the
+        window (SND.WL1/SND.WL2 rule), append the text. The result is exactly what
+        `_synchronized_arrival` computes (the tests compare the two); everything else
+        (and a duplicate ACK, which the loss detection must see) returns False with
+        nothing changed, for the full path. Arithmetic is on plain ints with the
+        wraparound rules of `tcp.seq` written out: ``(a - b) & MASK`` is the distance
+        from b forward to a, and ``d >= HALF`` means a is before b.
+        """
+        flags = seg.flags
+        if (flags & ~PSH != ACK or self._ofo or self._ofo_fin is not None or self.recovery is not None
+                or self.scoreboard.blocks or (ce and self.ecn_ok) or (seg.sack and self.sack_ok)):
+            return False
+        seq = seg.seq
+        rcv_nxt = self.rcv_nxt.real
+        if seq != rcv_nxt:
+            return False
+        ts = seg.timestamp
+        if self.ts_ok and (ts is None or (ts[0] - self.ts_recent) & MASK >= HALF):
+            return False  # no timestamp, or PAWS would reject it
+        payload = seg.payload
+        plen = len(payload)
+        rcv_wnd = (self.rcv_adv.real - rcv_nxt) & MASK
+        if plen and (rcv_wnd >= HALF or plen > rcv_wnd):
+            return False  # text beyond the window (or a zero-window probe)
+        ack = seg.ack
+        una = self.snd_una.real
+        snd_max = self.snd_max.real
+        acked = (ack - una) & MASK
+        if acked > (snd_max - una) & MASK or (not acked and not plen and snd_max != una):
+            return False  # an old or unsent ACK, or maybe a duplicate ACK
+        # fifth step: the ACK (RFC 9293 3.10.7.4)
+        self._seg_ce = ce
+        self._last_rx = now
+        self._ka_probes = 0
+        if ts is not None and self.ts_ok and ((seq - self._last_ack_sent.real) & MASK == 0
+                                              or (seq - self._last_ack_sent.real) & MASK >= HALF):
+            self.ts_recent = ts[0]  # RFC 7323 4.3: SEG.SEQ <= Last.ACK.sent
+        if acked:
+            self._new_ack(as_seq(ack), seg, now)
+        wl1 = self.snd_wl1.real
+        d = (seq - wl1) & MASK
+        if (0 < d < HALF) or (d == 0 and (ack - self.snd_wl2.real) & MASK < HALF):
+            self.snd_wnd = wnd = seg.window << self.snd_wscale
+            if wnd > self.max_snd_wnd:
+                self.max_snd_wnd = wnd
+            self.snd_wl1 = as_seq(seq)
+            self.snd_wl2 = as_seq(ack)
+            if wnd:
+                self._persist_backoff = 0
+        self._probes = 0
+        # (The full path's "peer shrank its window" reset of the retries has nothing to do
+        # here: `_new_ack` cleared them, or SND.UNA = SND.MAX.)
+        # seventh step: the text, in order, within the window
+        if plen:
+            self._rcvbuf += payload
+            self.rcv_nxt = as_seq((rcv_nxt + plen) & MASK)
+            self._rcv_unacked += plen
+            if self._rcv_unacked >= 2 * self.rcv_mss:
+                self._ack_now = True  # SHLD-19: at least every second full segment
+            elif self.delack_at is None:
+                self.delack_at = now + self.config.delayed_ack  # MUST-40
+            self._emit(Event.READABLE)
+        self._update_timers(now)
+        return True
 
     def _syn_reopens(self, seg):
         if self.ts_ok and seg.timestamp is not None:
@@ -584,16 +678,16 @@ class Connection:
         if flags & ACK:
             self.snd_wl2 = Seq(seg.ack)
             self._new_ack(Seq(seg.ack), seg, now)
-            self.state = State.ESTABLISHED
+            self.state = ESTABLISHED
             self._emit(Event.CONNECTED)
             self._ack_now = True
             self._last_rx = now
             if self._fin_queued:
-                self.state = State.FIN_WAIT_1
+                self.state = FIN_WAIT_1
             self._text_and_fin(seg, Seq(seg.seq), now)
         else:
             # Simultaneous open (RFC 9293 3.5 figure 8): answer with SYN,ACK from ISS.
-            self.state = State.SYN_RECEIVED
+            self.state = SYN_RECEIVED
             self.snd_wl2 = self.iss
             self.snd_nxt = self.iss
 
@@ -603,7 +697,7 @@ class Connection:
         seq = Seq(seg.seq)
         # SYN-RECEIVED special cases: a retransmitted SYN gets the SYN,ACK again; the
         # peer's SYN,ACK in a simultaneous open completes the handshake.
-        if st is State.SYN_RECEIVED and flags & SYN and seq == self.irs and not flags & RST:
+        if st is SYN_RECEIVED and flags & SYN and seq == self.irs and not flags & RST:
             if flags & ACK and self.snd_una < Seq(seg.ack) <= self.snd_max:
                 self._established_from_syn_received(seg, now)
                 self._ack_now = True
@@ -626,7 +720,7 @@ class Connection:
                 # MUST-66: a zero window still processes ACK, URG and RST; the text is dropped.
                 zero_window_probe = True
             else:
-                if st is State.TIME_WAIT and flags & FIN:
+                if st is TIME_WAIT and flags & FIN:
                     self.timewait_at = now + 2 * self.config.msl  # retransmitted FIN restarts 2MSL
                 if not flags & RST:
                     self._ack_unacceptable(seg, now)
@@ -656,7 +750,7 @@ class Connection:
         if ts is not None and self.ts_ok and seq <= self._last_ack_sent:
             self.ts_recent = ts[0]  # RFC 7323 4.3
         ack = Seq(seg.ack)
-        if st is State.SYN_RECEIVED:
+        if st is SYN_RECEIVED:
             if self.snd_una < ack <= self.snd_max:
                 self._established_from_syn_received(seg, now)
             else:
@@ -673,7 +767,7 @@ class Connection:
                 self.drops["ack-too-old"] += 1
                 return
             self._process_ack(seg, seq, ack, now)
-            if self.state is State.CLOSED:
+            if self.state is CLOSED:
                 return
         if zero_window_probe:
             self._urgent(seg, seq)
@@ -690,7 +784,7 @@ class Connection:
         self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
         self.snd_wl1 = Seq(seg.seq)
         self.snd_wl2 = ack
-        self.state = State.FIN_WAIT_1 if self._fin_queued else State.ESTABLISHED
+        self.state = FIN_WAIT_1 if self._fin_queued else ESTABLISHED
         self._emit(Event.CONNECTED)
 
     def _process_ack(self, seg, seq, ack, now):
@@ -722,53 +816,63 @@ class Connection:
         if ack == self.snd_una and self.snd_una + self.snd_wnd < self.snd_max:
             self.retries = 0  # the peer shrank its window and is alive: no time-out (SHLD-17)
         fin_acked = self._fin_queued and self.snd_una == self._fin_seq() + 1
-        if st is State.FIN_WAIT_1 and fin_acked:
-            self.state = State.FIN_WAIT_2
-        elif st is State.CLOSING and fin_acked:
+        if st is FIN_WAIT_1 and fin_acked:
+            self.state = FIN_WAIT_2
+        elif st is CLOSING and fin_acked:
             self._enter_time_wait(now)
-        elif st is State.LAST_ACK and fin_acked:
+        elif st is LAST_ACK and fin_acked:
             self._enter_closed()
 
     def _new_ack(self, ack, seg, now):
         """SND.UNA < SEG.ACK <= SND.MAX: new data acknowledged (RFC 9293 3.10.7.4, RFC 6298 5.3)."""
-        acked = ack - self.snd_una
-        n = min(max(ack - self._sndbuf_seq, 0), len(self._sndbuf))
+        a = ack.real  # wraparound arithmetic on plain ints (see `_predicted_arrival`)
+        acked = (a - self.snd_una.real) & MASK
+        sndbuf = self._sndbuf
+        base = self._sndbuf_seq.real
+        n = (a - base) & MASK
+        if n >= HALF:
+            n = 0
+        elif n > len(sndbuf):
+            n = len(sndbuf)
         if n:
-            del self._sndbuf[:n]
-            self._sndbuf_seq = self._sndbuf_seq + n
+            del sndbuf[:n]
+            self._sndbuf_seq = as_seq((base + n) & MASK)
         self.snd_una = ack
-        if self.snd_nxt < ack:
+        if (self.snd_nxt.real - a) & MASK >= HALF:
             self.snd_nxt = ack
-        self.scoreboard.advance(ack)
+        if self.scoreboard.blocks:
+            self.scoreboard.advance(ack)
         # RTT: timestamps (RFC 7323 4.1) or the timed segment, skipped if retransmitted (Karn).
         ts = seg.timestamp
         if self.ts_ok and ts is not None and ts[1]:
             # An echo older than our last retransmission may be the receiver's
             # TS.Recent held across a loss (RFC 7323 4.3), not this data's timestamp:
             # like Karn's rule, take no sample from it.
-            if self._rexmit_ts is None or Seq(ts[1]) >= Seq(self._rexmit_ts):
-                r = ((self._ts_now(now) - ts[1]) & 0xFFFFFFFF) / 1000.0
+            if self._rexmit_ts is None or (ts[1] - self._rexmit_ts) & MASK < HALF:
+                r = ((self._ts_now(now) - ts[1]) & MASK) / 1000.0
                 if r < self.config.max_rto:
                     self.rtt.sample(r)
-        elif self._rtt_seq is not None and ack >= self._rtt_seq:
+        elif self._rtt_seq is not None and (a - self._rtt_seq.real) & MASK < HALF:
             self.rtt.sample(now - self._rtt_time)
             self._rtt_seq = None
-        if self.retries and self.state in (State.SYN_SENT, State.SYN_RECEIVED):
-            self.rtt.reset_after_syn_timeout()  # RFC 6298 5.7
+        st = self.state
+        if st is SYN_SENT or st is SYN_RECEIVED:
+            if self.retries:
+                self.rtt.reset_after_syn_timeout()  # RFC 6298 5.7
+        elif self.recovery is None:
+            self.cc.on_ack(acked, now, self.rtt.srtt)
+        else:
+            self._recovery_ack(ack, acked)
         self.retries = 0
         self.rto_at = None  # restarted by _update_timers if data is still outstanding (5.3)
-        if self.state not in (State.SYN_SENT, State.SYN_RECEIVED):
-            self._congestion_on_ack(ack, acked, now)
         self.dupacks = 0
         if self._send_blocked and self.send_space:
             self._send_blocked = False
             self._emit(Event.WRITABLE)
 
-    def _congestion_on_ack(self, ack, acked, now):
+    def _recovery_ack(self, ack, acked):
+        """New data acknowledged during loss recovery (outside it, the controller's `on_ack`)."""
         cc = self.cc
-        if self.recovery is None:
-            cc.on_ack(acked, now, self.rtt.srtt)
-            return
         if ack >= self.recover:
             # Full acknowledgment: leave recovery (RFC 6582 3.2 step 3; RFC 6675 5 step 4).
             if self.recovery == "newreno":
@@ -906,25 +1010,25 @@ class Connection:
         self._ack_now = True
         self._emit(Event.EOF)
         st = self.state
-        if st in (State.SYN_RECEIVED, State.ESTABLISHED):
-            self.state = State.CLOSE_WAIT
-        elif st is State.FIN_WAIT_1:
+        if st in (SYN_RECEIVED, ESTABLISHED):
+            self.state = CLOSE_WAIT
+        elif st is FIN_WAIT_1:
             if self.snd_una == self._fin_seq() + 1:
                 self._enter_time_wait(now)
             else:
-                self.state = State.CLOSING
-        elif st is State.FIN_WAIT_2:
+                self.state = CLOSING
+        elif st is FIN_WAIT_2:
             self._enter_time_wait(now)
 
     def _reset_received(self):
         """An acceptable RST (RFC 9293 3.10.7.4 second step)."""
         st = self.state
-        if st is State.SYN_RECEIVED:
+        if st is SYN_RECEIVED:
             if self.passive_open:
                 self._enter_closed()  # back to LISTEN: the listener forgets the half-open entry
             else:
                 self._error(Event.REFUSED)
-        elif st in (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSE_WAIT):
+        elif st in (ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, CLOSE_WAIT):
             self._error(Event.RESET)
         else:  # CLOSING, LAST-ACK, TIME-WAIT
             self._enter_closed()
@@ -935,14 +1039,14 @@ class Connection:
         self._enter_closed()
 
     def _enter_closed(self):
-        if self.state is not State.CLOSED:
-            self.state = State.CLOSED
+        if self.state is not CLOSED:
+            self.state = CLOSED
             self._emit(Event.CLOSED)
         self.rto_at = self.delack_at = self.persist_at = self.keepalive_at = self.timewait_at = None
         self._ofo = []
 
     def _enter_time_wait(self, now):
-        self.state = State.TIME_WAIT
+        self.state = TIME_WAIT
         self.timewait_at = now + 2 * self.config.msl  # MUST-13
         self.rto_at = self.persist_at = self.keepalive_at = None
 
@@ -1032,10 +1136,10 @@ class Connection:
     def _retransmission_timeout(self, now):
         """RFC 6298 5.4-5.6 with RFC 5681 eq. 4 and go-back-N from SND.UNA."""
         st = self.state
-        limit = self.config.syn_retransmits if st in (State.SYN_SENT, State.SYN_RECEIVED) \
+        limit = self.config.syn_retransmits if st in (SYN_SENT, SYN_RECEIVED) \
             else self.config.max_retransmits
         if self.retries >= limit:
-            if st is State.SYN_RECEIVED and self.passive_open:
+            if st is SYN_RECEIVED and self.passive_open:
                 self._enter_closed()
             else:
                 if st in _SYNCHRONIZED:
@@ -1047,7 +1151,7 @@ class Connection:
         self.counters["rto"] += 1
         if self.retries == self.config.r1_retransmits:
             self._emit(Event.RETRANSMITTING)
-        if st in (State.SYN_SENT, State.SYN_RECEIVED):
+        if st in (SYN_SENT, SYN_RECEIVED):
             self.rtt.backoff()
         else:
             flight = self.snd_max - self.snd_una
@@ -1087,17 +1191,17 @@ class Connection:
 
     def _update_timers(self, now):
         st = self.state
-        if st is State.CLOSED or st is State.TIME_WAIT:
+        if st is CLOSED or st is TIME_WAIT:
             return
         cfg = self.config
         # retransmission timer: armed while anything is outstanding (RFC 6298 5.1, 5.2)
-        if self.snd_nxt > self.snd_una:
+        if 0 < (self.snd_nxt.real - self.snd_una.real) & MASK < HALF:  # SND.NXT > SND.UNA
             if self.rto_at is None:
                 self.rto_at = now + self.rtt.rto
         else:
             self.rto_at = None
         # persist timer: zero window, data waiting, nothing in flight
-        if (st in _SENDS_DATA and self.snd_wnd == 0 and self.snd_nxt == self.snd_una
+        if (self.snd_wnd == 0 and st in _SENDS_DATA and self.snd_nxt == self.snd_una
                 and self._sndbuf_seq + len(self._sndbuf) > self.snd_nxt):
             if self.persist_at is None and not self._probe_due:
                 backoff = self.rtt.rto * (2 ** min(self._persist_backoff, 16))
@@ -1105,7 +1209,7 @@ class Connection:
         else:
             self.persist_at = None
         # keepalive: only when idle (nothing outstanding), MUST-26
-        if cfg.keepalive and st in (State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_2) \
+        if cfg.keepalive and st in (ESTABLISHED, CLOSE_WAIT, FIN_WAIT_2) \
                 and self.snd_max == self.snd_una:
             due = self._last_rx + cfg.keepalive_idle + self._ka_probes * cfg.keepalive_interval
             if self.keepalive_at is None or self.keepalive_at != due:
@@ -1120,15 +1224,16 @@ class Connection:
         st = self.state
         if self._replies or self._rst_due is not None or self._probe_due or self._ka_due:
             return True
-        if self._ack_now and st is not State.SYN_SENT and st is not State.CLOSED:
+        if self._ack_now and st is not SYN_SENT and st is not CLOSED:
             return True
-        if st in (State.SYN_SENT, State.SYN_RECEIVED):
+        if st in (SYN_SENT, SYN_RECEIVED):
             return self.snd_nxt == self.iss
         if st not in _SENDS_DATA:
             return False
         if self._rexmit_una:
             return True
-        self._skip_sacked()
+        if self.scoreboard.blocks:
+            self._skip_sacked()
         if self.recovery == "sack":
             pipe = self.scoreboard.pipe(self.snd_una, self.snd_max, self.high_rxt, self.snd_mss)
             if self.cc.cwnd - pipe >= self.snd_mss and \
@@ -1138,6 +1243,59 @@ class Connection:
 
     def transmit(self, now, limit=64):
         """The transmit pull: up to `limit` segments to send now, in order."""
+        if self.state is ESTABLISHED:
+            out = self._predicted_transmit(now, limit)
+            if out is not None:
+                return out
+        return self._transmit(now, limit)
+
+    def _predicted_transmit(self, now, limit):
+        """The common pull of an ESTABLISHED connection, in one pass; None when it does not apply.
+
+        It applies when all there is to send is new data from SND.NXT = SND.MAX (sized by
+        `_next_data_len`, as always) and maybe an ACK: no reply, reset, retransmission,
+        loss recovery, SACK state, probe, keepalive, FIN, urgent data or ECN. The segments
+        and the state after are exactly those of `_transmit` (the tests compare the two);
+        `_data_segment`, `_build_data` and `_segment` are inlined for that case. Returns
+        None, having changed nothing, otherwise.
+        """
+        if (self._replies or self._rst_due is not None or self._rexmit_una or self.recovery is not None
+                or self.scoreboard.blocks or self._ka_due or self._probe_due or self._fin_queued
+                or self.ecn_ok or self.snd_up is not None or (self._ofo and self.sack_ok)):
+            return None
+        if self.snd_nxt.real != self.snd_max.real:
+            return None  # going back after a timeout
+        out = []
+        sndbuf = self._sndbuf
+        while len(out) < limit:
+            n = self._next_data_len()
+            if n <= 0:
+                break
+            nxt = self.snd_nxt.real
+            off = signed_distance(nxt - self._sndbuf_seq.real)
+            end = off + n
+            # PSH on the segment that empties the buffer (MUST-61, SHLD-27)
+            flags = ACK | PSH if end == len(sndbuf) else ACK
+            seg = TcpSegment(self.local[1], self.remote[1], nxt, self.rcv_nxt.real, flags, self._window_field(),
+                             0, None, None, False,
+                             ((int(now * 1000) + self._ts_offset) & MASK, self.ts_recent) if self.ts_ok else None,
+                             (), bytes(memoryview(sndbuf)[off:end]))
+            self._ack_sent()
+            self.snd_nxt = self.snd_max = new_nxt = as_seq((nxt + n) & MASK)
+            if self._rtt_seq is None and self.retries == 0:
+                self._rtt_seq, self._rtt_time = new_nxt, now  # time this segment (RFC 6298 3)
+            if self.rto_at is None:
+                self.rto_at = now + self.rtt.rto
+            out.append(seg)
+            if flags & PSH:
+                break
+        if self._ack_now and len(out) < limit:
+            out.append(self._segment(self.snd_max, ACK, b"", now))
+        self._update_timers(now)
+        return out
+
+    def _transmit(self, now, limit):
+        """The full transmit pull (see `transmit`)."""
         out = []
         replies = self._replies
         while replies and len(out) < limit:
@@ -1146,9 +1304,9 @@ class Connection:
             out.append(self._rst_due)
             self._rst_due = None
         st = self.state
-        if st is State.CLOSED or len(out) >= limit:
+        if st is CLOSED or len(out) >= limit:
             return out
-        if st in (State.SYN_SENT, State.SYN_RECEIVED):
+        if st in (SYN_SENT, SYN_RECEIVED):
             if self.snd_nxt == self.iss:
                 out.append(self._syn_segment(now))
         elif st in _SENDS_DATA:
@@ -1161,7 +1319,7 @@ class Connection:
                 self._ka_due = False
                 # SHLD-12: no data; SEQ = SND.NXT - 1 makes the peer answer with an ACK.
                 out.append(self._segment(self.snd_max - 1, ACK, b"", now))
-        if self._ack_now and len(out) < limit and st is not State.SYN_SENT:
+        if self._ack_now and len(out) < limit and st is not SYN_SENT:
             out.append(self._segment(self.snd_max, ACK, b"", now))
         self._update_timers(now)
         return out
@@ -1171,7 +1329,7 @@ class Connection:
         flags = SYN
         seg = TcpSegment(self.local[1], self.remote[1], seq=int(self.iss), flags=SYN,
                          mss=self.rcv_mss, window=min(cfg.recv_buffer, 0xFFFF))
-        if self.state is State.SYN_RECEIVED:
+        if self.state is SYN_RECEIVED:
             flags |= ACK | (ECE if self.ecn_ok else 0)
             seg.ack = int(self.rcv_nxt)
             if self.ws_ok:
@@ -1216,18 +1374,31 @@ class Connection:
         flight). Retransmissions (going back after a timeout) stay MSS-sized, and so does
         a segment carrying URG or CWR, whose meaning the device's cut would change.
         """
-        end = self._sndbuf_seq + len(self._sndbuf)
-        avail = end - self.snd_nxt
+        if not self._sndbuf:
+            return 0  # (SND.NXT never lies before the buffer's start in the states that send data)
+        # Plain-int wraparound arithmetic (see `_predicted_arrival`); `signed_distance` is ``Seq - Seq``.
+        nxt = self.snd_nxt.real
+        avail = len(self._sndbuf) - signed_distance(nxt - self._sndbuf_seq.real)
         if avail <= 0:
             return 0
         mss = self.snd_mss
-        flight = self._flight()
-        cwnd_left = self.cc.cwnd - flight
-        if self.recovery is None and 0 < self.dupacks < 3:
-            cwnd_left += self.dupacks * mss  # limited transmit (RFC 3042)
-        wnd_left = (self.snd_una + self.snd_wnd) - self.snd_nxt
+        una = self.snd_una.real
+        if self.recovery is None:
+            flight = signed_distance(nxt - una)
+            if flight <= 0:
+                flight = 0
+            elif self.scoreboard.blocks:
+                flight -= self.scoreboard.sacked_between(self.snd_una, self.snd_nxt)
+            cwnd_left = self.cc.cwnd - flight
+            if 0 < self.dupacks < 3:
+                cwnd_left += self.dupacks * mss  # limited transmit (RFC 3042)
+        else:
+            cwnd_left = self.cc.cwnd - self._flight()
+        wnd_left = signed_distance(una + self.snd_wnd - nxt)
+        smax = self.snd_max.real
+        at_max = (nxt - smax) & MASK < HALF  # SND.NXT >= SND.MAX: not going back
         tso = self.config.tso_max
-        if (tso >= 2 * mss and self.snd_nxt >= self.snd_max and not self._cwr_due
+        if (tso >= 2 * mss and at_max and not self._cwr_due
                 and (self.snd_up is None or self.snd_up <= self.snd_nxt)):
             n = min(tso - tso % mss, avail, wnd_left, cwnd_left)
             if n > mss:
@@ -1239,9 +1410,9 @@ class Connection:
             n = min(mss, avail, wnd_left, cwnd_left)
         if n <= 0:
             return 0
-        if self.snd_nxt < self.snd_max:
+        if not at_max:
             return n  # going back after a timeout: resend what fits
-        if n >= mss or self._small_ok(n, n == avail, n == wnd_left, self.snd_max == self.snd_una):
+        if n >= mss or self._small_ok(n, n == avail, n == wnd_left, smax == una):
             return n
         return 0
 
@@ -1263,7 +1434,7 @@ class Connection:
 
     def _skip_sacked(self):
         """Going back after a timeout: move SND.NXT past a range the receiver already holds."""
-        if self.snd_nxt < self.snd_max and self.scoreboard:
+        if self.scoreboard.blocks and self.snd_nxt < self.snd_max:
             for a, b in self.scoreboard.blocks:
                 if a <= self.snd_nxt < b:
                     self.snd_nxt = b
@@ -1278,15 +1449,19 @@ class Connection:
         if self.recovery == "sack":
             self._sack_recovery(now, limit, out)
         while len(out) < limit:
-            self._skip_sacked()
+            if self.scoreboard.blocks:
+                self._skip_sacked()
             n = self._next_data_len()
             if n > 0:
-                if self.snd_nxt < self.snd_max and self.scoreboard:
+                if self.scoreboard.blocks and self.snd_nxt < self.snd_max:
                     for a, _b in self.scoreboard.blocks:
                         if a > self.snd_nxt:
                             n = min(n, a - self.snd_nxt)
                             break
-                out.append(self._data_segment(self.snd_nxt, n, now))
+                seg = self._data_segment(self.snd_nxt, n, now)
+                out.append(seg)
+                if seg.flags & PSH and not self._fin_queued:
+                    break  # PSH: this segment emptied the send buffer, nothing else is due
                 continue
             if self._fin_sendable():
                 out.append(self._data_segment(self.snd_nxt, 0, now))
@@ -1338,20 +1513,21 @@ class Connection:
 
     def _data_segment(self, start, n, now):
         """New (or go-back) data from `start`; advances SND.NXT and SND.MAX."""
-        end = start + n
-        fin = self._fin_queued and end == self._fin_seq()
-        retransmission = start < self.snd_max
+        s = start.real
+        smax = self.snd_max.real
+        fin = self._fin_queued and (s + n) & MASK == self._fin_seq().real
+        retransmission = (s - smax) & MASK >= HALF  # START < SND.MAX
         seg = self._build_data(start, n, fin, now, tso=not retransmission)
-        fin = bool(seg.flags & FIN)
+        fin = seg.flags & FIN
         n = len(seg.payload)
         if self.ecn_ok and n and not retransmission:
             seg.ect = True  # RFC 3168 6.1.5: never on retransmissions, 6.1.4: nor on pure ACKs
             if self._cwr_due:
                 seg.flags |= CWR
                 self._cwr_due = False
-        new_nxt = start + n + (1 if fin else 0)
-        self.snd_nxt = new_nxt
-        if new_nxt > self.snd_max:
+        new = (s + n + (1 if fin else 0)) & MASK
+        self.snd_nxt = new_nxt = as_seq(new)
+        if 0 < (new - smax) & MASK < HALF:
             self.snd_max = new_nxt
         if retransmission:
             self.counters["retransmit"] += 1
@@ -1371,7 +1547,7 @@ class Connection:
         `_next_data_len`) up to `n`, unless SACK blocks ride along: the device repeats
         the header in every piece it cuts, so those pieces would not fit the MSS.
         """
-        off = start - self._sndbuf_seq
+        off = signed_distance(start.real - self._sndbuf_seq.real)
         seg = self._segment(start, ACK | (FIN if fin else 0), b"", now)
         sack_room = 4 + 8 * len(seg.sack) if seg.sack else 0
         if not tso or sack_room or n < self.snd_mss:
@@ -1402,10 +1578,10 @@ class Connection:
         """A segment from this connection carrying ACK, window, timestamps and SACK blocks."""
         if self._ece_pending:
             flags |= ECE
-        seg = TcpSegment(self.local[1], self.remote[1], seq=int(seq), ack=int(self.rcv_nxt), flags=flags,
-                         window=self._window_field(), payload=payload)
-        if self.ts_ok:
-            seg.timestamp = (self._ts_now(now), self.ts_recent)
+        seg = TcpSegment(self.local[1], self.remote[1], seq.real, self.rcv_nxt.real, flags, self._window_field(),
+                         0, None, None, False,
+                         ((int(now * 1000) + self._ts_offset) & MASK, self.ts_recent) if self.ts_ok else None,
+                         (), payload)  # (the timestamp is `_ts_now`'s, inline)
         if self.sack_ok and self._ofo:
             ranges = [(s, s + len(d)) for s, d in self._ofo]
             blocks = receive_blocks(ranges, self._recent_ofo, 3 if self.ts_ok else 4)
@@ -1430,8 +1606,8 @@ class Connection:
     def _window_increase(self):
         """How far the right edge would move if we advertised all free space now."""
         avail = self.config.recv_buffer - len(self._rcvbuf)
-        cur = max(self.rcv_adv - self.rcv_nxt, 0)
-        return avail - cur
+        cur = signed_distance(self.rcv_adv.real - self.rcv_nxt.real)  # RCV.ADV - RCV.NXT, at least 0
+        return avail - cur if cur > 0 else avail
 
     def _window_field(self):
         """The window to advertise, scaled (RFC 7323 2.3), with receiver SWS avoidance.
@@ -1439,17 +1615,22 @@ class Connection:
         The right edge moves only by at least min(buffer/2, MSS) (RFC 9293 3.8.6.2.2)
         and never moves left (SHLD-14).
         """
-        avail = self.config.recv_buffer - len(self._rcvbuf)
-        cur = max(self.rcv_adv - self.rcv_nxt, 0)
-        if avail - cur >= min(self.config.recv_buffer // 2, self.rcv_mss):
+        buffer = self.config.recv_buffer
+        avail = buffer - len(self._rcvbuf)
+        nxt = self.rcv_nxt.real
+        adv = self.rcv_adv.real
+        cur = (adv - nxt) & MASK  # RCV.ADV - RCV.NXT, 0 when the edge is behind
+        if cur >= HALF:
+            cur = 0
+        if avail - cur >= min(buffer // 2, self.rcv_mss):
             wnd = avail
         else:
             wnd = cur
         shift = self.rcv_wscale
         value = min((wnd + (1 << shift) - 1) >> shift, 0xFFFF)
-        edge = self.rcv_nxt + (value << shift)
-        if edge > self.rcv_adv:
-            self.rcv_adv = edge
+        edge = (nxt + (value << shift)) & MASK
+        if 0 < (edge - adv) & MASK < HALF:
+            self.rcv_adv = as_seq(edge)
         return value
 
     def __repr__(self):

@@ -4,8 +4,17 @@
 gives a `Seq`; subtracting two `Seq` gives the signed distance (an int in
 [-2**31, 2**31)); comparisons order by that distance, so ``Seq(2**32 - 1) < Seq(3)``.
 Comparing numbers more than 2**31 apart is meaningless, as in the RFC: TCP keeps
-every window far below that. This is the only place that knows about wraparound.
+every window far below that.
+
+Each `Seq` operation is a Python-level call, and a segment's processing needs dozens,
+so the connection's per-segment paths (header prediction, the transmit pull, ACK
+processing) apply the same rules to plain ints instead (``x.real`` is the plain int
+of a `Seq`): ``(a - b) & MASK`` is how far a lies after b, "a < b" is that distance
+being ``>= HALF``, `signed_distance` is ``Seq - Seq``, and `as_seq` stores a result
+back. Everything else uses `Seq`.
 """
+
+from functools import partial
 
 MASK = 0xFFFFFFFF
 HALF = 0x80000000
@@ -66,6 +75,18 @@ class Seq(int):
     def in_window(self, start, size):
         """True if start <= self < start + size (RFC 9293 3.10.7.4 acceptability)."""
         return 0 <= self - Seq(start) < size
+
+
+as_seq = partial(_new, Seq)
+"""`Seq` of an int already in [0, 2**32), built without masking or a Python-level call
+(for the plain-int paths described in the module docstring)."""
+
+
+def signed_distance(d):
+    """``Seq - Seq`` for plain ints: the signed distance in [-2**31, 2**31) that the int
+    difference `d` of two sequence numbers stands for, modulo 2**32."""
+    d &= MASK
+    return d - 0x100000000 if d >= HALF else d
 
 
 def seq_max(a, b):

@@ -17,11 +17,17 @@ _csum = _lib.shoal_csum_partial
 _from_buffer = _ffi.from_buffer
 
 
+_COPY_BELOW = 512
+"""Buffers shorter than this are copied to bytes for the C call: a copy of a header-sized
+buffer costs less than exporting the buffer to C (about 80 ns against 170 ns here)."""
+
+
 def sum16(data, acc=0):
     """Folded ones' complement sum of `data` (any buffer), added to the sum `acc`."""
     if type(data) is bytes:
         return _csum(data, len(data), acc)
-    return _csum(_from_buffer("uint8_t[]", data), len(data), acc)
+    n = len(data)
+    return _csum(bytes(data) if n < _COPY_BELOW else _from_buffer("uint8_t[]", data), n, acc)
 
 
 def add(a, b):

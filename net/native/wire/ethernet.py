@@ -22,6 +22,7 @@ BROADCAST = b"\xff" * 6
 
 _HDR = struct.Struct("!6s6sH")
 _TAG = struct.Struct("!HH")
+_tuple_new = tuple.__new__  # builds an `EthernetFrame` without the Python-level __new__ (hot path)
 
 
 class EthernetFrame(NamedTuple):
@@ -51,7 +52,7 @@ def parse(frame):
     if ethertype < 0x0600:
         # 0..1500 is an IEEE 802.3 length field, 1501..1535 is undefined (IEEE 802.3 clause 3.2.6).
         raise WireError("not-ethernet-ii", f"type/length {ethertype}")
-    return EthernetFrame(dst, src, ethertype, frame[offset:], vlans)
+    return _tuple_new(EthernetFrame, (dst, src, ethertype, frame[offset:], vlans))
 
 
 def push(packet, dst, src, ethertype, vlan=None):

@@ -4,7 +4,7 @@ import struct
 from typing import NamedTuple
 
 from . import WireError
-from .checksum import verify
+from .checksum import sum16
 
 HEADER_LEN = 20
 MAX_DATAGRAM = 65535
@@ -18,6 +18,7 @@ FLAG_MF = 0x2000
 _OFFSET_MASK = 0x1FFF
 
 _HDR = struct.Struct("!BBHHHBBHII")
+_tuple_new = tuple.__new__  # builds an `Ipv4Header` without the Python-level __new__ (hot path)
 
 
 class Ipv4Header(NamedTuple):
@@ -47,7 +48,7 @@ def parse(data, verify_checksum=True):
     n = len(data)
     if n < HEADER_LEN:
         raise WireError("truncated", "ipv4 header")
-    vihl, tos, total, ident, frag, ttl, proto, _csum, src, dst = _HDR.unpack_from(data)
+    vihl, tos, total, ident, frag, ttl, proto, csum, src, dst = _HDR.unpack_from(data)
     if vihl >> 4 != 4:
         raise WireError("bad-version", str(vihl >> 4))
     hlen = (vihl & 0x0F) * 4
@@ -59,8 +60,17 @@ def parse(data, verify_checksum=True):
         raise WireError("bad-total-length", f"{total} < header {hlen}")
     if n < total:
         raise WireError("truncated", f"ipv4 payload {n} < {total}")
-    if verify_checksum and not verify(data[:hlen]):
-        raise WireError("bad-checksum", "ipv4")
+    if verify_checksum:
+        # RFC 1071: the header's words, checksum included, sum to all ones when intact
+        if hlen == HEADER_LEN:  # no options: sum the fields just unpacked (no pass over the buffer)
+            s = ((vihl << 8) | tos) + total + ident + frag + ((ttl << 8) | proto) + csum \
+                + (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)
+            s = (s & 0xFFFF) + (s >> 16)
+            s = (s & 0xFFFF) + (s >> 16)
+        else:
+            s = sum16(data[:hlen])
+        if s != 0xFFFF:
+            raise WireError("bad-checksum", "ipv4")
     offset = (frag & _OFFSET_MASK) * 8
     mf = bool(frag & FLAG_MF)
     if offset + total - hlen > MAX_DATAGRAM - HEADER_LEN:
@@ -69,7 +79,7 @@ def parse(data, verify_checksum=True):
     if mf and (total - hlen) % 8:
         # RFC 791 section 3.2: every fragment but the last carries a multiple of 8 octets.
         raise WireError("bad-fragment-length", str(total - hlen))
-    hdr = Ipv4Header(src, dst, proto, ttl, ident, bool(frag & FLAG_DF), mf, offset, hlen, total, tos)
+    hdr = _tuple_new(Ipv4Header, (src, dst, proto, ttl, ident, bool(frag & FLAG_DF), mf, offset, hlen, total, tos))
     return hdr, data[hlen:total]
 
 
@@ -91,29 +101,26 @@ def parse_quoted(data):
     return hdr, data[hlen:]
 
 
-def header_checksum(tos, total, ident, frag, ttl, proto, src, dst):
-    """The header checksum of an option-less header, computed from its fields (no buffer pass)."""
-    s = ((0x45 << 8) | tos) + total + ident + frag + ((ttl << 8) | proto)
-    s += (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)
-    s = (s & 0xFFFF) + (s >> 16)
-    s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def emit(buf, offset, src, dst, proto, payload_len, ident=0, ttl=64, df=False, mf=False, frag_offset=0, tos=0):
-    """Write a 20-byte header (no options) with its checksum at `buf[offset:]`."""
+    """Write a 20-byte header (no options) with its checksum at `buf[offset:]`.
+
+    The checksum (RFC 791, RFC 1071) is summed from the field values, with no pass over the buffer."""
     total = HEADER_LEN + payload_len
     if total > MAX_DATAGRAM:
         raise ValueError(f"IPv4 datagram of {total} bytes")
     frag = (FLAG_DF if df else 0) | (FLAG_MF if mf else 0) | (frag_offset >> 3)
-    csum = header_checksum(tos, total, ident, frag, ttl, proto, src, dst)
-    _HDR.pack_into(buf, offset, 0x45, tos, total, ident, frag, ttl, proto, csum, src, dst)
+    s = (0x4500 | tos) + total + ident + frag + ((ttl << 8) | proto) \
+        + (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    _HDR.pack_into(buf, offset, 0x45, tos, total, ident, frag, ttl, proto, ~s & 0xFFFF, src, dst)
 
 
 def push(packet, src, dst, proto, ident=0, ttl=64, df=False, mf=False, frag_offset=0, tos=0):
     """Prepend a header to a `Packet` whose current contents are the IP payload."""
     n = len(packet)
-    emit(packet.buf, packet.prepend(HEADER_LEN), src, dst, proto, n, ident, ttl, df, mf, frag_offset, tos)
+    offset = packet.prepend(HEADER_LEN)
+    emit(packet.buf, offset, src, dst, proto, n, ident, ttl, df, mf, frag_offset, tos)
 
 
 def build(src, dst, proto, payload=b"", **fields):

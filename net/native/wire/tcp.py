@@ -48,7 +48,12 @@ OPT_TIMESTAMP = 8
 MAX_WSCALE = 14
 
 _HDR = struct.Struct("!HHIIBBHHH")
+_HDR_TS = struct.Struct("!HHIIBBHHHBBBBII")
+"""The header of every segment of a connection with timestamps (RFC 7323 appendix A
+layout: NOP, NOP, TSopt), written in one call."""
+_TS_LAYOUT = bytes((OPT_NOP, OPT_NOP, OPT_TIMESTAMP, 10))
 _CSUM = struct.Struct("!H")
+_MASK = 0xFFFFFFFF
 _FLAG_NAMES = ((SYN, "S"), (FIN, "F"), (RST, "R"), (PSH, "P"), (ACK, "."), (URG, "U"),
                (ECE, "E"), (CWR, "C"))
 
@@ -179,23 +184,33 @@ def parse(buf, src=None, dst=None):
     ``tcp-bad-checksum``, ``tcp-bad-option-length`` or ``tcp-bad-flags``
     (SYN together with FIN or RST, which no valid sender emits).
     """
-    mv = memoryview(buf)
-    if len(mv) < HEADER_LEN:
-        raise WireError("tcp-truncated", f"{len(mv)} bytes")
-    sport, dport, seq, ack, off, flags, window, _csum, urgent = _HDR.unpack_from(mv)
-    hlen = (off >> 4) * 4
-    if hlen < HEADER_LEN:
-        raise WireError("tcp-bad-offset", f"data offset {off >> 4}")
-    if hlen > len(mv):
-        raise WireError("tcp-truncated", f"header {hlen} > {len(mv)} bytes")
+    mv = buf if type(buf) is memoryview else memoryview(buf)
+    n = len(mv)
+    if n < HEADER_LEN:
+        raise WireError("tcp-truncated", f"{n} bytes")
+    if n >= 32 and mv[12] == 0x80 and mv[20:24] == _TS_LAYOUT:
+        # the segment of an established connection with timestamps: one unpack (hot path)
+        sport, dport, seq, ack, _off, flags, window, _csum, urgent, _n1, _n2, _k, _l, tsval, tsecr = \
+            _HDR_TS.unpack_from(mv)
+        hlen = 32
+        timestamp = (tsval, tsecr)
+    else:
+        sport, dport, seq, ack, off, flags, window, _csum, urgent = _HDR.unpack_from(mv)
+        hlen = (off >> 4) * 4
+        if hlen < HEADER_LEN:
+            raise WireError("tcp-bad-offset", f"data offset {off >> 4}")
+        if hlen > n:
+            raise WireError("tcp-truncated", f"header {hlen} > {n} bytes")
+        timestamp = None
     if src is not None and dst is not None:
-        s = _checksum.sum16(mv, _checksum.pseudo_header_sum(src, dst, PROTO_TCP, len(mv)))
-        if s != 0xFFFF:
+        # pseudo-header (RFC 9293 3.1) as the initial sum, then one C pass
+        if _checksum.sum16(mv, (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + PROTO_TCP + n) \
+                != 0xFFFF:
             raise WireError("tcp-bad-checksum")
     if flags & SYN and flags & (FIN | RST):
         raise WireError("tcp-bad-flags", "SYN with FIN or RST")
-    seg = TcpSegment(sport, dport, seq, ack, flags, window, urgent, payload=mv[hlen:])
-    if hlen > HEADER_LEN:
+    seg = TcpSegment(sport, dport, seq, ack, flags, window, urgent, None, None, False, timestamp, (), mv[hlen:])
+    if hlen > HEADER_LEN and timestamp is None:
         _parse_options(mv[HEADER_LEN:hlen], seg)
     return seg
 
@@ -218,6 +233,8 @@ def options_len(seg):
 
 def header_len(seg):
     """Header length in octets (20 + padded options) that `build_into` will write."""
+    if seg.mss is None and seg.wscale is None and not seg.sack and not seg.sack_permitted:
+        return HEADER_LEN if seg.timestamp is None else HEADER_LEN + 12  # the common cases, quickly
     return HEADER_LEN + options_len(seg)
 
 
@@ -246,30 +263,51 @@ def _write_options(buf, i, seg):
     return i
 
 
+def emit_header(buf, offset, seg, src, dst, payload_sum=None):
+    """Write the header and options of `seg` (not its payload) at `buf[offset:]`; return its length.
+
+    The checksum over the IPv4 pseudo-header of `src` -> `dst` is computed and stored
+    (MUST-2) for the segment with ``seg.payload`` after the header, so the payload can
+    travel as a separate fragment, uncopied. `payload_sum` is that payload's sum
+    (`checksum.sum16`) when the caller already has it. Options are written in a fixed,
+    32-bit aligned layout, so no padding octets are needed; MSS is written only when
+    `seg.mss` is set (the connection sets it on SYNs only, MUST-65).
+    """
+    payload = seg.payload
+    ts = seg.timestamp
+    if ts is not None and seg.mss is None and seg.wscale is None and not seg.sack and not seg.sack_permitted:
+        hlen = 32  # the established connection's segment, the hot path: one pack
+        _HDR_TS.pack_into(buf, offset, seg.src_port, seg.dst_port, seg.seq & _MASK, seg.ack & _MASK, 0x80,
+                          seg.flags, seg.window, 0, seg.urgent, OPT_NOP, OPT_NOP, OPT_TIMESTAMP, 10, ts[0], ts[1])
+    else:
+        hlen = header_len(seg)
+        if hlen > 60:
+            raise ValueError(f"TCP options too long ({hlen - HEADER_LEN} octets)")
+        _HDR.pack_into(buf, offset, seg.src_port, seg.dst_port, seg.seq & _MASK,
+                       seg.ack & _MASK, (hlen // 4) << 4, seg.flags, seg.window, 0, seg.urgent)
+        _write_options(buf, offset + HEADER_LEN, seg)
+    plen = len(payload)
+    if segment_checksum is _default_segment_checksum:
+        # the default, inlined (hot path): C sums of the header and the payload, which
+        # starts at an even offset (hlen is a multiple of 4), plus the pseudo-header
+        acc = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + PROTO_TCP + hlen + plen
+        if plen:
+            acc += _checksum.sum16(payload) if payload_sum is None else payload_sum
+        csum = ~_checksum.sum16(memoryview(buf)[offset:offset + hlen], acc) & 0xFFFF
+    else:
+        csum = segment_checksum(src, dst, (memoryview(buf)[offset:offset + hlen], payload))
+    _CSUM.pack_into(buf, offset + 16, csum)
+    return hlen
+
+
 def build_into(buf, offset, seg, src, dst):
     """Write `seg` (header, options, payload) into `buf` at `offset`; return octets written.
 
-    The checksum over the IPv4 pseudo-header of `src` -> `dst` is computed and stored
-    (MUST-2). Options are written in a fixed, 32-bit aligned layout, so no padding
-    octets are needed; MSS is written only when `seg.mss` is set (the connection sets
-    it on SYNs only, MUST-65).
+    As `emit_header`, with the payload copied in after the header.
     """
-    hlen = header_len(seg)
-    if hlen > 60:
-        raise ValueError(f"TCP options too long ({hlen - HEADER_LEN} octets)")
-    _HDR.pack_into(buf, offset, seg.src_port, seg.dst_port, seg.seq & 0xFFFFFFFF,
-                   seg.ack & 0xFFFFFFFF, (hlen // 4) << 4, seg.flags, seg.window, 0, seg.urgent)
-    _write_options(buf, offset + HEADER_LEN, seg)
+    hlen = emit_header(buf, offset, seg, src, dst)
     plen = len(seg.payload)
-    end = offset + hlen + plen
-    buf[offset + hlen:end] = seg.payload
-    mv = memoryview(buf)[offset:end]
-    if segment_checksum is _default_segment_checksum:
-        # the default, inlined: one C sum over the contiguous segment (hot path)
-        csum = ~_checksum.sum16(mv, _checksum.pseudo_header_sum(src, dst, PROTO_TCP, end - offset)) & 0xFFFF
-    else:
-        csum = segment_checksum(src, dst, (mv,))
-    _CSUM.pack_into(buf, offset + 16, csum)
+    buf[offset + hlen:offset + hlen + plen] = seg.payload
     return hlen + plen
 
 
