@@ -8,8 +8,10 @@ things (smoltcp's ``phy::Device`` and Seastar's ``net::qp`` have the same shape)
 
 ``rx_burst(max_frames) -> list``
     Up to ``max_frames`` received Ethernet frames, each a bytes-like object the
-    caller owns (``bytes`` or a read-only ``memoryview``); an empty list when
-    nothing is waiting. Never blocks.
+    caller owns (``bytes``, a read-only ``memoryview`` or a `VerifiedFrame`); an
+    empty list when nothing is waiting. Never blocks. A `VerifiedFrame` is one
+    whose TCP or UDP checksum the device vouches for: the stack does not sum it
+    again. Every other frame has all its checksums verified by the stack.
 ``tx_burst(frames) -> int``
     Offer a batch of frames; returns how many of them (a prefix) the device took.
     A frame is a bytes-like object or a *scatter list* (a list/tuple of bytes-like
@@ -53,7 +55,8 @@ VLAN_TAG_LEN = 4
 class Offloads:
     """Work a device does on the stack's behalf; everything off means "do it all in software".
 
-    ``rx_checksum``: received frames had their L3/L4 checksums verified by the device.
+    ``rx_checksum``: the device hands up `VerifiedFrame`s, frames whose TCP/UDP checksum it
+    verified or knows to be right; frames of any other type are still verified by the stack.
     ``tx_checksum``: the device computes L4 checksums of transmitted frames.
     ``tso``: the device segments TCP super-frames larger than the MTU (a frame object
     whose ``gso_size`` attribute is set, such as a `Packet`, is cut into segments of
@@ -68,6 +71,23 @@ class Offloads:
 
 
 NO_OFFLOADS = Offloads()
+
+
+class VerifiedFrame(bytearray):
+    """A received frame whose transport (TCP or UDP) checksum the device vouches for.
+
+    A device returns one from ``rx_burst`` only for a frame whose checksum it checked,
+    or one that never crossed a wire: what the kernel behind a TAP built itself and
+    marked ``NEEDS_CSUM`` (checksum left partial, completed by the driver) or
+    ``DATA_VALID`` (already verified), Linux's CHECKSUM_PARTIAL and
+    CHECKSUM_UNNECESSARY. The stack then skips summing the segment again (RFC 9293
+    3.1's check is done once, as a NIC's receive checksum offload does it). Its type
+    is the mark: a copy of it (a fault injector's, the bytes forwarded to another
+    shard) is an ordinary frame and verified as usual. The IPv4 header checksum,
+    summed from fields the parser unpacks anyway, is checked on every frame.
+    """
+
+    __slots__ = ()
 
 
 def frame_buffers(frame):

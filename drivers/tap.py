@@ -34,8 +34,12 @@ super-frames and partial checksums, so a bulk transfer towards shoal arrives in
 frames of up to 64 KB (IPv4's limit) instead of one per MSS: the stack's receive
 path runs once per super-frame. Received frames lose their header here, and a
 checksum the kernel left partial (``NEEDS_CSUM``) is completed first, so the stack
-sees ordinary Ethernet frames (some larger than the MTU: ``offloads.lro``) and
-verifies every checksum as usual.
+sees ordinary Ethernet frames (some larger than the MTU: ``offloads.lro``). Such a
+frame, and one the kernel marks ``DATA_VALID``, comes up as a `VerifiedFrame`
+(``offloads.rx_checksum``): the kernel built it or checked it, nothing can have
+corrupted it since, so the stack does not sum its TCP/UDP segment a second time.
+Frames without either flag (a raw frame some program wrote on the kernel side, one
+the kernel forwards unchecked) come up as plain ``bytes`` and are verified in full.
 """
 import collections
 import errno
@@ -46,7 +50,8 @@ import struct
 
 from shoal.drivers import steering as steering_program
 from shoal.drivers import vnet
-from shoal.drivers.base import ETH_HEADER_LEN, VLAN_TAG_LEN, Device, Offloads, frame_buffers, random_mac
+from shoal.drivers.base import (ETH_HEADER_LEN, VLAN_TAG_LEN, Device, Offloads, VerifiedFrame, frame_buffers,
+                                random_mac)
 
 TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
@@ -111,7 +116,7 @@ class TapDevice(Device):
             raise
         self.mac = mac or random_mac(randbytes)
         self.vnet_hdr = vnet_hdr
-        self.offloads = Offloads(tso=vnet_hdr, lro=rx_offload)
+        self.offloads = Offloads(rx_checksum=vnet_hdr, tso=vnet_hdr, lro=rx_offload)
         frame = MAX_GSO_FRAME if rx_offload else ETH_HEADER_LEN + VLAN_TAG_LEN + self.mtu
         self._read_size = frame + (vnet.VNET_HDR_LEN if vnet_hdr else 0)
         self.stats = collections.Counter()
@@ -160,18 +165,23 @@ class TapDevice(Device):
         return frames
 
     def _strip(self, data):
-        """The Ethernet frame behind a virtio-net header, with its checksum completed if partial."""
+        """The Ethernet frame behind a virtio-net header: a `VerifiedFrame`, its checksum
+        completed if partial, when the kernel vouches for it (see the module docstring)."""
         hlen = vnet.VNET_HDR_LEN
-        if data[0] & vnet.F_NEEDS_CSUM:
+        flags = data[0]
+        if flags & vnet.F_NEEDS_CSUM:
             _flags, gso_type, _hdr_len, _gso_size, start, offset = vnet.VNET_HDR.unpack_from(data)
             if gso_type != vnet.GSO_NONE:
                 self.stats["rx_super_frames"] += 1
-            frame = vnet.complete_checksum(memoryview(data)[hlen:], start, offset)
+            frame = vnet.complete_checksum(memoryview(data)[hlen:], start, offset, VerifiedFrame)
             if frame is None:
                 self.stats["rx_bad_csum_offsets"] += 1  # passed on as it is: the stack drops it
                 return data[hlen:]
             self.stats["rx_checksum_completed"] += 1
-            return memoryview(frame).toreadonly()
+            return frame
+        if flags & vnet.F_DATA_VALID:
+            self.stats["rx_checksum_valid"] += 1
+            return VerifiedFrame(memoryview(data)[hlen:])
         return data[hlen:]
 
     def tx_burst(self, frames):

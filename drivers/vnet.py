@@ -31,8 +31,9 @@ go out alone, behind an all-zero header ("nothing to do").
 
 On receive, the kernel's header says how far the frame is finished: ``NEEDS_CSUM``
 means the transport checksum holds only the pseudo-header sum and must be completed
-from ``csum_start`` (`complete_checksum` does it), so that the layers above verify
-checksums exactly as for any other frame.
+from ``csum_start`` (`complete_checksum` does it), so that the frame is an ordinary one
+(a pcap of it, or a copy forwarded to another shard, checks out); ``DATA_VALID`` means
+the kernel verified the checksum already.
 """
 import struct
 
@@ -71,15 +72,15 @@ def ones_sum(data):
     return _lib.shoal_vnet_sum(_ffi.from_buffer("uint8_t[]", data), len(data))
 
 
-def complete_checksum(frame, csum_start, csum_offset):
+def complete_checksum(frame, csum_start, csum_offset, into=bytearray):
     """`frame` (bytes-like) with the partial transport checksum finished, as ``NEEDS_CSUM`` asks.
 
     The field at ``csum_start + csum_offset`` holds the pseudo-header sum; the
     checksum is the complement of the sum of everything from ``csum_start`` on.
-    Returns a new ``bytearray`` (one copy, finished in C), or None when the offsets
-    do not fit the frame.
+    Returns a new ``into`` (``bytearray`` or a subclass: one copy, finished in C),
+    or None when the offsets do not fit the frame.
     """
-    out = bytearray(frame)
+    out = into(frame)
     if _lib.shoal_vnet_finish(_ffi.from_buffer(out), len(out), csum_start, csum_offset):
         return None
     return out

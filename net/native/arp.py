@@ -34,6 +34,7 @@ from .wire import ethernet
 
 BROADCAST_IP = 0xFFFFFFFF
 _ZERO_MAC = bytes(6)
+_ETH_HEADER = ethernet.HEADER
 _HEADROOM = ethernet.HEADER_LEN + ethernet.TAG_LEN
 
 
@@ -119,8 +120,8 @@ class Arp:
         else:
             mac = self.lookup(next_hop, now)
         if mac is not None:
-            ethernet.push(packet, mac, self.mac, ethertype)
-            self.tx.append(packet)
+            _ETH_HEADER.pack_into(packet.buf, packet.prepend(ethernet.HEADER_LEN), mac, self.mac, ethertype)
+            self.tx.append(packet)  # (`ethernet.push` without a tag, inline)
             return True
         pend = self.pending.get(next_hop)
         if pend is None:

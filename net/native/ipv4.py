@@ -157,7 +157,8 @@ class Ipv4:
         if size + wire_ipv4.HEADER_LEN <= self.mtu or (packet.gso_size and size + wire_ipv4.HEADER_LEN
                                                         <= wire_ipv4.MAX_DATAGRAM):
             # (a TSO super-segment goes whole: the device cuts it into gso_size segments)
-            wire_ipv4.push(packet, self.address, dst, proto, ident, ttl, df, False, 0, tos)
+            wire_ipv4.emit(packet.buf, packet.prepend(wire_ipv4.HEADER_LEN), self.address, dst, proto, size, ident,
+                           ttl, df, False, 0, tos)  # (`wire_ipv4.push`, inline: `size` is known)
             return self.l2.output(packet, next_hop, now, on_error=on_error)
         if df:
             return self._fail(packet, "needs-fragmentation", on_error, errno.EMSGSIZE, "message too long (DF)")
@@ -200,21 +201,26 @@ class Ipv4:
                 self.drops["not-for-us"] += 1
                 return
         src = hdr.src
-        if src == BROADCAST_IP or _is_multicast(src) or (src and src == self.address):
+        if src == BROADCAST_IP or src >> 28 == 0xE or (src and src == self.address):  # (multicast: 224/4)
             self.drops["bad-source"] += 1  # RFC 1122 section 3.2.1.3
             return
         datagram = view if len(view) == hdr.total_len else view[: hdr.total_len]
-        if hdr.mf or hdr.frag_offset:
-            done = self._reassemble(hdr, datagram, payload, now)
-            if done is None:
+        if not hdr.mf and not hdr.frag_offset:
+            handler = self.handlers.get(hdr.proto)
+            if handler is not None:  # `_deliver`, inline for the common datagram
+                self.stats["delivered"] += 1
+                handler(hdr, datagram, packet, now)
                 return
-            hdr, whole = done
-            packet = Packet.wrap(whole)
-            datagram = packet.frags[0]
             self._deliver(hdr, datagram, packet, now)
-            packet.release()
             return
+        done = self._reassemble(hdr, datagram, payload, now)
+        if done is None:
+            return
+        hdr, whole = done
+        packet = Packet.wrap(whole)
+        datagram = packet.frags[0]
         self._deliver(hdr, datagram, packet, now)
+        packet.release()
 
     def _deliver(self, hdr, datagram, packet, now):
         handler = self.handlers.get(hdr.proto)

@@ -31,12 +31,13 @@ DEFAULT_HEADROOM = 128
 """Room for Ethernet (14-18) + IPv4 (20-60) + TCP (20-60) headers in one allocation."""
 
 _EMPTY = bytearray()
+_new = object.__new__
 
 
 class Packet:
     """A frame or datagram under construction or in flight (see the module docstring)."""
 
-    __slots__ = ("buf", "head", "frags", "_size", "_release", "_refs", "gso_size")
+    __slots__ = ("buf", "head", "frags", "_size", "_release", "_refs", "gso_size", "checksum_verified")
 
     def __init__(self, payload=None, headroom=DEFAULT_HEADROOM, release=None):
         self.buf = bytearray(headroom) if headroom else _EMPTY
@@ -51,17 +52,26 @@ class Packet:
         self._release = release
         self._refs = 1
         self.gso_size = 0
+        self.checksum_verified = False
 
     @classmethod
-    def wrap(cls, data, release=None):
+    def wrap(cls, data, release=None, checksum_verified=False):
         """A received frame: `data` (the driver's buffer) as ``frags[0]``, no headroom.
 
         ``frags[0]`` exists even for an empty buffer, so a receive path can always parse it.
+        `checksum_verified`: the device vouched for the frame's TCP/UDP checksum
+        (`shoal.drivers.base.VerifiedFrame`), so the transport layer need not sum it.
         """
-        p = cls(None, 0, release)
+        p = _new(cls)  # every field set here: no __init__ call per received frame
         view = data if type(data) is memoryview else memoryview(data)
+        p.buf = _EMPTY
+        p.head = 0
         p.frags = [view]
         p._size = len(view)
+        p._release = release
+        p._refs = 1
+        p.gso_size = 0
+        p.checksum_verified = checksum_verified
         return p
 
     def __len__(self):

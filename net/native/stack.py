@@ -55,7 +55,7 @@ import socket
 import struct
 from collections import Counter, deque
 
-from shoal.drivers.base import DevicePoller
+from shoal.drivers.base import DevicePoller, VerifiedFrame
 from shoal.drivers.steering import flow_queue
 from shoal.net import api
 
@@ -74,6 +74,7 @@ from .wire import dhcp as wire_dhcp
 from .wire import ethernet
 
 log = logging.getLogger("shoal.net.native")
+ETHERTYPE_IPV4 = ethernet.ETHERTYPE_IPV4
 
 TX_HIGH_WATER = 1024
 """Frames queued for the device above which senders wait (back-pressure)."""
@@ -409,11 +410,21 @@ class NativeStack(api.NetworkStack):
         mac = self.mac
         drops = self.drops
         self.stats["rx-frames"] += len(frames)
+        ipv4_receive = self.ipv4.receive
+        wrap, unpack_header = Packet.wrap, ethernet.HEADER.unpack_from
         for frame in frames:
-            packet = Packet.wrap(frame)
+            packet = wrap(frame, None, type(frame) is VerifiedFrame)
             try:
+                view = packet.frags[0]
+                if len(view) >= ethernet.HEADER_LEN:
+                    # the common frame, decided from one unpack: untagged IPv4 from another
+                    # host to our MAC (what `ethernet.parse` and the checks below would pass)
+                    dst, src, ethertype = unpack_header(view)
+                    if ethertype == ETHERTYPE_IPV4 and dst == mac and src != mac:
+                        ipv4_receive(view[ethernet.HEADER_LEN:], packet, now)
+                        continue
                 try:
-                    eth = ethernet.parse(packet.frags[0])
+                    eth = ethernet.parse(view)
                 except WireError as e:
                     drops[e.reason] += 1
                     continue

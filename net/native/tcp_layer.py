@@ -7,7 +7,9 @@ per 4-tuple, a `Listener` per listening port) to one `NativeStack`:
 
 * **Receive.** IPv4 hands every protocol-6 datagram to `receive`. The segment is
   parsed with its checksum verified against the pseudo-header (RFC 9293 3.1,
-  MUST-3); a bad one is counted in `drops` by the wire parser's reason and dropped.
+  MUST-3), unless the device already did or vouches for it (the packet's
+  ``checksum_verified``: a TAP frame the kernel built); a bad one is counted in
+  `drops` by the wire parser's reason and dropped.
   Segments to a broadcast address are dropped (MUST-57). The 4-tuple dict
   ``(local port, remote ip, remote port)`` finds the connection; otherwise the
   port's listener gets it; otherwise it is answered with the RST of RFC 9293
@@ -96,6 +98,8 @@ class NativeTcpConnection(api.Connection):
     def __init__(self, layer, tcp):
         self._layer = layer
         self.tcp = tcp
+        # the layer's "anything to send?" is the machine's own (asked after every event: no wrapper)
+        self.wants_transmit = tcp.wants_transmit
         self.key = (tcp.local[1], tcp.remote[0], tcp.remote[1])
         self.alive = True
         self.timer_at = None
@@ -132,9 +136,6 @@ class NativeTcpConnection(api.Connection):
         t = self.tcp.poll_at()
         if t is not None and now >= t:
             self.tcp.poll(now)
-
-    def wants_transmit(self):
-        return self.tcp.wants_transmit()
 
     def transmit(self, now, limit):
         tcp = self.tcp
@@ -265,33 +266,30 @@ class NativeTcpConnection(api.Connection):
                 self._reader = None
 
     async def write(self, data):
-        if type(data) is list or type(data) is tuple:
-            for part in data:
-                await self._write(part)
-        else:
-            await self._write(data)
+        for part in data if type(data) is list or type(data) is tuple else (data,):
+            while True:
+                part = self._send(part)
+                if part is None:
+                    break
+                fut = asyncio.get_running_loop().create_future()
+                self._writers.append(fut)
+                await fut
 
-    async def _write(self, data):
-        tcp = self.tcp
-        layer = self._layer
-        while True:
-            if self._exc is not None:
-                raise self._exc
-            if not self._app:
-                raise BrokenPipeError(errno.EPIPE, f"write after close: {self._describe()}")
-            try:
-                n = tcp.send(data)
-            except TcpError:
-                raise BrokenPipeError(errno.EPIPE, f"write after shutdown: {self._describe()}") from None
-            if n:
-                layer.transmit_due(self)
-            if n == len(data):
-                return
-            if n:
-                data = memoryview(data)[n:]
-            fut = asyncio.get_running_loop().create_future()
-            self._writers.append(fut)
-            await fut
+    def _send(self, data):
+        """Queue what the send buffer takes of `data`; returns the rest (None: all taken)."""
+        if self._exc is not None:
+            raise self._exc
+        if not self._app:
+            raise BrokenPipeError(errno.EPIPE, f"write after close: {self._describe()}")
+        try:
+            n = self.tcp.send(data)
+        except TcpError:
+            raise BrokenPipeError(errno.EPIPE, f"write after shutdown: {self._describe()}") from None
+        if n:
+            self._layer.transmit_due(self)
+        if n == len(data):
+            return None
+        return memoryview(data)[n:] if n else data
 
     async def flush(self):
         tcp = self.tcp
@@ -460,7 +458,9 @@ class TcpLayer:
             return
         src = hdr.src
         try:
-            seg = wire_tcp.parse(datagram[hdr.header_len:], src, hdr.dst)
+            # the checksum is verified unless the device vouched for it (`VerifiedFrame`)
+            seg = wire_tcp.parse(datagram[hdr.header_len:], None, None) if packet.checksum_verified \
+                else wire_tcp.parse(datagram[hdr.header_len:], src, hdr.dst)
         except WireError as e:
             self.drops[e.reason] += 1
             return
@@ -590,11 +590,14 @@ class TcpLayer:
         payload = seg.payload
         plen = len(payload)
         pkt = Packet(payload if plen else None)
-        if mss and plen > mss:
+        tso = mss and plen > mss
+        if tso:
             pkt.gso_size = mss
             self.stats["tso-segments-sent"] += 1
         # the header into the headroom, its checksum over the payload, which stays a fragment
-        wire_tcp.emit_header(pkt.buf, pkt.prepend(wire_tcp.header_len(seg)), seg, self.ipv4.address, dst)
+        # (for a TSO segment the device computes the checksum of each piece it cuts)
+        wire_tcp.emit_header(pkt.buf, pkt.prepend(wire_tcp.header_len(seg)), seg, self.ipv4.address, dst,
+                             None, tso)
         self.ipv4.send(pkt, dst, PROTO_TCP, now, ttl=ttl, tos=tos, on_error=on_error)
 
     # -- API -------------------------------------------------------------------------

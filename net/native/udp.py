@@ -80,7 +80,9 @@ class Udp:
     def receive(self, hdr, datagram, packet, now):
         """Handle a UDP datagram (IPv4 handler signature). Never raises on bad input."""
         try:
-            u, data = wire_udp.parse(datagram[hdr.header_len :], hdr.src, hdr.dst)
+            # the checksum is verified unless the device vouched for it (`VerifiedFrame`)
+            u, data = wire_udp.parse(datagram[hdr.header_len :], hdr.src, hdr.dst,
+                                     verify_checksum=not packet.checksum_verified)
         except WireError as e:
             self.drops[e.reason] += 1
             return

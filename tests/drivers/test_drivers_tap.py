@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from shoal.drivers.base import VerifiedFrame
 from shoal.drivers.netns import KernelPeer, unavailable
 from shoal.drivers.tap import TapDevice
 
@@ -109,6 +110,40 @@ def test_udp_frame_reaches_a_kernel_socket():
         line = listener.stdout.readline().split()
         assert line == ["hello", "kernel", "from", "shoal", peer.shoal_ip, "4242"]
         listener.wait(10)
+
+
+def _udp_checksum_ok(frame):
+    ihl = (frame[14] & 0x0F) * 4
+    total = struct.unpack_from("!H", frame, 16)[0]
+    udp = bytes(frame[14 + ihl:14 + total])
+    pseudo = bytes(frame[26:34]) + struct.pack("!BBH", 0, 17, len(udp))
+    return inet_checksum(pseudo + udp) == 0
+
+
+def test_only_frames_the_kernel_vouches_for_come_up_verified():
+    """A datagram from a kernel socket leaves with its checksum partial (NEEDS_CSUM): it
+    comes up completed, as a `VerifiedFrame`. A raw frame written on the kernel side
+    carries no such promise (no flag), so it comes up as plain bytes, bad checksum and all."""
+    with KernelPeer(mac=SHOAL_MAC) as peer:
+        dev = peer.device
+        assert dev.offloads.rx_checksum
+        peer.run(["ip", "neigh", "replace", peer.shoal_ip, "lladdr", SHOAL_MAC.hex(":"), "dev", peer.ifname])
+        sender = peer.popen(["python3", "-c",
+                             "import socket; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
+                             f"s.sendto(b'from a kernel socket', ('{peer.shoal_ip}', 9999))"])
+        sender.wait(30)
+        is_udp = lambda f: f[12:14] == b"\x08\x00" and f[23] == 17  # noqa: E731
+        kernel_built = wait_frames(dev, is_udp)
+        assert type(kernel_built) is VerifiedFrame and _udp_checksum_ok(kernel_built)
+        assert dev.stats["rx_checksum_completed"] >= 1
+        corrupt = bytearray(kernel_built)
+        corrupt[-1] ^= 0x40
+        raw = peer.popen(["python3", "-c",
+                          "import socket,sys; s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW);"
+                          f"s.bind(('{peer.ifname}',0)); s.send(bytes.fromhex(sys.argv[1]))", corrupt.hex()])
+        raw.wait(30)
+        unvouched = wait_frames(dev, is_udp)
+        assert type(unvouched) is bytes and unvouched == corrupt and not _udp_checksum_ok(unvouched)
 
 
 def test_mtu_and_malformed_frames():

@@ -10,7 +10,8 @@ import ipaddress
 import random
 import struct
 
-from shoal.net.native.wire import ethernet, icmp as wire_icmp, ipv4 as wire_ipv4, tcp as wire_tcp
+from shoal.drivers.base import VerifiedFrame
+from shoal.net.native.wire import ethernet, icmp as wire_icmp, ipv4 as wire_ipv4, tcp as wire_tcp, udp as wire_udp
 from shoal.net.native.wire.tcp import ACK, FIN, RST, SYN, TcpSegment
 from test_native_tcp_virtual import A_IP, B_IP, run, test_config, two_stacks, until
 
@@ -80,6 +81,26 @@ def test_crafted_segments_are_counted_and_answered_per_rfc():
             flags = sorted(s.flags for s in answers)
             assert flags == sorted([RST | ACK, RST, RST]), answers
             assert {s.seq for s in answers if s.flags == RST} == {9, 77}
+
+    run(main())
+
+
+def test_checksums_are_skipped_only_for_frames_the_device_vouches_for():
+    """A `VerifiedFrame` (the TAP's mark for a frame the kernel built) is not summed again;
+    the same bytes as an ordinary frame are, and the corruption is caught (MUST-3)."""
+    async def main():
+        async with two_stacks() as (a, b, _):
+            corrupt_syn = frame(a, b, TcpSegment(1234, 81, seq=5, flags=SYN), corrupt=True)
+            udp = bytearray(wire_udp.build(A, B, 4000, 4001, b"datagram"))
+            udp[-1] ^= 0x40
+            corrupt_udp = ethernet.build(b.mac, a.mac, ethernet.ETHERTYPE_IPV4,
+                                         wire_ipv4.build(A, B, wire_ipv4.PROTO_UDP, bytes(udp)))
+            b.receive_frames([corrupt_syn, corrupt_udp])
+            assert b.tcp.drops["tcp-bad-checksum"] == 1 and b.udp.drops["bad-checksum"] == 1
+            assert b.tcp.drops["no-socket"] == 0 and b.udp.drops["no-listener"] == 0
+            b.receive_frames([VerifiedFrame(corrupt_syn), VerifiedFrame(corrupt_udp)])
+            assert b.tcp.drops["tcp-bad-checksum"] == 1 and b.udp.drops["bad-checksum"] == 1
+            assert b.tcp.drops["no-socket"] == 1 and b.udp.drops["no-listener"] == 1
 
     run(main())
 

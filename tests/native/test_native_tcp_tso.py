@@ -6,6 +6,7 @@ The virtual wire itself offers no TSO, so there every segment stays within one M
 """
 import asyncio
 import random
+import struct
 
 from shoal.drivers.base import DeviceWrapper, Offloads, frame_bytes
 from shoal.drivers.faults import FaultInjector, Faults
@@ -14,6 +15,7 @@ from shoal.net.native.stack import NativeStack
 from shoal.net.native.tcp.connection import TSO_MAX_PAYLOAD
 from shoal.net.native.wire import ipv4 as wire_ipv4
 from shoal.net.native.wire import tcp as wire_tcp
+from shoal.net.native.wire.checksum import pseudo_header_sum
 from shoal.net.native.wire.tcp import CWR, FIN, PSH, TcpSegment
 
 from test_native_tcp_virtual import (A_IP, B_IP, ManualClock, VirtualReactor, both_ways, run, static,
@@ -27,11 +29,13 @@ def cut_frame(frame, gso_size):
 
     Each piece repeats the headers with the sequence number advanced and the IP ident
     incremented; PSH and FIN stay on the last piece, CWR on the first (Linux's
-    tcp_gso_segment). Checksums are computed per piece.
+    tcp_gso_segment). Checksums are computed per piece: the stack left the super-frame's
+    to the device, whose field holds only the pseudo-header sum (checked here).
     """
     data = bytes(frame_bytes(frame))
     ip, segment = wire_ipv4.parse(data[ETH:])
-    seg = wire_tcp.parse(segment, ip.src, ip.dst)
+    assert struct.unpack_from("!H", segment, 16)[0] == pseudo_header_sum(ip.src, ip.dst, 6, len(segment))
+    seg = wire_tcp.parse(segment)
     payload = bytes(seg.payload)
     out = []
     for i, off in enumerate(range(0, len(payload), gso_size)):

@@ -141,6 +141,8 @@ def test_checksum_function_is_swappable(monkeypatch):
     monkeypatch.setattr(tcp, "segment_checksum", fake)
     raw = tcp.build(TcpSegment(1, 2, flags=ACK), SRC, DST)
     assert calls == [(SRC, DST)] and raw[16:18] == b"\x12\x34"
+    raw = tcp.build(TcpSegment(1, 2, flags=ACK, timestamp=(5, 6), payload=b"data"), SRC, DST)
+    assert calls == [(SRC, DST)] * 2 and raw[16:18] == b"\x12\x34"
 
 
 seqs = st.integers(0, 2**32 - 1)
@@ -157,6 +159,33 @@ segments = st.builds(
 def test_roundtrip_property(s):
     raw = tcp.build(s, SRC, DST)
     assert tcp.parse(raw, SRC, DST) == s
+
+
+established_segments = st.builds(
+    TcpSegment, st.integers(0, 65535), st.integers(0, 65535), seqs, seqs,
+    st.integers(0, 255).filter(lambda f: not (f & SYN and f & (FIN | RST))), st.integers(0, 65535),
+    st.integers(0, 65535), timestamp=st.tuples(seqs, seqs), payload=st.binary(max_size=200))
+addresses = st.integers(0, 2**32 - 1)
+
+
+@settings(max_examples=500, deadline=None)
+@given(established_segments, addresses, addresses)
+def test_timestamp_only_header_checksum_is_summed_from_its_fields(s, src, dst):
+    """The established segment's checksum, summed from the field values, is RFC 1071's over the bytes."""
+    raw = tcp.build(s, src, dst)
+    assert len(raw) == 32 + len(s.payload) and tcp.parse(raw, src, dst) == s
+    zeroed = raw[:16] + b"\0\0" + raw[18:]
+    assert raw[16:18] == struct.pack("!H", checksum.transport_checksum(src, dst, 6, [bytes(zeroed)]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(established_segments, segments), addresses, addresses)
+def test_device_checksum_leaves_the_pseudo_header_sum(s, src, dst):
+    """For a TSO segment the field holds the uncomplemented pseudo-header sum the device starts from."""
+    buf = bytearray(60)
+    hlen = tcp.emit_header(buf, 0, s, src, dst, device_checksum=True)
+    pseudo = checksum.pseudo_header_sum(src, dst, 6, hlen + len(s.payload))
+    assert buf[16:18] == struct.pack("!H", pseudo)
 
 
 @settings(max_examples=1000, deadline=None)

@@ -403,7 +403,7 @@ class Connection:
         if n < len(data):
             self._send_blocked = True
         if n:
-            self._sndbuf += data[:n] if n < len(data) else data
+            self._sndbuf += memoryview(data)[:n] if n < len(data) else data  # (a slice of bytes would copy)
             if urgent:
                 self.snd_up = self._sndbuf_seq + len(self._sndbuf)
         return n
@@ -444,7 +444,12 @@ class Connection:
             data = bytes(buf[:max_bytes])
             del buf[:max_bytes]
         if data and self.state in _RECEIVES_TEXT:
-            if self._window_increase() >= self._window_update_threshold():
+            # how far the right edge would move if all free space were advertised now,
+            # against the update threshold
+            buffer = self.config.recv_buffer
+            cur = (self.rcv_adv.real - self.rcv_nxt.real) & MASK  # RCV.ADV - RCV.NXT, if ahead
+            increase = buffer - len(buf) - (cur if 0 < cur < HALF else 0)
+            if increase >= min(buffer // 2, 2 * self.rcv_mss):
                 self._ack_now = True
         return data
 
@@ -641,7 +646,8 @@ class Connection:
                 self._ack_now = True  # SHLD-19: at least every second full segment
             elif self.delack_at is None:
                 self.delack_at = now + self.config.delayed_ack  # MUST-40
-            self._emit(Event.READABLE)
+            if _READABLE not in self._events:  # (`_emit`, inline)
+                self._events.append(_READABLE)
         self._update_timers(now)
         return True
 
@@ -849,7 +855,7 @@ class Connection:
             # TS.Recent held across a loss (RFC 7323 4.3), not this data's timestamp:
             # like Karn's rule, take no sample from it.
             if self._rexmit_ts is None or (ts[1] - self._rexmit_ts) & MASK < HALF:
-                r = ((self._ts_now(now) - ts[1]) & MASK) / 1000.0
+                r = ((int(now * 1000) + self._ts_offset - ts[1]) & MASK) / 1000.0  # (`_ts_now` inline)
                 if r < self.config.max_rto:
                     self.rtt.sample(r)
         elif self._rtt_seq is not None and (a - self._rtt_seq.real) & MASK < HALF:
@@ -1107,10 +1113,19 @@ class Connection:
 
     def poll_at(self):
         """Earliest timer deadline, or None."""
-        best = None
-        for t in (self.rto_at, self.delack_at, self.persist_at, self.keepalive_at, self.timewait_at):
-            if t is not None and (best is None or t < best):
-                best = t
+        best = self.rto_at
+        t = self.delack_at
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.persist_at
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.keepalive_at
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.timewait_at
+        if t is not None and (best is None or t < best):
+            best = t
         return best
 
     def poll(self, now):
@@ -1232,6 +1247,8 @@ class Connection:
             return False
         if self._rexmit_una:
             return True
+        if not self._sndbuf and not self._fin_queued and self.recovery is None:
+            return False  # nothing queued, nothing to retransmit: the request/response idle case
         if self.scoreboard.blocks:
             self._skip_sacked()
         if self.recovery == "sack":
@@ -1272,7 +1289,9 @@ class Connection:
             if n <= 0:
                 break
             nxt = self.snd_nxt.real
-            off = signed_distance(nxt - self._sndbuf_seq.real)
+            off = (nxt - self._sndbuf_seq.real) & MASK
+            if off >= HALF:
+                off -= 0x100000000  # (`signed_distance`, inline)
             end = off + n
             # PSH on the segment that empties the buffer (MUST-61, SHLD-27)
             flags = ACK | PSH if end == len(sndbuf) else ACK
@@ -1280,7 +1299,11 @@ class Connection:
                              0, None, None, False,
                              ((int(now * 1000) + self._ts_offset) & MASK, self.ts_recent) if self.ts_ok else None,
                              (), bytes(memoryview(sndbuf)[off:end]))
-            self._ack_sent()
+            # (`_ack_sent`, inline)
+            self._ack_now = False
+            self.delack_at = None
+            self._rcv_unacked = 0
+            self._last_ack_sent = self.rcv_nxt
             self.snd_nxt = self.snd_max = new_nxt = as_seq((nxt + n) & MASK)
             if self._rtt_seq is None and self.retries == 0:
                 self._rtt_seq, self._rtt_time = new_nxt, now  # time this segment (RFC 6298 3)
@@ -1376,25 +1399,28 @@ class Connection:
         """
         if not self._sndbuf:
             return 0  # (SND.NXT never lies before the buffer's start in the states that send data)
-        # Plain-int wraparound arithmetic (see `_predicted_arrival`); `signed_distance` is ``Seq - Seq``.
+        # Plain-int wraparound arithmetic (see `_predicted_arrival`): ``Seq - Seq`` is
+        # `signed_distance`, written out here (``d - 2**32 if d >= HALF``) for the calls it saves.
         nxt = self.snd_nxt.real
-        avail = len(self._sndbuf) - signed_distance(nxt - self._sndbuf_seq.real)
+        d = (nxt - self._sndbuf_seq.real) & MASK
+        avail = len(self._sndbuf) - (d - 0x100000000 if d >= HALF else d)
         if avail <= 0:
             return 0
         mss = self.snd_mss
         una = self.snd_una.real
         if self.recovery is None:
-            flight = signed_distance(nxt - una)
-            if flight <= 0:
+            flight = (nxt - una) & MASK
+            if flight >= HALF:
                 flight = 0
-            elif self.scoreboard.blocks:
+            elif flight and self.scoreboard.blocks:
                 flight -= self.scoreboard.sacked_between(self.snd_una, self.snd_nxt)
             cwnd_left = self.cc.cwnd - flight
             if 0 < self.dupacks < 3:
                 cwnd_left += self.dupacks * mss  # limited transmit (RFC 3042)
         else:
             cwnd_left = self.cc.cwnd - self._flight()
-        wnd_left = signed_distance(una + self.snd_wnd - nxt)
+        d = (una + self.snd_wnd - nxt) & MASK
+        wnd_left = d - 0x100000000 if d >= HALF else d
         smax = self.snd_max.real
         at_max = (nxt - smax) & MASK < HALF  # SND.NXT >= SND.MAX: not going back
         tso = self.config.tso_max
@@ -1599,15 +1625,6 @@ class Connection:
         return (int(now * 1000) + self._ts_offset) & 0xFFFFFFFF
 
     # ------------------------------------------------------------------ receive window
-
-    def _window_update_threshold(self):
-        return min(self.config.recv_buffer // 2, 2 * self.rcv_mss)
-
-    def _window_increase(self):
-        """How far the right edge would move if we advertised all free space now."""
-        avail = self.config.recv_buffer - len(self._rcvbuf)
-        cur = signed_distance(self.rcv_adv.real - self.rcv_nxt.real)  # RCV.ADV - RCV.NXT, at least 0
-        return avail - cur if cur > 0 else avail
 
     def _window_field(self):
         """The window to advertise, scaled (RFC 7323 2.3), with receiver SWS avoidance.

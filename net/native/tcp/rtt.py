@@ -45,7 +45,8 @@ class RttEstimator:
         else:
             self.rttvar = (1 - BETA) * self.rttvar + BETA * abs(self.srtt - r)
             self.srtt = (1 - ALPHA) * self.srtt + ALPHA * r
-        self.rto = self._clamp(self.srtt + max(self.granularity, K * self.rttvar))
+        rto = self.srtt + max(self.granularity, K * self.rttvar)
+        self.rto = min(max(rto, self.min_rto), self.max_rto)  # (`_clamp` inline: a sample per ACK)
         self.backoffs = 0
 
     def backoff(self):

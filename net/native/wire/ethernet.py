@@ -20,7 +20,9 @@ _TAGS = (ETHERTYPE_VLAN, ETHERTYPE_QINQ)
 
 BROADCAST = b"\xff" * 6
 
-_HDR = struct.Struct("!6s6sH")
+HEADER = struct.Struct("!6s6sH")
+"""Destination, source, EtherType (type/length): an untagged frame's whole header."""
+_HDR = HEADER
 _TAG = struct.Struct("!HH")
 _tuple_new = tuple.__new__  # builds an `EthernetFrame` without the Python-level __new__ (hot path)
 

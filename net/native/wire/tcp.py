@@ -263,30 +263,63 @@ def _write_options(buf, i, seg):
     return i
 
 
-def emit_header(buf, offset, seg, src, dst, payload_sum=None):
+def emit_header(buf, offset, seg, src, dst, payload_sum=None, device_checksum=False):
     """Write the header and options of `seg` (not its payload) at `buf[offset:]`; return its length.
 
     The checksum over the IPv4 pseudo-header of `src` -> `dst` is computed and stored
     (MUST-2) for the segment with ``seg.payload`` after the header, so the payload can
     travel as a separate fragment, uncopied. `payload_sum` is that payload's sum
-    (`checksum.sum16`) when the caller already has it. Options are written in a fixed,
-    32-bit aligned layout, so no padding octets are needed; MSS is written only when
-    `seg.mss` is set (the connection sets it on SYNs only, MUST-65).
+    (`checksum.sum16`) when the caller already has it. With `device_checksum` (a TSO
+    segment: the device cuts it and computes each piece's checksum) nothing is summed:
+    the field holds the pseudo-header sum of the whole segment, uncomplemented, which
+    is where a device that finishes checksums starts (Linux's CHECKSUM_PARTIAL,
+    virtio-net's NEEDS_CSUM). Options are written in a fixed, 32-bit aligned layout,
+    so no padding octets are needed; MSS is written only when `seg.mss` is set (the
+    connection sets it on SYNs only, MUST-65).
     """
     payload = seg.payload
     ts = seg.timestamp
     if ts is not None and seg.mss is None and seg.wscale is None and not seg.sack and not seg.sack_permitted:
-        hlen = 32  # the established connection's segment, the hot path: one pack
-        _HDR_TS.pack_into(buf, offset, seg.src_port, seg.dst_port, seg.seq & _MASK, seg.ack & _MASK, 0x80,
-                          seg.flags, seg.window, 0, seg.urgent, OPT_NOP, OPT_NOP, OPT_TIMESTAMP, 10, ts[0], ts[1])
-    else:
-        hlen = header_len(seg)
-        if hlen > 60:
-            raise ValueError(f"TCP options too long ({hlen - HEADER_LEN} octets)")
-        _HDR.pack_into(buf, offset, seg.src_port, seg.dst_port, seg.seq & _MASK,
-                       seg.ack & _MASK, (hlen // 4) << 4, seg.flags, seg.window, 0, seg.urgent)
-        _write_options(buf, offset + HEADER_LEN, seg)
+        # the established connection's segment, the hot path: the header's sum from its
+        # field values (no pass over the buffer), then one pack with the checksum in place
+        plen = len(payload)
+        sport, dport, seq, ack, flags, window, urgent = \
+            seg.src_port, seg.dst_port, seg.seq & _MASK, seg.ack & _MASK, seg.flags, seg.window, seg.urgent
+        tsval, tsecr = ts
+        # pseudo-header (RFC 9293 3.1): addresses, protocol, TCP length
+        s = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + PROTO_TCP + 32 + plen
+        if device_checksum:
+            s = (s & 0xFFFF) + (s >> 16)
+            csum = (s & 0xFFFF) + (s >> 16)
+        elif segment_checksum is _default_segment_checksum:
+            # the header's 16-bit words: ports, seq, ack, offset 8 + flags, window, urgent,
+            # NOP NOP, kind 8 + length 10, TSval, TSecr (the checksum field counts as 0)
+            s += (sport + dport + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF) + (0x8000 | flags)
+                  + window + urgent + 0x0101 + 0x080A + (tsval >> 16) + (tsval & 0xFFFF) + (tsecr >> 16)
+                  + (tsecr & 0xFFFF))
+            if plen:
+                s += _checksum.sum16(payload) if payload_sum is None else payload_sum
+            s = (s & 0xFFFF) + (s >> 16)
+            csum = ~((s & 0xFFFF) + (s >> 16)) & 0xFFFF
+        else:
+            _HDR_TS.pack_into(buf, offset, sport, dport, seq, ack, 0x80, flags, window, 0, urgent,
+                              OPT_NOP, OPT_NOP, OPT_TIMESTAMP, 10, tsval, tsecr)
+            csum = segment_checksum(src, dst, (memoryview(buf)[offset:offset + 32], payload))
+        _HDR_TS.pack_into(buf, offset, sport, dport, seq, ack, 0x80, flags, window, csum, urgent,
+                          OPT_NOP, OPT_NOP, OPT_TIMESTAMP, 10, tsval, tsecr)
+        return 32
+    hlen = header_len(seg)
+    if hlen > 60:
+        raise ValueError(f"TCP options too long ({hlen - HEADER_LEN} octets)")
+    _HDR.pack_into(buf, offset, seg.src_port, seg.dst_port, seg.seq & _MASK,
+                   seg.ack & _MASK, (hlen // 4) << 4, seg.flags, seg.window, 0, seg.urgent)
+    _write_options(buf, offset + HEADER_LEN, seg)
     plen = len(payload)
+    if device_checksum:
+        s = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + PROTO_TCP + hlen + plen
+        s = (s & 0xFFFF) + (s >> 16)
+        _CSUM.pack_into(buf, offset + 16, (s & 0xFFFF) + (s >> 16))
+        return hlen
     if segment_checksum is _default_segment_checksum:
         # the default, inlined (hot path): C sums of the header and the payload, which
         # starts at an even offset (hlen is a multiple of 4), plus the pseudo-header
