@@ -108,14 +108,18 @@ class _Launcher:
                     except ValueError as exc:
                         raise OptionError(str(exc)) from None
                 prepared.append(extension)
-            return self._fork_and_supervise(main)
+            return self._fork_and_supervise(main, lambda: self._after_fork(prepared))
         finally:
-            for extension in prepared:
-                after_fork = getattr(extension, "after_fork", None)
-                if after_fork is not None:
-                    after_fork(self.args)
+            self._after_fork(prepared)  # when the start failed before every shard was forked
 
-    def _fork_and_supervise(self, main):
+    def _after_fork(self, prepared):
+        """Let each extension that prepared something release the launcher's copies (once)."""
+        while prepared:
+            after_fork = getattr(prepared.pop(0), "after_fork", None)
+            if after_fork is not None:
+                after_fork(self.args)
+
+    def _fork_and_supervise(self, main, forked):
         segment = Segment.create(self.n, self.ring_bytes)
         efds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(self.n)]
         pipes = [os.pipe() for _ in range(self.n)]
@@ -135,6 +139,7 @@ class _Launcher:
                 pidfds[shard] = os.pidfd_open(pid)
             while write_ends:  # the shards hold them now
                 os.close(write_ends.pop())
+            forked()
             if self.stop_requested is not None:  # a signal came while the shards were being forked
                 _kill(self.pids[0], signal.SIGTERM)
             return self._supervise(pidfds, [r for r, _ in pipes])

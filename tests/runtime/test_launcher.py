@@ -294,6 +294,10 @@ def test_before_fork_runs_in_the_launcher_and_the_shards_inherit_what_it_made(tm
     log = tmp_path / "after"
 
     async def main():
+        deadline = time.monotonic() + 30
+        while not log.exists():  # the launcher lets go of its copies while the shards run
+            assert time.monotonic() < deadline, "after_fork did not run once the shards were forked"
+            await asyncio.sleep(0.01)
         return await smp.submit_to(1, prepared_here), prepared_here()
 
     there, here = run(main, smp=2, argv=["--overprovisioned"], extensions=[ForkingExtension(str(log))])
