@@ -8,7 +8,6 @@ creates the stack: importing a wire-format module stays cheap and no import cycl
 can form.
 """
 from shoal.net import api
-from shoal.runtime.cpuset import choose_cpus
 
 from . import config as _config
 
@@ -19,14 +18,7 @@ def _add_options(parser):
 
 
 def _check_options(args):
-    config = _config.from_args(args)
-    try:
-        shards = len(choose_cpus(args.smp, args.cpuset, args.overprovisioned))
-    except ValueError:
-        return  # the runtime refuses these options itself, with its own message
-    if shards > 1 and config.dhcp:
-        raise _config.ConfigError(f"--dhcp runs on a single shard: run it with --smp 1 (these options give "
-                                  f"{shards} shards), or give a static --host-ipv4-addr")
+    _config.from_args(args)
 
 
 def _prepare(args, shard_count):

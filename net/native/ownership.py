@@ -8,7 +8,9 @@ and a device without deterministic steering (the TAP's automq) picks queues by i
 own hash. `frame_owner` reads, without building any header object, which shard a
 frame belongs to, so the stack can keep its own and hand the rest on:
 
-* TCP and UDP in an unfragmented IPv4 datagram: the shard of its ports;
+* TCP and UDP in an unfragmented IPv4 datagram: the shard of its ports, except
+  UDP between ports 67 and 68 (DHCP, RFC 2131 section 4.1): shard 0, which runs the
+  one DHCP client of the interface, wherever the device steered the reply;
 * an ICMP error (destination unreachable, time exceeded, parameter problem:
   RFC 792) quotes the IP header and first 8 octets of the datagram that caused it
   (RFC 1122 section 3.2.2 asks the transport layer to act on it, e.g. PMTU
@@ -20,12 +22,24 @@ from shoal.drivers.steering import flow_queue
 
 _ETH = 14
 _ICMP_ERRORS = (3, 11, 12)
+_DHCP_SERVER_PORT, _DHCP_CLIENT_PORT = 67, 68
+_DHCP_PORTS_SUM = _DHCP_SERVER_PORT + _DHCP_CLIENT_PORT
 
 
 def _ports_owner(frame, l4, shards):
     if len(frame) < l4 + 4:
         return None
     return flow_queue((frame[l4] << 8) | frame[l4 + 1], (frame[l4 + 2] << 8) | frame[l4 + 3], shards)
+
+
+def _udp_owner(frame, l4, shards):
+    """`_ports_owner`, except for DHCP (ports 67 and 68, either way): shard 0's client."""
+    if len(frame) < l4 + 4:
+        return None
+    sport, dport = (frame[l4] << 8) | frame[l4 + 1], (frame[l4 + 2] << 8) | frame[l4 + 3]
+    if sport + dport == _DHCP_PORTS_SUM and (sport == _DHCP_SERVER_PORT or sport == _DHCP_CLIENT_PORT):
+        return 0
+    return flow_queue(sport, dport, shards)
 
 
 def frame_owner(frame, shards):
@@ -36,12 +50,16 @@ def frame_owner(frame, shards):
         return None
     l4 = _ETH + (frame[14] & 0x0F) * 4
     protocol = frame[23]
-    if protocol == 6 or protocol == 17:
+    if protocol == 6:
         return _ports_owner(frame, l4, shards)
+    if protocol == 17:
+        return _udp_owner(frame, l4, shards)
     if protocol == 1 and len(frame) > l4 + 8 + 20 and frame[l4] in _ICMP_ERRORS:
         inner = l4 + 8
-        if frame[inner + 9] in (6, 17) and not (frame[inner + 6] & 0x1F or frame[inner + 7]):
-            return _ports_owner(frame, inner + (frame[inner] & 0x0F) * 4, shards)
+        quoted = frame[inner + 9]
+        if quoted in (6, 17) and not (frame[inner + 6] & 0x1F or frame[inner + 7]):
+            owner = _ports_owner if quoted == 6 else _udp_owner
+            return owner(frame, inner + (frame[inner] & 0x0F) * 4, shards)
     return None
 
 

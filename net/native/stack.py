@@ -40,7 +40,12 @@ opening a connection picks a local port whose flow is steered back to it
 ports lands on queue 0; `ownership.frame_owner` says who owns what) is handed to
 its owner through the smp rings, and shard 0 hands every ARP reply or announcement
 to the others, whose caches would otherwise never learn the neighbours (only shard
-0 answers ARP requests). DHCP runs on one shard only, so it takes ``--smp 1``.
+0 answers ARP requests). With ``--dhcp`` one client runs, on shard 0: DHCP replies
+are steered or handed to it (`ownership.frame_owner`), and each lease event it sees
+(bound, renewed, lost, released) is pushed to every other shard (`share_address`,
+`receive_address`), which takes the same address, netmask and gateway, or drops
+them. The others neither run a client nor announce the address: shard 0 probed it
+(RFC 5227) and speaks for it on the link.
 
 Selection: importing `shoal.net.native` registers the stack as ``--network-stack
 native`` (its factory is `create` here, imported when a shard makes the stack).
@@ -276,29 +281,36 @@ class NativeStack(api.NetworkStack):
     the `TcpConfig` TCP connections start from (its MTU is clamped to the device's).
     ``shard``/``shards``: which of how many queues of the interface `device` is;
     ``forward(shard, frame_bytes)`` hands a frame to the stack of another shard
-    (required with more than one).
+    (required with more than one); ``share_address(shard, address)`` hands the
+    configuration of shard 0's DHCP lease to another shard's `receive_address`
+    (required on shard 0 of several with DHCP).
     """
 
     name = "native"
 
     def __init__(self, device, config, *, rng, clock=None, batch=64, tcp_config=None, shard=0, shards=1,
-                 forward=None):
+                 forward=None, share_address=None):
         if shards > 1 and forward is None:
             raise ValueError("a stack on one of several queues needs `forward` to reach the others")
+        if shards > 1 and shard == 0 and config.dhcp and share_address is None:
+            raise ValueError("shard 0 of several with DHCP needs `share_address` to configure the others")
         if not 0 <= shard < shards:
             raise ValueError(f"shard {shard} is not one of {shards}")
         self.device = device
         self.shard = shard
         self.shards = shards
         self._forward = forward
+        self._share_address = share_address
+        self._address_generation = 0  # of the last lease event shared (shard 0) or taken (the others)
         self.config = config
         self.mac = device.mac
         self._clock = clock
-        self.arp = Arp(self.mac)
+        # With DHCP, shard 0 probed the address and announces it; the others stay quiet.
+        self.arp = Arp(self.mac, announce_count=0) if config.dhcp and shard else Arp(self.mac)
         self.ipv4 = Ipv4(self.arp, mtu=device.mtu, ident=rng.getrandbits(16))
         self.icmp = Icmp(self.ipv4)
         self.udp = Udp(self.ipv4, self.icmp, first_ephemeral=rng.randrange(49152, 65536))
-        self.dhcp = DhcpClient(self.mac, rng) if config.dhcp else None
+        self.dhcp = DhcpClient(self.mac, rng) if config.dhcp and shard == 0 else None
         self.drops = Counter()
         self.stats = Counter()
         self._timer_clients = [self.arp, self.ipv4] + ([self.dhcp] if self.dhcp else [])
@@ -317,7 +329,8 @@ class NativeStack(api.NetworkStack):
         return self._clock()
 
     def start(self, reactor):
-        """Attach to the shard's reactor and configure the interface (static) or start DHCP."""
+        """Attach to the shard's reactor and configure the interface (static) or start DHCP
+        (shard 0; the others wait for its lease in `receive_address`)."""
         if self._clock is None:
             self._clock = asyncio.get_running_loop().time
         self._configured = asyncio.Event()
@@ -325,11 +338,11 @@ class NativeStack(api.NetworkStack):
         reactor.add_poller(self.poller)
         now = self.now()
         c = self.config
-        if c.dhcp:
+        if self.dhcp is not None:
             self.udp.bind(wire_dhcp.CLIENT_PORT, _DhcpEndpoint(self))
             self.dhcp.start(now)
             self._dhcp_output(now)
-        else:
+        elif not c.dhcp:
             self.ipv4.configure(c.host_ipv4_addr, c.netmask_ipv4_addr, c.gw_ipv4_addr or 0, now)
             self._configured.set()
         self.wake()
@@ -527,12 +540,38 @@ class NativeStack(api.NetworkStack):
             event = dhcp.events.popleft()
             self.stats[f"dhcp-{event.kind}"] += 1
             if event.kind in ("lost", "released"):
-                self.ipv4.configure(0, 0, 0, now)
-                self._configured.clear()
+                address = netmask = gateway = 0
             else:
-                lease = event.lease
-                self.ipv4.configure(lease.address, lease.netmask, lease.gateway, now)
-                self._configured.set()
+                address, netmask, gateway = event.lease.address, event.lease.netmask, event.lease.gateway
+            self._take_address(address, netmask, gateway, now)
+            if self.shards > 1:
+                self._address_generation += 1
+                shared = (self._address_generation, address, netmask, gateway)
+                for other in range(1, self.shards):
+                    self._share_address(other, shared)
+
+    def _take_address(self, address, netmask, gateway, now):
+        """Configure IPv4 with a lease's address (0: none) and tell waiters."""
+        self.ipv4.configure(address, netmask, gateway, now)
+        if address:
+            self._configured.set()
+        else:
+            self._configured.clear()
+
+    def receive_address(self, shared):
+        """On a shard other than 0: take the address of the lease event shard 0 shared
+        (``(generation, address, netmask, gateway)``; address 0: the lease is gone).
+
+        Shard 0 numbers its events; one that arrives after a later one (a message waiting
+        for room in a full ring can be overtaken) is stale and ignored."""
+        generation, address, netmask, gateway = shared
+        if generation <= self._address_generation:
+            self.stats["dhcp-stale-address"] += 1
+            return
+        self._address_generation = generation
+        self.stats["dhcp-address-from-shard-0"] += 1
+        self._take_address(address, netmask, gateway, self.now())
+        self.wake()
 
     async def _release_lease(self):
         """DHCPRELEASE on a clean stop (RFC 2131 section 4.4.6): queued, then given up to
@@ -634,6 +673,25 @@ def _forward_done(task):
         log.warning("forwarding a frame to its shard failed: %r", task.exception())
 
 
+def _share_address(shard, shared):
+    """Hand shard 0's lease event to `shard` through the smp rings (see `NativeStack.receive_address`)."""
+    from shoal.runtime import smp
+
+    task = asyncio.ensure_future(smp.submit_to(shard, _receive_address, shared))
+    task.add_done_callback(_share_done)
+
+
+def _receive_address(shared):
+    stack = api.installed_stack()
+    if stack is not None:  # None: this shard's stack has stopped (shard 0 releases its lease at the end)
+        stack.receive_address(shared)
+
+
+def _share_done(task):
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("sharing the DHCP lease with a shard failed: %r", task.exception())
+
+
 def create(args):
     """The `--network-stack native` factory: runs on each shard before `main`.
 
@@ -659,7 +717,8 @@ def create(args):
                 queue.close()
     try:
         stack = NativeStack(device, config, rng=random.Random(), tcp_config=tcp_config(config), shard=shard,
-                            shards=shards, forward=_forward if shards > 1 else None)
+                            shards=shards, forward=_forward if shards > 1 else None,
+                            share_address=_share_address if shards > 1 else None)
         stack.start(reactor.current())
     except BaseException:
         device.close()

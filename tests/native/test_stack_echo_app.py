@@ -1,5 +1,6 @@
 """The done-when of issue 4: the echo demo on the native stack, launched like a user would,
-answers a kernel UDP client and `ping` from the namespace, statically or with --dhcp."""
+answers a kernel UDP client and `ping` from the namespace, statically or with --dhcp (on one
+shard or several)."""
 import shutil
 import subprocess
 import time
@@ -77,9 +78,13 @@ def test_echo_app_on_two_shards():
 
 
 @pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq is not installed (apt: dnsmasq-base)")
-def test_echo_app_with_dhcp(tmp_path):
+@pytest.mark.parametrize("shards", [1, 2, 3])
+def test_echo_app_with_dhcp(tmp_path, shards):
+    """One DHCP client, on shard 0; every shard serves the lease's address. With three
+    shards the device steers the server's replies to queue 2, which hands them to shard 0."""
     with KernelPeer(open_device=False) as peer:
-        app = start_echo(peer, "--dhcp", "--hw-address", "02:00:00:65:43:21")
+        overprovisioned = ["--overprovisioned"] if shards > 2 else []
+        app = start_echo(peer, "--dhcp", "--hw-address", "02:00:00:65:43:21", *overprovisioned, smp=shards)
         try:
             s = peer.subnet
             peer.popen(["dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--user=root",
@@ -98,7 +103,8 @@ def test_echo_app_with_dhcp(tmp_path):
                 # RFC 5227 probe (up to 7 s): ping until it answers (bounded).
                 peer.run(["sh", "-c", f"for i in $(seq 60); do ping -n -c 1 -W 1 {s}.77 && exit 0; done; exit 1"],
                          timeout=150)
-                check_echo_and_ping(peer, app, f"{s}.77")
+                # Several clients, each from a new source port: flows on every shard.
+                check_echo_and_ping(peer, app, f"{s}.77", shards=shards, clients=1 if shards == 1 else 8)
 
             running(peer, app, leased_and_echoing)
         finally:

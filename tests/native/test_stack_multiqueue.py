@@ -1,10 +1,13 @@
 """The native stack on several shards: one TAP queue each, flows steered to their owner.
 
 Layers: `ownership.frame_owner` on hand-built frames; a stack told it is shard 0 of
-2 keeps its own frames and hands the others on (ARP news to everybody); then a
-real two-shard app on a multi-queue TAP with the Linux kernel as the peer, serving
-connections on both shards and opening connections from both.
+2 keeps its own frames and hands the others on (ARP news to everybody); DHCP on
+three stacks in one process (shard 0 runs the client against a scripted server,
+the others take its lease through a hook); then a real two-shard app on a
+multi-queue TAP with the Linux kernel as the peer, serving connections on both
+shards and opening connections from both.
 """
+import asyncio
 import collections
 import random
 import struct
@@ -21,6 +24,8 @@ from shoal.drivers.virtual import VirtualWire
 from shoal.net.native import ownership
 from shoal.net.native.config import NativeConfig
 from shoal.net.native.stack import NativeStack
+from shoal.net.native.wire import dhcp as wire_dhcp
+from shoal.net.native.wire import ethernet, ipv4 as wire_ipv4, udp as wire_udp
 
 MAC_A = bytes.fromhex("02000000000a")
 MAC_B = bytes.fromhex("02000000000b")
@@ -102,11 +107,180 @@ def test_stack_on_several_queues_needs_a_way_to_forward():
         NativeStack(device, NativeConfig(host_ipv4_addr=1), rng=random.Random(), shards=2)
 
 
-def test_dhcp_with_several_shards_is_refused_before_any_shard_starts():
-    out = subprocess.run([sys.executable, "-m", "shoal.apps.echo", "--smp", "2", "--network-stack", "native",
-                          "--dhcp", "--tap-device", "shoal-never"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2
-    assert "--dhcp runs on a single shard: run it with --smp 1" in out.stderr
+def test_dhcp_replies_belong_to_shard_0_wherever_they_land():
+    dhcp_queue = [flow_queue(67, 68, n) for n in (3, 6)]
+    assert dhcp_queue == [2, 2]  # the device steers them elsewhere: shard 0 must claim them
+    for shards in (2, 3, 6):
+        udp = ipv4_frame(17, struct.pack("!HHHH", 67, 68, 8, 0))
+        assert ownership.frame_owner(udp, shards) == 0
+        assert ownership.frame_owner(ipv4_frame(17, struct.pack("!HHHH", 68, 67, 8, 0)), shards) == 0
+        # An ICMP error about a datagram the client sent (68 -> 67) is the client's too.
+        quoted = ipv4_frame(17, struct.pack("!HHHH", 68, 67, 8, 0), src=IP_A, dst=IP_B)[14:42]
+        assert ownership.frame_owner(ipv4_frame(1, struct.pack("!BBHI", 3, 3, 0, 0) + quoted), shards) == 0
+        # TCP between those ports is an ordinary flow.
+        assert ownership.frame_owner(ipv4_frame(6, tcp_bytes(67, 68)), shards) == flow_queue(67, 68, shards)
+
+
+class SteppedReactor:
+    """Stands in for the shard reactor: the test polls the stacks itself."""
+
+    sleeping = False
+
+    def add_poller(self, poller):
+        pass
+
+    def remove_poller(self, poller):
+        pass
+
+
+class ManualClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+SERVER_MAC = MAC_B
+SERVER_IP = 0x0A010001
+LEASED, NETMASK, ROUTER = 0x0A010032, 0xFFFFFF00, 0x0A0100FE
+
+
+class DhcpShards:
+    """Three stacks of one interface in one process, with DHCP: the hooks deliver at once
+    (`forward` to the owner's `receive_forwarded`, `share_address` to `receive_address`)
+    and record what they carried. Shard 0's device is one end of a virtual wire; the test
+    reads the client's messages at the other end and plays the server."""
+
+    def __init__(self, shards=3):
+        self.clock = ManualClock()
+        self.wire = VirtualWire(mac_a=MAC_A, mac_b=SERVER_MAC)
+        self.forwarded = []
+        self.shared = []
+        config = NativeConfig(dhcp=True)
+        self.stacks = []
+        for shard in range(shards):
+            device = self.wire.a if shard == 0 else VirtualWire(mac_a=MAC_A, mac_b=SERVER_MAC).a
+            self.stacks.append(NativeStack(device, config, rng=random.Random(shard), clock=self.clock, shard=shard,
+                                           shards=shards, forward=self._forward, share_address=self._share))
+        for stack in self.stacks:
+            stack.start(SteppedReactor())
+
+    def _forward(self, owner, frame):
+        self.forwarded.append(owner)
+        self.stacks[owner].receive_forwarded(frame)
+
+    def _share(self, shard, shared):
+        self.shared.append((shard, shared))
+        self.stacks[shard].receive_address(shared)
+
+    def advance(self, seconds):
+        """Let time pass in small steps, running the stacks' timers and transmit."""
+        end = self.clock.now + seconds
+        while self.clock.now < end:
+            self.clock.now = min(end, self.clock.now + 0.1)
+            for stack in self.stacks:
+                stack.poller.poll()
+
+    def client_messages(self):
+        """The DHCP messages shard 0 sent, parsed (other frames, ARP probes, are skipped)."""
+        self.stacks[0].poller.poll()
+        out = []
+        for frame in self.wire.b.rx_burst(100):
+            eth = ethernet.parse(memoryview(bytes(frame)))
+            if eth.ethertype != ethernet.ETHERTYPE_IPV4:
+                continue
+            ip, l4 = wire_ipv4.parse(eth.payload)
+            header, payload = wire_udp.parse(l4, ip.src, ip.dst)
+            assert (header.src_port, header.dst_port) == (68, 67)
+            out.append(wire_dhcp.parse(payload))
+        return out
+
+    def reply(self, request, kind, shard, address=LEASED, lease=120):
+        """The server's answer to `request`, received by `shard` (where the device steered it)."""
+        options = [(wire_dhcp.OPT_MESSAGE_TYPE, bytes([kind])), (wire_dhcp.OPT_SERVER_ID, struct.pack("!I", SERVER_IP)),
+                   (wire_dhcp.OPT_LEASE_TIME, struct.pack("!I", lease)),
+                   (wire_dhcp.OPT_SUBNET_MASK, struct.pack("!I", NETMASK)),
+                   (wire_dhcp.OPT_ROUTER, struct.pack("!I", ROUTER))]
+        payload = wire_dhcp.build(wire_dhcp.OP_REPLY, request.xid, request.chaddr, options, yiaddr=address)
+        datagram = wire_ipv4.build(SERVER_IP, 0xFFFFFFFF, 17, wire_udp.build(SERVER_IP, 0xFFFFFFFF, 67, 68, payload))
+        self.stacks[shard].receive_frames([ethernet.build(ethernet.BROADCAST, SERVER_MAC, 0x0800, datagram)])
+
+    def lease(self, address=LEASED, shard=2):
+        """DISCOVER, OFFER, REQUEST, ACK (the replies landing on `shard`), then the RFC 5227 probe."""
+        *_, discover = self.client_messages()  # the latest (earlier ones: renewals of a lost lease)
+        assert discover.message_type == wire_dhcp.DISCOVER
+        self.reply(discover, wire_dhcp.OFFER, shard, address)
+        (request,) = self.client_messages()
+        assert request.message_type == wire_dhcp.REQUEST
+        self.reply(request, wire_dhcp.ACK, shard, address)
+        self.advance(10)  # up to PROBE_WAIT + PROBE_NUM probes + ANNOUNCE_WAIT (RFC 5227 section 1.1)
+
+    def addresses(self):
+        return [(s.ipv4.address, s.ipv4.netmask, s.ipv4.gateway, s.configured) for s in self.stacks]
+
+
+def test_with_dhcp_shard_0_leases_and_every_shard_takes_the_address():
+    shards = DhcpShards()
+    zero, one, two = shards.stacks
+    assert zero.dhcp is not None and one.dhcp is None and two.dhcp is None  # one client, on shard 0
+    assert shards.addresses() == [(0, 0, 0, False)] * 3
+    shards.lease()
+    assert shards.forwarded == [0, 0]  # the OFFER and the ACK, from the queue the device chose
+    assert zero.stats["dhcp-bound"] == 1
+    assert shards.addresses() == [(LEASED, NETMASK, ROUTER, True)] * 3
+    assert shards.shared == [(1, (1, LEASED, NETMASK, ROUTER)), (2, (1, LEASED, NETMASK, ROUTER))]
+    # Only shard 0 probed and announced the address; the others sent nothing on the link.
+    assert zero.arp.stats["sent"] >= 2 and zero.dhcp.stats["probes"] == 3
+    assert one.stats["tx-frames"] == 0 and two.stats["tx-frames"] == 0
+
+
+def test_other_shards_follow_every_lease_event_of_shard_0():
+    shards = DhcpShards()
+    shards.lease()
+    # No answer to the renewals: at the end of the lease (RFC 2131 section 4.4.5) it is lost everywhere.
+    shards.advance(121)
+    assert shards.stacks[0].stats["dhcp-lost"] == 1
+    assert shards.addresses() == [(0, 0, 0, False)] * 3
+    # The client starts over; a new address this time.
+    new_address = LEASED + 1
+    shards.lease(new_address, shard=1)
+    assert shards.addresses() == [(new_address, NETMASK, ROUTER, True)] * 3
+    assert [generation for _, (generation, *_rest) in shards.shared] == [1, 1, 2, 2, 3, 3]
+
+
+def test_a_shared_address_overtaken_by_a_later_one_is_ignored():
+    shards = DhcpShards()
+    one = shards.stacks[1]
+    one.receive_address((2, LEASED, NETMASK, ROUTER))
+    one.receive_address((1, 0, 0, 0))  # the earlier event, late
+    assert shards.addresses()[1] == (LEASED, NETMASK, ROUTER, True)
+    assert one.stats["dhcp-stale-address"] == 1
+
+
+def test_shard_0_releases_the_lease_on_stop_and_the_others_drop_it():
+    async def main():
+        shards = DhcpShards()
+        shards.lease()
+        stopping = asyncio.ensure_future(shards.stacks[0].stop())
+        for _ in range(1000):  # time passes while the RELEASE waits for the server's MAC (bounded)
+            if stopping.done():
+                break
+            shards.clock.now += 0.01
+            await asyncio.sleep(0)
+        await stopping
+        return shards
+
+    shards = asyncio.run(asyncio.wait_for(main(), 60))
+    assert shards.stacks[0].dhcp.stats["releases"] == 1
+    assert shards.shared[-2:] == [(1, (2, 0, 0, 0)), (2, (2, 0, 0, 0))]
+    assert [s.configured for s in shards.stacks[1:]] == [False, False]
+
+
+def test_dhcp_on_several_shards_needs_a_way_to_share_the_lease():
+    device = VirtualWire(mac_a=MAC_A, mac_b=MAC_B).a
+    with pytest.raises(ValueError, match="needs `share_address`"):
+        NativeStack(device, NativeConfig(dhcp=True), rng=random.Random(), shards=2, forward=lambda *a: None)
 
 
 def test_a_tap_that_cannot_be_opened_stops_the_app_before_the_shards_fork():

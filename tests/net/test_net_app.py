@@ -112,7 +112,8 @@ def test_a_stack_module_that_fails_to_import_is_reported(monkeypatch):
 @pytest.mark.parametrize("argv, message", [
     (["--smp", "1"], "the native stack needs an address"),
     (["--smp", "1", "--dhcp", "--host-ipv4-addr", "10.9.9.2"], "--dhcp conflicts with --host-ipv4-addr"),
-    (["--smp", "2", "--overprovisioned", "--dhcp"], "--dhcp runs on a single shard: run it with --smp 1"),
+    (["--smp", "2", "--overprovisioned", "--dhcp", "--gw-ipv4-addr", "10.9.9.1"],
+     "--dhcp conflicts with --gw-ipv4-addr"),
 ])
 def test_stack_option_conflicts_are_usage_errors_before_any_shard_starts(argv, message):
     out = subprocess.run([sys.executable, "-m", "shoal.apps.echo", "--network-stack", "native", *argv],
