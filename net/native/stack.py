@@ -44,8 +44,8 @@ to the others, whose caches would otherwise never learn the neighbours (only sha
 are steered or handed to it (`ownership.frame_owner`), and each lease event it sees
 (bound, renewed, lost, released) is pushed to every other shard (`share_address`,
 `receive_address`), which takes the same address, netmask and gateway, or drops
-them. The others neither run a client nor announce the address: shard 0 probed it
-(RFC 5227) and speaks for it on the link.
+them. The others neither run a client nor announce the address: shard 0 (which, with
+DHCP, probed it: RFC 5227) speaks for it on the link.
 
 Selection: importing `shoal.net.native` registers the stack as ``--network-stack
 native`` (its factory is `create` here, imported when a shard makes the stack).
@@ -305,8 +305,8 @@ class NativeStack(api.NetworkStack):
         self.config = config
         self.mac = device.mac
         self._clock = clock
-        # With DHCP, shard 0 probed the address and announces it; the others stay quiet.
-        self.arp = Arp(self.mac, announce_count=0) if config.dhcp and shard else Arp(self.mac)
+        # Shard 0 speaks for the address on the link (with DHCP it also probed it); the others stay quiet.
+        self.arp = Arp(self.mac, announce_count=0) if shard else Arp(self.mac)
         self.ipv4 = Ipv4(self.arp, mtu=device.mtu, ident=rng.getrandbits(16))
         self.icmp = Icmp(self.ipv4)
         self.udp = Udp(self.ipv4, self.icmp, first_ephemeral=rng.randrange(49152, 65536))

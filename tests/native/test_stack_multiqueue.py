@@ -95,6 +95,18 @@ def test_a_shard_keeps_its_frames_and_hands_on_the_others():
     assert stack.arp.stats["replies-sent"] == 1
 
 
+def test_only_shard_0_announces_the_address():
+    """Every shard holds the address; one gratuitous ARP series (RFC 5227 section 3) speaks for all."""
+    for shard, announces in ((0, True), (1, False)):
+        stack = make_shard(shard, 2, [])
+        stack.ipv4.configure(int.from_bytes(IP_A, "big"), 0xFFFFFF00, 0, 0.0)
+        for now in (0.0, 2.0, 4.0):
+            stack.arp.poll(now)
+        sent = [bytes(b"".join(bytes(v) for v in p.views())) for p in stack.arp.tx]
+        assert bool(sent) == announces and stack.arp.stats["sent"] == len(sent)
+        assert all(ownership.arp_news(frame) for frame in sent)  # announcements: sender = target
+
+
 def test_a_shard_picks_local_ports_steered_back_to_it():
     for shard in range(3):
         stack = make_shard(shard, 3, [])
