@@ -25,18 +25,14 @@ kernel socket in the namespace (download: shoal sends) and sinks the same amount
 from it (upload: shoal receives), best MB/s of ``--runs`` each, measured by the
 kernel-side client from its first to its last byte.
 
-``--no-tso`` runs every native row with TSO from TCP off: connections send segments
-of one MSS, as before issue 5's change (the TAP driver may still coalesce runs of them
-into super-frames, which the offloads table's first row leaves out). The stack has no
-option for it, so the switch is the layer's cap on a segment's new data
-(``shoal.net.native.tcp_layer.TSO_MAX_PAYLOAD``, docs/benchmarks.md "TSO from TCP") set
-to 0 before the stack is made: in the httpd's process before it forks its shard, and in
-this process around the offloads table.
+``--no-tso`` runs every native row with TSO from TCP off (the stack's ``--tcp-tso off``,
+`TcpConfig.tso` in process): connections send segments of one MSS, as before issue 5's
+change (the TAP driver may still coalesce runs of them into super-frames, which the
+offloads table's first row leaves out).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import os
 import random
@@ -82,25 +78,6 @@ print(size / (time.monotonic() - t) / 1e6)
 """
 
 PYTHON = sys.executable
-
-HTTPD_WITHOUT_TSO = ("import runpy, shoal.net.native.tcp_layer as layer; layer.TSO_MAX_PAYLOAD = 0; "
-                     "runpy.run_module('shoal.apps.httpd', run_name='__main__', alter_sys=True)")
-"""``python -c`` program: the httpd with TSO from TCP off (the shard it forks inherits it)."""
-
-
-@contextlib.contextmanager
-def tso_from_tcp(on):
-    """Native stacks made in this process inside the block use TSO from TCP only if `on`."""
-    from shoal.net.native import tcp_layer
-
-    saved = tcp_layer.TSO_MAX_PAYLOAD
-    if not on:
-        tcp_layer.TSO_MAX_PAYLOAD = 0
-    try:
-        yield
-    finally:
-        tcp_layer.TSO_MAX_PAYLOAD = saved
-
 
 class VethPeer:
     """A namespace joined to the root namespace by a veth pair (the posix stack's path)."""
@@ -201,10 +178,10 @@ def measure(peer, base_url, connections, duration, runs):
 
 
 def bench_native(root, connections, duration, runs, tso):
-    httpd = ["-m", "shoal.apps.httpd"] if tso else ["-c", HTTPD_WITHOUT_TSO]
     with KernelPeer(open_device=False, subnet="10.213.12") as peer:
-        app = peer.start_shoal([*httpd, "--smp", "1", "--network-stack", "native",
-                                "--host-ipv4-addr", peer.shoal_ip, "--root", root])
+        app = peer.start_shoal(["-m", "shoal.apps.httpd", "--smp", "1", "--network-stack", "native",
+                                "--tcp-tso", "on" if tso else "off", "--host-ipv4-addr", peer.shoal_ip,
+                                "--root", root])
         try:
             wait_banner(app)
             return measure(_Runner(peer), f"http://{peer.shoal_ip}:10000", connections, duration, runs)
@@ -232,14 +209,16 @@ class _Runner:
         return self.peer.run(argv, check=False, timeout=timeout)
 
 
-async def _offload_round(vnet_hdr, size, runs):
-    """Best download and upload MB/s of an in-process native stack on a TAP (see the docstring)."""
+async def _offload_round(vnet_hdr, size, runs, tso):
+    """Best download and upload MB/s of an in-process native stack on a TAP (see the docstring),
+    with TSO from TCP on or off."""
     import asyncio
     import ipaddress
 
     from shoal.drivers.tap import TapDevice
     from shoal.net.native.config import NativeConfig
     from shoal.net.native.stack import running
+    from shoal.net.native.tcp.connection import TcpConfig
 
     best = {"download": 0.0, "upload": 0.0}
     with KernelPeer(open_device=False, subnet="10.213.14") as peer:
@@ -247,7 +226,8 @@ async def _offload_round(vnet_hdr, size, runs):
         peer.adopt()
         config = NativeConfig(peer.ifname, False, int(ipaddress.IPv4Address(peer.shoal_ip)),
                               int(ipaddress.IPv4Address("255.255.255.0")), None)
-        async with running(device, config, idle_poll_time=200e-6, rng=random.Random(1)) as stack:
+        async with running(device, config, idle_poll_time=200e-6, rng=random.Random(1),
+                           tcp_config=TcpConfig(tso=tso)) as stack:
             server = stack.listen(("", 9000))
             data = memoryview(random.Random(2).randbytes(size))
             for _ in range(runs):
@@ -276,9 +256,8 @@ async def _offload_round(vnet_hdr, size, runs):
 def bench_offloads(size_mb, runs, tso):
     import asyncio
 
-    with tso_from_tcp(tso):
-        return {vnet: asyncio.run(asyncio.wait_for(_offload_round(vnet, size_mb << 20, runs), 600))
-                for vnet in (False, True)}
+    return {vnet: asyncio.run(asyncio.wait_for(_offload_round(vnet, size_mb << 20, runs, tso), 600))
+            for vnet in (False, True)}
 
 
 PYTCP_SERVER = r"""

@@ -12,6 +12,10 @@
 ``--tcp-congestion NAME``   TCP congestion control: ``cubic`` (default, RFC 9438) or ``newreno``
 ``--tcp-min-rto SECONDS``   lower bound of the retransmission timeout (default 1 s, RFC 6298
                             2.4; Linux uses 0.2 s, which recovers lost retransmissions faster)
+``--tcp-tso on|off``        TCP segments larger than the MSS for the device to cut (TSO), when
+                            the device offers it (a TAP with virtio-net headers); default ``on``.
+                            ``off`` sends MSS-sized segments only (to measure what TSO gives,
+                            or to rule it out when chasing a problem).
 ``--tcp-ecn on|off``        Explicit Congestion Notification (RFC 3168), default ``off``.
                             With ``on`` every connection asks for ECN in its SYN and accepts
                             a peer's ECN-setup SYN (section 6.1.1), sends ECT(0) on new data
@@ -60,6 +64,7 @@ class NativeConfig:
     tcp_congestion: str = "cubic"
     tcp_min_rto: float | None = None
     tcp_ecn: bool = False
+    tcp_tso: bool = True
 
 
 def add_options(parser):
@@ -82,6 +87,9 @@ def add_options(parser):
                        help="TCP congestion control (default cubic, RFC 9438)")
     group.add_argument("--tcp-min-rto", type=float, default=None, metavar="SECONDS",
                        help="minimum TCP retransmission timeout (default 1, RFC 6298; Linux uses 0.2)")
+    group.add_argument("--tcp-tso", default="on", choices=ON_OFF,
+                       help="let TCP hand segments larger than the MSS to a device that cuts them "
+                            "(TSO; default on); off: MSS-sized segments only")
     group.add_argument("--tcp-ecn", default="off", choices=ON_OFF,
                        help="ask for and accept ECN on every TCP connection (RFC 3168). Default off: "
                             "it is negotiated per connection, Linux's default tcp_ecn=2 accepts it but "
@@ -147,6 +155,9 @@ def from_args(args):
     ecn = getattr(args, "tcp_ecn", None) or "off"
     if ecn not in ON_OFF:
         raise ConfigError(f"--tcp-ecn {ecn!r}: choose on or off")
+    tso = getattr(args, "tcp_tso", None) or "on"
+    if tso not in ON_OFF:
+        raise ConfigError(f"--tcp-tso {tso!r}: choose on or off")
     config = NativeConfig(
         tap_device=getattr(args, "tap_device", None) or DEFAULT_TAP,
         dhcp=dhcp,
@@ -155,6 +166,7 @@ def from_args(args):
         tcp_congestion=congestion,
         tcp_min_rto=min_rto,
         tcp_ecn=ecn == "on",
+        tcp_tso=tso == "on",
     )
     if dhcp:
         return config

@@ -420,7 +420,8 @@ class TcpLayer:
 
     ``config`` is the `TcpConfig` every connection starts from (its ``mtu`` is set
     to the device's, which clamps the MSS we advertise: MUST-67, SHLD-6, and its
-    ``tso_max`` to `TSO_MAX_PAYLOAD` if the device offers TSO, else 0); ``rng``
+    ``tso_max`` to `TSO_MAX_PAYLOAD` if the device offers TSO and ``config.tso``
+    allows it, else 0); ``rng``
     gives the ISN secret (RFC 6528) and the first ephemeral port (RFC 6056).
     """
 
@@ -429,7 +430,7 @@ class TcpLayer:
         self.ipv4 = stack.ipv4
         base = config if config is not None else TcpConfig()
         self.config = replace(base, mtu=min(base.mtu, stack.device.mtu),
-                              tso_max=TSO_MAX_PAYLOAD if stack.device.offloads.tso else 0)
+                              tso_max=TSO_MAX_PAYLOAD if base.tso and stack.device.offloads.tso else 0)
         self.fin_wait_2_timeout = fin_wait_2_timeout
         self.isn = IsnGenerator(rng.randbytes(32))
         self.conns = {}

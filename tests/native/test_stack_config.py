@@ -73,15 +73,35 @@ def test_tcp_options_reach_the_tcp_config():
     assert not tcp_config(parse("--host-ipv4-addr", "10.0.0.2", "--tcp-ecn", "off")).ecn
 
 
+@pytest.mark.parametrize("option", ["--tcp-ecn", "--tcp-tso"])
 @pytest.mark.parametrize("value", ["yes", "1", "ON", ""])
-def test_tcp_ecn_takes_only_on_or_off(value, capsys):
+def test_tcp_switches_take_only_on_or_off(option, value, capsys):
     with pytest.raises(SystemExit):
-        parse("--host-ipv4-addr", "10.0.0.2", "--tcp-ecn", value)
-    assert "--tcp-ecn: invalid choice" in capsys.readouterr().err
+        parse("--host-ipv4-addr", "10.0.0.2", option, value)
+    assert f"{option}: invalid choice" in capsys.readouterr().err
     # from_args checks too, for callers that build the namespace without this parser
-    args = argparse.Namespace(host_ipv4_addr="10.0.0.2", tcp_ecn=value or "maybe")
-    with pytest.raises(ConfigError, match="--tcp-ecn .*: choose on or off"):
+    args = argparse.Namespace(host_ipv4_addr="10.0.0.2", **{option[2:].replace("-", "_"): value or "maybe"})
+    with pytest.raises(ConfigError, match=f"{option} .*: choose on or off"):
         from_args(args)
+
+
+def test_tcp_tso_off_keeps_segments_to_one_mss_on_a_tso_device():
+    """TSO is on by default where the device cuts segments; `--tcp-tso off` keeps every
+    segment within the MSS even there (`TcpLayer` sets `tso_max` from both)."""
+    import random
+
+    from shoal.drivers.base import Offloads
+    from shoal.drivers.virtual import VirtualWire
+    from shoal.net.native.stack import NativeStack
+    from shoal.net.native.tcp.connection import TSO_MAX_PAYLOAD
+
+    assert parse("--host-ipv4-addr", "10.0.0.2").tcp_tso and tcp_config(parse("--host-ipv4-addr", "10.0.0.2")).tso
+    for value, tso_max in (("on", TSO_MAX_PAYLOAD), ("off", 0)):
+        config = parse("--host-ipv4-addr", "10.0.0.2", "--tcp-tso", value)
+        device = VirtualWire().a
+        device.offloads = Offloads(tso=True)
+        stack = NativeStack(device, config, rng=random.Random(1), tcp_config=tcp_config(config))
+        assert stack.tcp.config.tso_max == tso_max
 
 
 ECE, CWR, SYN, ACK = 0x40, 0x80, 0x02, 0x10

@@ -167,6 +167,7 @@ class TcpConfig:
     ttl: int = 64     # for the IP header the owner builds (MUST-49)
     dscp: int = 0     # Diffserv codepoint, passed unchanged to IP (MUST-48, SHLD-22)
     tso_max: int = 0  # TSO: largest new-data payload; set by the owner from its device
+    tso: bool = True  # let the owner use its device's TSO (--tcp-tso off: MSS-sized segments only)
 
     def __post_init__(self):
         if not 0 <= self.delayed_ack < 0.5:
