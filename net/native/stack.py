@@ -656,40 +656,37 @@ def release(args):
         queue.close()
 
 
-def _forward(shard, frame):
-    """Hand a frame to the stack of `shard` through the smp rings (see `NativeStack._keep_own`)."""
+def _tell_shard(shard, func, arg, what):
+    """Run ``func(arg)`` on `shard` through the smp rings without waiting for it; a failure is logged."""
     from shoal.runtime import smp
 
-    task = asyncio.ensure_future(smp.submit_to(shard, _receive_forwarded, frame))
-    task.add_done_callback(_forward_done)
+    def done(task):
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("%s failed: %r", what, task.exception())
+
+    asyncio.ensure_future(smp.submit_to(shard, func, arg)).add_done_callback(done)
 
 
-def _receive_forwarded(frame):
-    api.installed_stack().receive_forwarded(frame)
-
-
-def _forward_done(task):
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("forwarding a frame to its shard failed: %r", task.exception())
+def _forward(shard, frame):
+    """Hand a frame to the stack of `shard` (see `NativeStack._keep_own`)."""
+    _tell_shard(shard, _receive_forwarded, frame, "forwarding a frame to its shard")
 
 
 def _share_address(shard, shared):
-    """Hand shard 0's lease event to `shard` through the smp rings (see `NativeStack.receive_address`)."""
-    from shoal.runtime import smp
+    """Hand shard 0's lease event to `shard` (see `NativeStack.receive_address`)."""
+    _tell_shard(shard, _receive_address, shared, "sharing the DHCP lease with a shard")
 
-    task = asyncio.ensure_future(smp.submit_to(shard, _receive_address, shared))
-    task.add_done_callback(_share_done)
+
+def _receive_forwarded(frame):
+    stack = api.installed_stack()
+    if stack is not None:  # None: this shard's stack has stopped; the frame has nobody to go to
+        stack.receive_forwarded(frame)
 
 
 def _receive_address(shared):
     stack = api.installed_stack()
     if stack is not None:  # None: this shard's stack has stopped (shard 0 releases its lease at the end)
         stack.receive_address(shared)
-
-
-def _share_done(task):
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("sharing the DHCP lease with a shard failed: %r", task.exception())
 
 
 def create(args):
