@@ -88,6 +88,9 @@ class Ipv4:
         self.gateway = 0
         self.handlers = {}
         self.icmp = None  # set by Icmp; used for protocol unreachable and reassembly time exceeded
+        # ``hand_off(hdr, datagram)``: offered each reassembled datagram before delivery; True
+        # means it took it (a stack on several queues hands it to the shard owning its ports)
+        self.hand_off = None
         self.reassembly_timeout = reassembly_timeout
         self.reassembly_memory = reassembly_memory
         self.max_reassemblies = max_reassemblies
@@ -217,6 +220,9 @@ class Ipv4:
         if done is None:
             return
         hdr, whole = done
+        if self.hand_off is not None and self.hand_off(hdr, whole):
+            self.stats["reassembled-handed-off"] += 1
+            return
         packet = Packet.wrap(whole)
         datagram = packet.frags[0]
         self._deliver(hdr, datagram, packet, now)

@@ -15,8 +15,9 @@ frame belongs to, so the stack can keep its own and hand the rest on:
   RFC 792) quotes the IP header and first 8 octets of the datagram that caused it
   (RFC 1122 section 3.2.2 asks the transport layer to act on it, e.g. PMTU
   discovery): the shard of the quoted TCP or UDP ports;
-* anything else (``None``): whichever shard received it handles it; a fragment is
-  reassembled where its pieces land (they all go to queue 0).
+* anything else (``None``): whichever shard received it handles it. A fragment is
+  reassembled where its pieces land (they all go to queue 0), and the whole datagram
+  then goes to the shard of its ports (`transport_owner`).
 """
 from shoal.drivers.steering import flow_queue
 
@@ -48,18 +49,23 @@ def frame_owner(frame, shards):
         return None
     if frame[20] & 0x3F or frame[21]:  # MF or a fragment offset: a piece without ports
         return None
-    l4 = _ETH + (frame[14] & 0x0F) * 4
-    protocol = frame[23]
+    return transport_owner(frame, _ETH + (frame[14] & 0x0F) * 4, frame[23], shards)
+
+
+def transport_owner(buf, l4, protocol, shards):
+    """The shard owning an unfragmented IPv4 datagram of `protocol` whose transport header
+    starts at ``buf[l4]`` (see the module docstring), or None if it has none. It serves
+    `frame_owner` and a datagram reassembled from fragments, whose pieces had no ports."""
     if protocol == 6:
-        return _ports_owner(frame, l4, shards)
+        return _ports_owner(buf, l4, shards)
     if protocol == 17:
-        return _udp_owner(frame, l4, shards)
-    if protocol == 1 and len(frame) > l4 + 8 + 20 and frame[l4] in _ICMP_ERRORS:
+        return _udp_owner(buf, l4, shards)
+    if protocol == 1 and len(buf) > l4 + 8 + 20 and buf[l4] in _ICMP_ERRORS:
         inner = l4 + 8
-        quoted = frame[inner + 9]
-        if quoted in (6, 17) and not (frame[inner + 6] & 0x1F or frame[inner + 7]):
+        quoted = buf[inner + 9]
+        if quoted in (6, 17) and not (buf[inner + 6] & 0x1F or buf[inner + 7]):
             owner = _ports_owner if quoted == 6 else _udp_owner
-            return owner(frame, inner + (frame[inner] & 0x0F) * 4, shards)
+            return owner(buf, inner + (buf[inner] & 0x0F) * 4, shards)
     return None
 
 

@@ -80,6 +80,7 @@ from .wire import ethernet
 
 log = logging.getLogger("shoal.net.native")
 ETHERTYPE_IPV4 = ethernet.ETHERTYPE_IPV4
+_ZERO_MAC = bytes(6)
 
 TX_HIGH_WATER = 1024
 """Frames queued for the device above which senders wait (back-pressure)."""
@@ -319,6 +320,8 @@ class NativeStack(api.NetworkStack):
         self._tx_room = None
         self._configured = None
         self._reactor = None
+        if shards > 1:
+            self.ipv4.hand_off = self._hand_off_reassembled
         self.device_poller = DevicePoller(device, self.receive_frames, self.pull, batch, done=self._sent)
         self.poller = _StackPoller(self)
         self.tcp = TcpLayer(self, rng, tcp_config)
@@ -408,6 +411,18 @@ class NativeStack(api.NetworkStack):
                 self._forward(owner, bytes(frame))
                 self.stats["rx-forwarded"] += 1
         return own
+
+    def _hand_off_reassembled(self, hdr, datagram):
+        """A datagram reassembled here whose ports belong to another shard goes there
+        (the device steers every fragment to queue 0: pieces carry no ports). It travels
+        as a frame to our MAC from the all-zero MAC, which no sender has, so the owner
+        takes it in like any forwarded frame."""
+        owner = ownership.transport_owner(datagram, hdr.header_len, hdr.proto, self.shards)
+        if owner is None or owner == self.shard:
+            return False
+        self._forward(owner, ethernet.build(self.mac, _ZERO_MAC, ETHERTYPE_IPV4, datagram))
+        self.stats["rx-forwarded"] += 1
+        return True
 
     def receive_forwarded(self, frame):
         """A frame another shard received for this one (see `_keep_own`)."""

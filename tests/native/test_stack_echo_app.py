@@ -68,7 +68,8 @@ def test_echo_app_static_address():
 
 
 def test_echo_app_on_two_shards():
-    """One TAP queue per shard: datagrams (fragmented ones too, reassembled on shard 0) and pings."""
+    """One TAP queue per shard: datagrams (fragmented ones too: reassembled on shard 0, answered by
+    the shard of their ports) and pings."""
     with KernelPeer(open_device=False) as peer:
         app = start_echo(peer, "--host-ipv4-addr", peer.shoal_ip, smp=2)
         try:

@@ -95,6 +95,58 @@ def test_a_shard_keeps_its_frames_and_hands_on_the_others():
     assert stack.arp.stats["replies-sent"] == 1
 
 
+def udp_fragments(sport, dport, data, ident=7):
+    """The frames of a UDP datagram cut in two IPv4 fragments (all steered to queue 0)."""
+    l4 = wire_udp.build(int.from_bytes(IP_B, "big"), int.from_bytes(IP_A, "big"), sport, dport, data)
+    cut = 1000  # a multiple of 8 (RFC 791)
+    frames = []
+    for off, piece, more in ((0, l4[:cut], True), (cut, l4[cut:], False)):
+        header = bytearray(wire_ipv4.HEADER_LEN)
+        wire_ipv4.emit(header, 0, int.from_bytes(IP_B, "big"), int.from_bytes(IP_A, "big"), 17, len(piece),
+                       ident, mf=more, frag_offset=off)
+        frames.append(MAC_A + MAC_B + b"\x08\x00" + bytes(header) + piece)
+    return frames
+
+
+class Inbox:
+    def __init__(self):
+        self.datagrams = []
+
+    def datagram_received(self, data, addr, packet=None):
+        self.datagrams.append((bytes(data), addr))
+
+
+def test_a_datagram_reassembled_on_one_shard_goes_whole_to_the_shard_of_its_ports():
+    """Fragments carry no ports, so the device sends them all to queue 0; the datagram
+    they make belongs to the shard of its ports, which gets it whole."""
+    stacks = []
+
+    def forward(owner, frame):
+        stacks[owner].receive_forwarded(frame)
+
+    for shard in range(2):
+        device = VirtualWire(mac_a=MAC_A, mac_b=MAC_B).a
+        config = NativeConfig(host_ipv4_addr=int.from_bytes(IP_A, "big"), netmask_ipv4_addr=0xFFFFFF00)
+        stack = NativeStack(device, config, rng=random.Random(shard), clock=lambda: 0.0, shard=shard, shards=2,
+                            forward=forward)
+        stack.wake = lambda: None  # no reactor here: the test drives the stacks
+        stack.ipv4.configure(int.from_bytes(IP_A, "big"), 0xFFFFFF00, 0, 0.0)
+        stacks.append(stack)
+    theirs, mine = owned_port(1, 2, 5353), owned_port(0, 2, 5353)
+    inboxes = [Inbox(), Inbox()]
+    stacks[1].udp.bind(theirs, inboxes[1])
+    stacks[0].udp.bind(mine, inboxes[0])
+    data = bytes(range(256)) * 8
+    stacks[0].receive_frames(udp_fragments(5353, theirs, data))
+    assert inboxes[1].datagrams == [(data, (int.from_bytes(IP_B, "big"), 5353))]
+    assert inboxes[0].datagrams == [] and stacks[0].stats["rx-forwarded"] == 1
+    assert stacks[0].ipv4.stats["reassembled-handed-off"] == 1
+    # A datagram of shard 0's own ports stays there.
+    stacks[0].receive_frames(udp_fragments(5353, mine, data, ident=8))
+    assert inboxes[0].datagrams == [(data, (int.from_bytes(IP_B, "big"), 5353))]
+    assert stacks[0].stats["rx-forwarded"] == 1 and len(inboxes[1].datagrams) == 1
+
+
 def test_only_shard_0_announces_the_address():
     """Every shard holds the address; one gratuitous ARP series (RFC 5227 section 3) speaks for all."""
     for shard, announces in ((0, True), (1, False)):

@@ -68,7 +68,8 @@ def push(packet, dst, src, ethertype, vlan=None):
 
 
 def build(dst, src, ethertype, payload=b"", vlans=()):
-    """The frame as bytes (tests, tools); `vlans` are TCIs, outermost first.
+    """The frame as bytes (tests, tools, a datagram handed to another shard); `vlans` are TCIs,
+    outermost first.
 
     One tag is an 802.1Q tag; with two, the outer one is an 802.1ad service tag.
     """
