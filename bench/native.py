@@ -1,8 +1,9 @@
 """The native stack against the posix stack (and pytcp), with the Linux kernel as the client.
 
     python bench/native.py [--duration 3] [--connections 1,16] [--size-mb 20] [--runs 3] [--no-tso]
+                           [--smp 1,2] [--rounds 3]
 
-In one run, the same ``python -m shoal.apps.httpd --smp 1 --root DIR`` is measured
+In one run, the same ``python -m shoal.apps.httpd --smp N --root DIR`` is measured
 
 * on the **native** stack over a TAP whose far side sits in a namespace this
   script creates (`shoal.drivers.netns.KernelPeer`), and
@@ -12,7 +13,11 @@ In one run, the same ``python -m shoal.apps.httpd --smp 1 --root DIR`` is measur
 so that in both cases the load generators (wrk and curl) run inside a namespace and
 cross one virtual link. For each: wrk requests/s for ``GET /`` (a 14-byte body)
 at each connection count, and bulk download MB/s of a ``--size-mb`` file with curl
-(the best of ``--runs``; pytcp gets one, it is slow). pytcp (PyPI, 2.7) is the pure-Python peer the issue names:
+(the best of ``--runs``; pytcp gets one, it is slow), for each shard count of ``--smp``
+(the native stack gets one TAP queue per shard, steered by flow; the posix stack's
+shards share the listening port through SO_REUSEPORT). With ``--rounds R`` each
+native/posix pair is measured R times, alternating, and each cell is the median.
+pytcp (PyPI, 2.7) is the pure-Python peer the issue names:
 if it is installed, a small HTTP server on its Berkeley-like sockets (a thread per
 connection, the same response bytes for ``GET /``) runs on a TAP of its own and is
 measured the same way; otherwise the output says why not. Prints a markdown table; every interface
@@ -39,6 +44,7 @@ import random
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -126,8 +132,8 @@ class VethPeer:
         self.close()
 
 
-def start_httpd(options):
-    app = subprocess.Popen([PYTHON, "-m", "shoal.apps.httpd", "--smp", "1", *options],
+def start_httpd(options, smp=1):
+    app = subprocess.Popen([PYTHON, "-m", "shoal.apps.httpd", "--smp", str(smp), *options],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return app
 
@@ -140,6 +146,18 @@ def wait_banner(app):
             break
     if "httpd: listening" not in seen[-1]:
         raise RuntimeError("httpd did not start:\n" + "".join(seen))
+
+
+def _median_row(rounds, connections):
+    """One table row from several rounds of `measure`: the median of each cell."""
+    row = {}
+    for key in [f"_rps{c}" for c in connections] + ["_mbs"]:
+        row[key] = statistics.median(r[key] for r in rounds)
+    for c in connections:
+        errors = any("errors" in r[f"rps{c}"] for r in rounds)
+        row[f"rps{c}"] = f"{row[f'_rps{c}']:,.0f}" + (" (errors)" if errors else "")
+    row["mbs"] = f"{row['_mbs']:.1f}"
+    return row
 
 
 def wrk(peer, url, connections, duration):
@@ -177,9 +195,9 @@ def measure(peer, base_url, connections, duration, runs):
     return row
 
 
-def bench_native(root, connections, duration, runs, tso):
+def bench_native(root, connections, duration, runs, tso, smp=1):
     with KernelPeer(open_device=False, subnet="10.213.12") as peer:
-        app = peer.start_shoal(["-m", "shoal.apps.httpd", "--smp", "1", "--network-stack", "native",
+        app = peer.start_shoal(["-m", "shoal.apps.httpd", "--smp", str(smp), "--network-stack", "native",
                                 "--tcp-tso", "on" if tso else "off", "--host-ipv4-addr", peer.shoal_ip,
                                 "--root", root])
         try:
@@ -189,9 +207,9 @@ def bench_native(root, connections, duration, runs, tso):
             stop_process(app)
 
 
-def bench_posix(root, connections, duration, runs):
+def bench_posix(root, connections, duration, runs, smp=1):
     with VethPeer() as peer:
-        app = start_httpd(["--network-stack", "posix", "--address", peer.server_ip, "--root", root])
+        app = start_httpd(["--network-stack", "posix", "--address", peer.server_ip, "--root", root], smp)
         try:
             wait_banner(app)
             return measure(peer, f"http://{peer.server_ip}:10000", connections, duration, runs)
@@ -344,6 +362,8 @@ def main(argv=None):
                         help="skip the TAP offloads table (in-process stack, with and without)")
     parser.add_argument("--no-tso", dest="tso", action="store_false",
                         help="native rows with TSO from TCP off: one-MSS segments (see the docstring)")
+    parser.add_argument("--smp", default="1", help="shard counts, e.g. 1,2 (a row pair each)")
+    parser.add_argument("--rounds", type=int, default=1, help="native/posix pairs per shard count (median kept)")
     args = parser.parse_args(argv)
     why = unavailable()
     if why is not None:
@@ -352,26 +372,44 @@ def main(argv=None):
         if shutil.which(tool) is None:
             sys.exit(f"bench/native.py: {tool} is not installed")
     connections = [int(c) for c in args.connections.split(",")]
+    shard_counts = [int(n) for n in args.smp.split(",")]
+    if args.rounds < 1 or min(shard_counts) < 1:
+        sys.exit("bench/native.py: --rounds and every --smp count must be at least 1")
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as root:
         with open(os.path.join(root, "big.bin"), "wb") as f:
             f.write(random.Random(1).randbytes(args.size_mb << 20))
-        rows = {"native (TAP)": bench_native(root, connections, args.duration, args.runs, args.tso),
-                "posix (veth)": bench_posix(root, connections, args.duration, args.runs)}
+        rows = {}
+        for smp in shard_counts:
+            rounds = {"native": [], "posix": []}
+            for _ in range(args.rounds):  # alternating, so drifting machine load hits both alike
+                rounds["native"].append(bench_native(root, connections, args.duration, args.runs, args.tso, smp))
+                rounds["posix"].append(bench_posix(root, connections, args.duration, args.runs, smp))
+            rows[f"native (TAP) --smp {smp}"] = _median_row(rounds["native"], connections)
+            rows[f"posix (veth) --smp {smp}"] = _median_row(rounds["posix"], connections)
         pytcp = bench_pytcp(root, connections, args.duration, 1) if args.pytcp else "skipped (--no-pytcp)"
         if isinstance(pytcp, dict):
             rows["pytcp (TAP)"] = pytcp
     offloads = bench_offloads(args.size_mb, args.runs, args.tso) if args.offloads else None
     tso = "TSO from TCP " + ("on" if args.tso else "off (--no-tso)")
     print(f"# shoal httpd: native vs posix vs pytcp ({datetime.datetime.now().isoformat(timespec='seconds')}, "
-          f"wrk -d{args.duration}, {args.size_mb} MB file, 1 shard, native: {tso})\n")
+          f"wrk -d{args.duration}, {args.size_mb} MB file, median of {args.rounds} round(s), native: {tso})\n")
     header = "| stack | " + " | ".join(f"wrk -c{c} req/s" for c in connections) + " | curl MB/s |"
     print(header)
     print("|" + "---|" * (len(connections) + 2))
     for name, row in rows.items():
         print(f"| {name} | " + " | ".join(row[f"rps{c}"] for c in connections) + f" | {row['mbs']} |")
-    native, posix = rows["native (TAP)"], rows["posix (veth)"]
-    ratios = [f"-c{c}: {native[f'_rps{c}'] / posix[f'_rps{c}']:.2f}" for c in connections]
-    print(f"\nnative/posix: {', '.join(ratios)}, bulk: {native['_mbs'] / posix['_mbs']:.2f}")
+    print()
+    for smp in shard_counts:
+        native, posix = rows[f"native (TAP) --smp {smp}"], rows[f"posix (veth) --smp {smp}"]
+        ratios = [f"-c{c}: {native[f'_rps{c}'] / posix[f'_rps{c}']:.2f}" for c in connections]
+        print(f"native/posix, --smp {smp}: {', '.join(ratios)}, bulk: {native['_mbs'] / posix['_mbs']:.2f}")
+    if len(shard_counts) > 1:
+        best = {stack: {key: max(row[key] for name, row in rows.items() if name.startswith(stack))
+                        for key in [f"_rps{c}" for c in connections] + ["_mbs"]} for stack in ("native", "posix")}
+        ratios = [f"-c{c}: {best['native'][f'_rps{c}'] / best['posix'][f'_rps{c}']:.2f}" for c in connections]
+        print(f"best native / best posix (any shard count): {', '.join(ratios)}, "
+              f"bulk: {best['native']['_mbs'] / best['posix']['_mbs']:.2f}")
+    native = rows[f"native (TAP) --smp {shard_counts[0]}"]
     if isinstance(pytcp, dict):
         ratios = [f"-c{c}: {native[f'_rps{c}'] / pytcp[f'_rps{c}']:.1f}" for c in connections]
         print(f"native/pytcp: {', '.join(ratios)}, bulk: {native['_mbs'] / max(pytcp['_mbs'], 1e-9):.1f}")

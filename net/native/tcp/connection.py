@@ -47,6 +47,7 @@ from ..wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, TcpSegment
 from . import congestion
 from .rtt import RttEstimator
 from .sack import Scoreboard, receive_blocks
+from .sendbuf import SendBuffer
 from .seq import HALF, MASK, Seq, as_seq, seq_max, seq_min, signed_distance
 
 DEFAULT_MSS_IPV4 = 536  # MUST-15: assumed when the peer sends no MSS option
@@ -255,8 +256,8 @@ class Connection:
         self.ts_recent = 0
         self._ts_offset = ts_offset
         self._last_ack_sent = Seq(0)
-        # send buffer: _sndbuf[0] has sequence number _sndbuf_seq
-        self._sndbuf = bytearray()
+        # send buffer: its first octet has sequence number _sndbuf_seq
+        self._sndbuf = SendBuffer()
         self._sndbuf_seq = self.iss + 1
         self._fin_queued = False
         self._send_blocked = False
@@ -399,19 +400,20 @@ class Connection:
         """
         if self.state not in _CAN_SEND or self._fin_queued:
             raise TcpError(f"connection closing ({self.state.value})")
-        room = self.config.send_buffer - len(self._sndbuf)
+        sndbuf = self._sndbuf
+        room = self.config.send_buffer - sndbuf.size
         n = min(room, len(data))
         if n < len(data):
             self._send_blocked = True
         if n:
-            self._sndbuf += memoryview(data)[:n] if n < len(data) else data  # (a slice of bytes would copy)
+            sndbuf.append(memoryview(data)[:n] if n < len(data) else data)  # (a slice of bytes would copy)
             if urgent:
-                self.snd_up = self._sndbuf_seq + len(self._sndbuf)
+                self.snd_up = self._sndbuf_seq + sndbuf.size
         return n
 
     @property
     def send_space(self):
-        return max(self.config.send_buffer - len(self._sndbuf), 0)
+        return max(self.config.send_buffer - self._sndbuf.size, 0)
 
     @property
     def readable(self):
@@ -839,10 +841,10 @@ class Connection:
         n = (a - base) & MASK
         if n >= HALF:
             n = 0
-        elif n > len(sndbuf):
-            n = len(sndbuf)
+        elif n > sndbuf.size:
+            n = sndbuf.size
         if n:
-            del sndbuf[:n]
+            sndbuf.drop(n)
             self._sndbuf_seq = as_seq((base + n) & MASK)
         self.snd_una = ack
         if (self.snd_nxt.real - a) & MASK >= HALF:
@@ -1218,7 +1220,7 @@ class Connection:
             self.rto_at = None
         # persist timer: zero window, data waiting, nothing in flight
         if (self.snd_wnd == 0 and st in _SENDS_DATA and self.snd_nxt == self.snd_una
-                and self._sndbuf_seq + len(self._sndbuf) > self.snd_nxt):
+                and self._sndbuf_seq + self._sndbuf.size > self.snd_nxt):
             if self.persist_at is None and not self._probe_due:
                 backoff = self.rtt.rto * (2 ** min(self._persist_backoff, 16))
                 self.persist_at = now + min(backoff, cfg.max_rto)  # SHLD-29, SHLD-30
@@ -1248,7 +1250,7 @@ class Connection:
             return False
         if self._rexmit_una:
             return True
-        if not self._sndbuf and not self._fin_queued and self.recovery is None:
+        if not self._sndbuf.size and not self._fin_queued and self.recovery is None:
             return False  # nothing queued, nothing to retransmit: the request/response idle case
         if self.scoreboard.blocks:
             self._skip_sacked()
@@ -1295,11 +1297,11 @@ class Connection:
                 off -= 0x100000000  # (`signed_distance`, inline)
             end = off + n
             # PSH on the segment that empties the buffer (MUST-61, SHLD-27)
-            flags = ACK | PSH if end == len(sndbuf) else ACK
+            flags = ACK | PSH if end == sndbuf.size else ACK
             seg = TcpSegment(self.local[1], self.remote[1], nxt, self.rcv_nxt.real, flags, self._window_field(),
                              0, None, None, False,
                              ((int(now * 1000) + self._ts_offset) & MASK, self.ts_recent) if self.ts_ok else None,
-                             (), bytes(memoryview(sndbuf)[off:end]))
+                             (), sndbuf.view(off, n))
             # (`_ack_sent`, inline)
             self._ack_now = False
             self.delack_at = None
@@ -1382,7 +1384,7 @@ class Connection:
         return seg
 
     def _fin_seq(self):
-        return self._sndbuf_seq + len(self._sndbuf)
+        return self._sndbuf_seq + self._sndbuf.size
 
     def _fin_sendable(self):
         return self._fin_queued and self.snd_nxt == self._fin_seq()
@@ -1398,13 +1400,14 @@ class Connection:
         flight). Retransmissions (going back after a timeout) stay MSS-sized, and so does
         a segment carrying URG or CWR, whose meaning the device's cut would change.
         """
-        if not self._sndbuf:
+        size = self._sndbuf.size
+        if not size:
             return 0  # (SND.NXT never lies before the buffer's start in the states that send data)
         # Plain-int wraparound arithmetic (see `_predicted_arrival`): ``Seq - Seq`` is
         # `signed_distance`, written out here (``d - 2**32 if d >= HALF``) for the calls it saves.
         nxt = self.snd_nxt.real
         d = (nxt - self._sndbuf_seq.real) & MASK
-        avail = len(self._sndbuf) - (d - 0x100000000 if d >= HALF else d)
+        avail = size - (d - 0x100000000 if d >= HALF else d)
         if avail <= 0:
             return 0
         mss = self.snd_mss
@@ -1531,7 +1534,7 @@ class Connection:
             self._rtt_seq = None  # Karn: the timed segment is (maybe) this one
         self.high_rxt = end if self.high_rxt is None else seq_max(self.high_rxt, end)
         fin_seq = self._fin_seq() if self._fin_queued else None
-        data_end = seq_min(end, self._sndbuf_seq + len(self._sndbuf))
+        data_end = seq_min(end, self._sndbuf_seq + self._sndbuf.size)
         n = max(data_end - start, 0)
         seg = self._build_data(start, n, fin_seq is not None and start + n == fin_seq and end > fin_seq, now)
         if self.rto_at is None:
@@ -1580,11 +1583,10 @@ class Connection:
         if not tso or sack_room or n < self.snd_mss:
             n = max(min(n, self.snd_mss - sack_room), 0)
         if n:
-            # one copy, through a view released at once (the buffer grows and shrinks later)
-            seg.payload = bytes(memoryview(self._sndbuf)[off:off + n])
+            seg.payload = self._sndbuf.view(off, n)  # no copy unless it spans two writes
             if fin and n < self._fin_seq() - start:
                 seg.flags &= ~FIN
-            if off + n == len(self._sndbuf):
+            if off + n == self._sndbuf.size:
                 seg.flags |= PSH  # MUST-61, SHLD-27: PSH on the segment that empties the buffer
         if self.snd_up is not None and self.snd_up > start:
             seg.flags |= URG
@@ -1596,8 +1598,8 @@ class Connection:
         start = self.snd_nxt
         off = start - self._sndbuf_seq
         seg = self._segment(start, ACK, b"", now)
-        if 0 <= off < len(self._sndbuf):
-            seg.payload = bytes(self._sndbuf[off:off + 1])
+        if 0 <= off < self._sndbuf.size:
+            seg.payload = self._sndbuf.view(off, 1)
             self.snd_max = seq_max(self.snd_max, start + 1)
         return seg
 
