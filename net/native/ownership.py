@@ -17,7 +17,9 @@ frame belongs to, so the stack can keep its own and hand the rest on:
   discovery): the shard of the quoted TCP or UDP ports;
 * anything else (``None``): whichever shard received it handles it. A fragment is
   reassembled where its pieces land (they all go to queue 0), and the whole datagram
-  then goes to the shard of its ports (`transport_owner`).
+  then goes to the shard of its ports (`transport_owner`);
+* a UDP datagram for an ephemeral port that the receiving shard has not bound goes to
+  the shard that binds that port (`ephemeral_udp_owner`): a UDP client's replies.
 """
 from shoal.drivers.steering import flow_queue
 
@@ -67,6 +69,15 @@ def transport_owner(buf, l4, protocol, shards):
             owner = _ports_owner if quoted == 6 else _udp_owner
             return owner(buf, inner + (buf[inner] & 0x0F) * 4, shards)
     return None
+
+
+def ephemeral_udp_owner(port, shards):
+    """The shard that binds ephemeral UDP `port` (``port % shards``).
+
+    The device steers a UDP client's replies by the flow (both ports), and a client's
+    port cannot be chosen for every peer it may send to, so replies often reach another
+    shard; that shard, holding no endpoint on the port, hands the datagram to this one."""
+    return port % shards
 
 
 def arp_news(frame):

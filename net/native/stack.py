@@ -322,6 +322,7 @@ class NativeStack(api.NetworkStack):
         self._reactor = None
         if shards > 1:
             self.ipv4.hand_off = self._hand_off_reassembled
+            self.udp.hand_off = self._hand_off_udp
         self.device_poller = DevicePoller(device, self.receive_frames, self.pull, batch, done=self._sent)
         self.poller = _StackPoller(self)
         self.tcp = TcpLayer(self, rng, tcp_config)
@@ -393,6 +394,10 @@ class NativeStack(api.NetworkStack):
         """True if the device steers the TCP/UDP flow between these ports to this shard."""
         return self.shards == 1 or flow_queue(local_port, remote_port, self.shards) == self.shard
 
+    def _owns_udp_port(self, port):
+        """May `udp_channel` give ephemeral `port` to an endpoint of this shard?"""
+        return ownership.ephemeral_udp_owner(port, self.shards) == self.shard
+
     def _keep_own(self, frames):
         """The frames of `frames` this shard handles; the others go to their owners (see the
         module docstring). Shard 0 also hands ARP news to every other shard."""
@@ -413,27 +418,45 @@ class NativeStack(api.NetworkStack):
         return own
 
     def _hand_off_reassembled(self, hdr, datagram):
-        """A datagram reassembled here whose ports belong to another shard goes there
-        (the device steers every fragment to queue 0: pieces carry no ports). It travels
-        as a frame to our MAC from the all-zero MAC, which no sender has, so the owner
-        takes it in like any forwarded frame."""
+        """A datagram reassembled here whose ports belong to another shard goes there (the
+        device steers every fragment to queue 0: pieces carry no ports)."""
         owner = ownership.transport_owner(datagram, hdr.header_len, hdr.proto, self.shards)
         if owner is None or owner == self.shard:
             return False
-        self._forward(owner, ethernet.build(self.mac, _ZERO_MAC, ETHERTYPE_IPV4, datagram))
-        self.stats["rx-forwarded"] += 1
+        self._hand_off(owner, datagram)
         return True
 
+    def _hand_off_udp(self, hdr, datagram, port):
+        """A UDP datagram for a port no endpoint here holds: if the port is an ephemeral one
+        of another shard's (`ownership.ephemeral_udp_owner`), it goes there."""
+        lo, hi = self.udp.ephemeral
+        owner = ownership.ephemeral_udp_owner(port, self.shards)
+        if not lo <= port <= hi or owner == self.shard:
+            return False
+        self._hand_off(owner, datagram)
+        return True
+
+    def _hand_off(self, owner, datagram):
+        """Give an IPv4 datagram to shard `owner`, as a frame to our MAC from the all-zero
+        MAC (which no sender has), so that it takes it in like any forwarded frame."""
+        self._forward(owner, ethernet.build(self.mac, _ZERO_MAC, ETHERTYPE_IPV4, datagram))
+        self.stats["rx-forwarded"] += 1
+
     def receive_forwarded(self, frame):
-        """A frame another shard received for this one (see `_keep_own`)."""
+        """A frame another shard received for this one. It is this shard's by the sender's
+        decision and is not judged again by `_keep_own` (a UDP datagram handed on for its
+        port would otherwise go back to the shard of its flow)."""
         self.stats["rx-from-other-shards"] += 1
-        self.receive_frames([frame])
+        self._demultiplex([frame])
         self.wake()
 
     def receive_frames(self, frames):
-        """Demultiplex a burst of received Ethernet frames. Never raises on bad input."""
-        if self.shards > 1:
-            frames = self._keep_own(frames)
+        """Take a burst of received Ethernet frames (the device poller's callback): with
+        several shards, keep this shard's and hand the others on, then demultiplex."""
+        self._demultiplex(self._keep_own(frames) if self.shards > 1 else frames)
+
+    def _demultiplex(self, frames):
+        """Demultiplex Ethernet frames up the stack. Never raises on bad input."""
         now = self.now()
         mac = self.mac
         drops = self.drops
@@ -609,7 +632,7 @@ class NativeStack(api.NetworkStack):
             raise OSError(errno.EADDRNOTAVAIL, f"{api.format_address(address)} is not this interface's address")
         channel = NativeUdpChannel(self, host if ip else "", 0)
         try:
-            channel.port = self.udp.bind(port, channel)
+            channel.port = self.udp.bind(port, channel, None if self.shards == 1 else self._owns_udp_port)
         except OSError as exc:
             raise api.with_address(exc, f"UDP bind {api.format_address(address)}") from None
         self._channels.add(channel)

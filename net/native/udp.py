@@ -39,13 +39,17 @@ class Udp:
         if icmp is not None:
             icmp.error_handlers[wire_ipv4.PROTO_UDP] = self.icmp_error
         self.endpoints = {}
+        # ``hand_off(hdr, datagram, port)``: offered each datagram for a port no endpoint here
+        # holds; True means it took it (a stack on several queues: the port's shard has it)
+        self.hand_off = None
         self.ephemeral = ephemeral
         self._next_port = ephemeral[0] if first_ephemeral is None else first_ephemeral
         self.drops = Counter()
         self.stats = Counter()
 
-    def bind(self, port, endpoint):
-        """Bind `endpoint` to `port` (0: an ephemeral port); returns the port. EADDRINUSE if taken."""
+    def bind(self, port, endpoint, allowed=None):
+        """Bind `endpoint` to `port` (0: an ephemeral port, one `allowed(port)` accepts when
+        given); returns the port. EADDRINUSE if taken."""
         if port:
             if port in self.endpoints:
                 raise OSError(errno.EADDRINUSE, f"UDP port {port} is in use")
@@ -55,7 +59,7 @@ class Udp:
         span = hi - lo + 1
         for i in range(span):
             candidate = lo + (self._next_port - lo + i) % span
-            if candidate not in self.endpoints:
+            if candidate not in self.endpoints and (allowed is None or allowed(candidate)):
                 self._next_port = lo + (candidate - lo + 1) % span
                 self.endpoints[candidate] = endpoint
                 return candidate
@@ -88,6 +92,9 @@ class Udp:
             return
         endpoint = self.endpoints.get(u.dst_port)
         if endpoint is None:
+            if self.hand_off is not None and self.hand_off(hdr, datagram, u.dst_port):
+                self.stats["handed-off"] += 1
+                return
             self.drops["no-listener"] += 1
             if self.icmp is not None:
                 self.icmp.port_unreachable(hdr, datagram, now)

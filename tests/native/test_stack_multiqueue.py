@@ -1,11 +1,12 @@
 """The native stack on several shards: one TAP queue each, flows steered to their owner.
 
 Layers: `ownership.frame_owner` on hand-built frames; a stack told it is shard 0 of
-2 keeps its own frames and hands the others on (ARP news to everybody); DHCP on
+2 keeps its own frames and hands the others on (ARP news to everybody, reassembled
+datagrams and UDP clients' replies to the shard of their ports); DHCP on
 three stacks in one process (shard 0 runs the client against a scripted server,
 the others take its lease through a hook); then a real two-shard app on a
 multi-queue TAP with the Linux kernel as the peer, serving connections on both
-shards and opening connections from both.
+shards and opening TCP connections and UDP channels from both.
 """
 import asyncio
 import collections
@@ -95,6 +96,12 @@ def test_a_shard_keeps_its_frames_and_hands_on_the_others():
     assert stack.arp.stats["replies-sent"] == 1
 
 
+def udp_frame(sport, dport, data):
+    """A whole UDP datagram from B to A, checksums right."""
+    src, dst = int.from_bytes(IP_B, "big"), int.from_bytes(IP_A, "big")
+    return MAC_A + MAC_B + b"\x08\x00" + wire_ipv4.build(src, dst, 17, wire_udp.build(src, dst, sport, dport, data))
+
+
 def udp_fragments(sport, dport, data, ident=7):
     """The frames of a UDP datagram cut in two IPv4 fragments (all steered to queue 0)."""
     l4 = wire_udp.build(int.from_bytes(IP_B, "big"), int.from_bytes(IP_A, "big"), sport, dport, data)
@@ -116,22 +123,28 @@ class Inbox:
         self.datagrams.append((bytes(data), addr))
 
 
-def test_a_datagram_reassembled_on_one_shard_goes_whole_to_the_shard_of_its_ports():
-    """Fragments carry no ports, so the device sends them all to queue 0; the datagram
-    they make belongs to the shard of its ports, which gets it whole."""
+def linked_shards(n):
+    """`n` configured stacks, shards of one interface, forwarding straight to each other."""
     stacks = []
 
     def forward(owner, frame):
         stacks[owner].receive_forwarded(frame)
 
-    for shard in range(2):
+    for shard in range(n):
         device = VirtualWire(mac_a=MAC_A, mac_b=MAC_B).a
         config = NativeConfig(host_ipv4_addr=int.from_bytes(IP_A, "big"), netmask_ipv4_addr=0xFFFFFF00)
-        stack = NativeStack(device, config, rng=random.Random(shard), clock=lambda: 0.0, shard=shard, shards=2,
+        stack = NativeStack(device, config, rng=random.Random(shard), clock=lambda: 0.0, shard=shard, shards=n,
                             forward=forward)
         stack.wake = lambda: None  # no reactor here: the test drives the stacks
         stack.ipv4.configure(int.from_bytes(IP_A, "big"), 0xFFFFFF00, 0, 0.0)
         stacks.append(stack)
+    return stacks
+
+
+def test_a_datagram_reassembled_on_one_shard_goes_whole_to_the_shard_of_its_ports():
+    """Fragments carry no ports, so the device sends them all to queue 0; the datagram
+    they make belongs to the shard of its ports, which gets it whole."""
+    stacks = linked_shards(2)
     theirs, mine = owned_port(1, 2, 5353), owned_port(0, 2, 5353)
     inboxes = [Inbox(), Inbox()]
     stacks[1].udp.bind(theirs, inboxes[1])
@@ -145,6 +158,31 @@ def test_a_datagram_reassembled_on_one_shard_goes_whole_to_the_shard_of_its_port
     stacks[0].receive_frames(udp_fragments(5353, mine, data, ident=8))
     assert inboxes[0].datagrams == [(data, (int.from_bytes(IP_B, "big"), 5353))]
     assert stacks[0].stats["rx-forwarded"] == 1 and len(inboxes[1].datagrams) == 1
+
+
+def test_replies_to_a_udp_client_reach_its_shard_whichever_queue_they_land_on():
+    """A shard's ephemeral UDP ports are those `ephemeral_udp_owner` gives it; a reply the
+    device steers (by both ports) to another shard is handed on to it. Ports nobody binds
+    are answered with port unreachable where they land, and never bounce between shards."""
+    stacks = linked_shards(3)
+    for shard in range(3):
+        channels = [stacks[shard].udp_channel(("", 0)) for _ in range(20)]
+        assert {ownership.ephemeral_udp_owner(c.port, 3) for c in channels} == {shard}
+        for channel in channels:
+            lands = flow_queue(53, channel.port, 3)
+            stacks[lands].receive_frames([udp_frame(53, channel.port, b"answer")])
+            assert channel.stats["received"] == 1, (shard, lands, channel.port)
+    assert sum(s.udp.stats["handed-off"] for s in stacks) > 0
+    # an ephemeral port of shard 2 nobody binds, whose flow lands on shard 0: handed on once
+    free = next(p for p in range(50000, 50100) if ownership.ephemeral_udp_owner(p, 3) == 2
+                and flow_queue(53, p, 3) == 0)
+    stacks[0].receive_frames([udp_frame(53, free, b"late")])
+    assert [s.udp.drops["no-listener"] for s in stacks] == [0, 0, 1]
+    # a port outside the ephemeral range: unreachable where it lands
+    lands = flow_queue(53, 4000, 3)
+    stacks[lands].receive_frames([udp_frame(53, 4000, b"x")])
+    assert stacks[lands].udp.drops["no-listener"] == 1 + (lands == 2)
+    assert sum(s.stats["rx-forwarded"] for s in stacks) == sum(s.udp.stats["handed-off"] for s in stacks)
 
 
 def test_only_shard_0_announces_the_address():
@@ -386,6 +424,17 @@ APP = textwrap.dedent("""
         await conn.close()
         return reply.decode().strip()
 
+    async def ask_kernel_udp(host):
+        # a new channel, so a new ephemeral port: the device steers the reply by both ports
+        import asyncio
+        chan = net.udp_channel(("", 0))
+        try:
+            await chan.send((host, 7002), b"udp from shard %d" % smp.this_shard())
+            data, _ = await asyncio.wait_for(chan.receive(), 30)
+            return bytes(data).decode()
+        finally:
+            chan.close()
+
     async def main():
         import asyncio
         await smp.invoke_on_all(listen)
@@ -398,6 +447,11 @@ APP = textwrap.dedent("""
             for _ in range(3):
                 replies.append(await smp.submit_to(shard, call_kernel, sys.argv[1]))
         print("client:", ",".join(replies), flush=True)
+        answers = []
+        for shard in range(smp.count):
+            for _ in range(8):
+                answers.append(await smp.submit_to(shard, ask_kernel_udp, sys.argv[1]))
+        print("udp:", ",".join(answers), flush=True)
         await asyncio.Event().wait()
 
     sys.exit(net.AppTemplate().run(main, sys.argv[2:]))
@@ -419,7 +473,14 @@ KERNEL_CLIENTS = textwrap.dedent("""
 """)
 
 KERNEL_SERVER = textwrap.dedent("""
-    import socket
+    import socket, threading
+    def echo_udp():
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("", 7002))
+        while True:
+            data, addr = udp.recvfrom(2048)
+            udp.sendto(b"kernel heard " + data, addr)
+    threading.Thread(target=echo_udp, daemon=True).start()
     srv = socket.create_server(("", 7001))
     print("listening", flush=True)
     while True:
@@ -462,6 +523,10 @@ def test_two_shards_serve_and_open_connections_with_the_kernel(tmp_path):
             line = app.stdout.readline()
             replies = collections.Counter(line.removeprefix("client:").strip().split(","))
             assert replies == {"kernel saw from shard 0": 3, "kernel saw from shard 1": 3}, line
+            # UDP clients on both shards: 16 ephemeral ports, so some replies land on the other shard
+            line = app.stdout.readline()
+            answers = collections.Counter(line.removeprefix("udp:").strip().split(","))
+            assert answers == {"kernel heard udp from shard 0": 8, "kernel heard udp from shard 1": 8}, line
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n--- app output ---\n{stop_process(app)}") from None
         finally:
