@@ -16,7 +16,9 @@ at each connection count, and bulk download MB/s of a ``--size-mb`` file with cu
 (the best of ``--runs``; pytcp gets one, it is slow), for each shard count of ``--smp``
 (the native stack gets one TAP queue per shard, steered by flow; the posix stack's
 shards share the listening port through SO_REUSEPORT). With ``--rounds R`` each
-native/posix pair is measured R times, alternating, and each cell is the median.
+native/posix pair is measured R times, alternating, and each cell is the median. A
+second table gives how busy each CPU was (from /proc/stat) during each wrk run, which
+tells whether the server's cores or the load generator's ran out.
 pytcp (PyPI, 2.7) is the pure-Python peer the issue names:
 if it is installed, a small HTTP server on its Berkeley-like sockets (a thread per
 connection, the same response bytes for ``GET /``) runs on a TAP of its own and is
@@ -156,6 +158,8 @@ def _median_row(rounds, connections):
     for c in connections:
         errors = any("errors" in r[f"rps{c}"] for r in rounds)
         row[f"rps{c}"] = f"{row[f'_rps{c}']:,.0f}" + (" (errors)" if errors else "")
+        ranked = sorted(rounds, key=lambda r: r[f"_rps{c}"])
+        row[f"cpu{c}"] = ranked[len(ranked) // 2][f"cpu{c}"]  # of the (upper) median round
     row["mbs"] = f"{row['_mbs']:.1f}"
     return row
 
@@ -183,12 +187,28 @@ def curl_mb_s(peer, url, runs):
     return best
 
 
+def _cpu_times():
+    """(busy, total) jiffies of each CPU, from /proc/stat (idle and iowait are not busy)."""
+    out = []
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                fields = [int(x) for x in line.split()[1:]]
+                out.append((sum(fields) - fields[3] - fields[4], sum(fields)))
+    return out
+
+
 def measure(peer, base_url, connections, duration, runs):
     row = {}
     for c in connections:
+        before = _cpu_times()
         rps, errors = wrk(peer, f"{base_url}/", c, duration)
+        after = _cpu_times()
         row[f"rps{c}"] = f"{rps:,.0f}" + (" (errors)" if errors else "")
         row[f"_rps{c}"] = rps
+        # how busy each CPU was during the run: which side (server or client) ran out of CPU
+        row[f"cpu{c}"] = "/".join(f"{100 * (b[0] - a[0]) / max(b[1] - a[1], 1):.0f}"
+                                  for a, b in zip(before, after))
     mb_s = curl_mb_s(peer, f"{base_url}/big.bin", runs)
     row["mbs"] = f"{mb_s:.1f}"
     row["_mbs"] = mb_s
@@ -415,6 +435,11 @@ def main(argv=None):
         print(f"native/pytcp: {', '.join(ratios)}, bulk: {native['_mbs'] / max(pytcp['_mbs'], 1e-9):.1f}")
     else:
         print(f"pytcp: {pytcp}")
+    print("\nBusy % of each CPU (cpu0/cpu1/...) during the wrk runs (of the median round):\n")
+    print("| stack | " + " | ".join(f"wrk -c{c}" for c in connections) + " |")
+    print("|" + "---|" * (len(connections) + 1))
+    for name, row in rows.items():
+        print(f"| {name} | " + " | ".join(row[f"cpu{c}"] for c in connections) + " |")
     if offloads is not None:
         print(f"\n## TAP offloads: in-process native stack, {tso}, {args.size_mb} MB, best of {args.runs}, "
               f"load average {os.getloadavg()[0]:.2f}\n")

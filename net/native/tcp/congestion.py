@@ -11,6 +11,13 @@ happened:
   set ssthresh and cwnd for fast recovery (a multiplicative decrease).
 * `on_timeout(now, flight)` - the retransmission timer expired: ssthresh as for a
   congestion event, cwnd to the loss window of one segment (RFC 5681 3.1 eq. 4).
+* `restart(window)` - the connection sends again after more than an RTO without
+  sending data: cwnd to at most the restart window (RFC 5681 4.1).
+
+The connection calls `on_ack` only while the window is in use (at least half of cwnd
+in flight when the ACK arrives): an application-limited connection, such as a
+request/response one, does not grow a window it never fills (RFC 7661's idea, RFC 9438
+section 5.8 for CUBIC), which would later let it send a burst the path never carried.
 
 Both controllers start from the initial window given by the connection (RFC 5681
 3.1 or RFC 6928) and use byte counting in slow start (cwnd += min(acked, SMSS),
@@ -45,6 +52,11 @@ class NewReno:
     def on_congestion(self, now, flight):
         self.ssthresh = max(flight // 2, 2 * self.mss)  # RFC 5681 eq. 4
         self.cwnd = self.ssthresh
+        self._acc = 0
+
+    def restart(self, window):
+        """Sending resumes after an idle period: cwnd to at most `window` (RFC 5681 4.1)."""
+        self.cwnd = min(self.cwnd, window)
         self._acc = 0
 
     def on_timeout(self, now, flight):
@@ -131,6 +143,12 @@ class Cubic:
         self._reduce(now)
         self.cwnd = self.mss
         self.t_epoch = None  # re-anchored when congestion avoidance resumes (4.8)
+
+    def restart(self, window):
+        """Sending resumes after an idle period: cwnd to at most `window` (RFC 5681 4.1); the
+        cubic curve is re-anchored when congestion avoidance resumes, not run on from before."""
+        self.cwnd = min(self.cwnd, window)
+        self.t_epoch = None
 
 
 ALGORITHMS = {"cubic": Cubic, "newreno": NewReno}

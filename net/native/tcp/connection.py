@@ -256,6 +256,7 @@ class Connection:
         self.ts_recent = 0
         self._ts_offset = ts_offset
         self._last_ack_sent = Seq(0)
+        self._last_data_tx = None       # when data was last sent (restart after idle, RFC 5681 4.1)
         # send buffer: its first octet has sequence number _sndbuf_seq
         self._sndbuf = SendBuffer()
         self._sndbuf_seq = self.iss + 1
@@ -836,6 +837,7 @@ class Connection:
         """SND.UNA < SEG.ACK <= SND.MAX: new data acknowledged (RFC 9293 3.10.7.4, RFC 6298 5.3)."""
         a = ack.real  # wraparound arithmetic on plain ints (see `_predicted_arrival`)
         acked = (a - self.snd_una.real) & MASK
+        flight = (self.snd_max.real - self.snd_una.real) & MASK  # before this ACK
         sndbuf = self._sndbuf
         base = self._sndbuf_seq.real
         n = (a - base) & MASK
@@ -869,7 +871,13 @@ class Connection:
             if self.retries:
                 self.rtt.reset_after_syn_timeout()  # RFC 6298 5.7
         elif self.recovery is None:
-            self.cc.on_ack(acked, now, self.rtt.srtt)
+            if 2 * flight >= self.cc.cwnd:
+                # The window was in use: grow it. An application-limited connection (less
+                # than half of cwnd in flight) keeps its window, so it cannot later send
+                # a burst the path never carried (RFC 7661 4.1's test; RFC 9438 5.8).
+                self.cc.on_ack(acked, now, self.rtt.srtt)
+            else:
+                self.counters["cwnd-app-limited"] += 1
         else:
             self._recovery_ack(ack, acked)
         self.retries = 0
@@ -1263,6 +1271,9 @@ class Connection:
 
     def transmit(self, now, limit=64):
         """The transmit pull: up to `limit` segments to send now, in order."""
+        last = self._last_data_tx
+        if last is not None and now - last > self.rtt.rto:
+            self._restart_after_idle()
         if self.state is ESTABLISHED:
             out = self._predicted_transmit(now, limit)
             if out is not None:
@@ -1308,6 +1319,7 @@ class Connection:
             self._rcv_unacked = 0
             self._last_ack_sent = self.rcv_nxt
             self.snd_nxt = self.snd_max = new_nxt = as_seq((nxt + n) & MASK)
+            self._last_data_tx = now
             if self._rtt_seq is None and self.retries == 0:
                 self._rtt_seq, self._rtt_time = new_nxt, now  # time this segment (RFC 6298 3)
             if self.rto_at is None:
@@ -1319,6 +1331,14 @@ class Connection:
             out.append(self._segment(self.snd_max, ACK, b"", now))
         self._update_timers(now)
         return out
+
+    def _restart_after_idle(self):
+        """No data sent for more than an RTO: before sending again, cwnd to at most the
+        restart window, min(initial window, cwnd) (RFC 5681 4.1), if nothing is in flight."""
+        rw = self.config.initial_window * self.snd_mss
+        if self.cc.cwnd > rw and self.snd_max.real == self.snd_una.real:
+            self.cc.restart(rw)
+            self.counters["cwnd-restart"] += 1
 
     def _transmit(self, now, limit):
         """The full transmit pull (see `transmit`)."""
@@ -1584,6 +1604,7 @@ class Connection:
             n = max(min(n, self.snd_mss - sack_room), 0)
         if n:
             seg.payload = self._sndbuf.view(off, n)  # no copy unless it spans two writes
+            self._last_data_tx = now
             if fin and n < self._fin_seq() - start:
                 seg.flags &= ~FIN
             if off + n == self._sndbuf.size:
