@@ -12,8 +12,10 @@ In one run, the same ``python -m shoal.apps.httpd --smp N --root DIR`` is measur
 
 so that in both cases the load generators (wrk and curl) run inside a namespace and
 cross one virtual link. For each: wrk requests/s for ``GET /`` (a 14-byte body)
-at each connection count, and bulk download MB/s of a ``--size-mb`` file with curl
-(the best of ``--runs``; pytcp gets one, it is slow), for each shard count of ``--smp``
+at each connection count, bulk download MB/s of a ``--size-mb`` file with curl
+(the best of ``--runs``; pytcp gets one, it is slow), and upload MB/s of as many bytes
+to a small sink app on the same stack (`SINK_APP`, timed by the kernel-side client
+from its first byte sent to the sink's answer; not for pytcp), for each shard count of ``--smp``
 (the native stack gets one TAP queue per shard, steered by flow; the posix stack's
 shards share the listening port through SO_REUSEPORT). With ``--rounds R`` each
 native/posix pair is measured R times, alternating, and each cell is the median. A
@@ -87,6 +89,33 @@ print(size / (time.monotonic() - t) / 1e6)
 
 PYTHON = sys.executable
 
+SINK_APP = r"""
+import asyncio, sys
+from shoal import net
+from shoal.runtime import smp
+
+async def sink(conn):
+    while await conn.read():
+        pass
+    await conn.write(b"k")
+    await conn.close()
+
+async def serve():
+    server = net.listen(("", 9000))
+    async def accept_all():
+        async for conn in server:
+            asyncio.ensure_future(sink(conn))
+    asyncio.ensure_future(accept_all())
+
+async def main():
+    await smp.invoke_on_all(serve)
+    print("sink: listening", flush=True)
+    await asyncio.Event().wait()
+
+sys.exit(net.AppTemplate().run(main, sys.argv[1:]))
+"""
+"""The sink of the upload column: every shard accepts on port 9000, reads to the end, answers "k"."""
+
 class VethPeer:
     """A namespace joined to the root namespace by a veth pair (the posix stack's path)."""
 
@@ -153,7 +182,7 @@ def wait_banner(app):
 def _median_row(rounds, connections):
     """One table row from several rounds of `measure`: the median of each cell."""
     row = {}
-    for key in [f"_rps{c}" for c in connections] + ["_mbs"]:
+    for key in [f"_rps{c}" for c in connections] + ["_mbs", "_up"]:
         row[key] = statistics.median(r[key] for r in rounds)
     for c in connections:
         errors = any("errors" in r[f"rps{c}"] for r in rounds)
@@ -161,6 +190,7 @@ def _median_row(rounds, connections):
         ranked = sorted(rounds, key=lambda r: r[f"_rps{c}"])
         row[f"cpu{c}"] = ranked[len(ranked) // 2][f"cpu{c}"]  # of the (upper) median round
     row["mbs"] = f"{row['_mbs']:.1f}"
+    row["up"] = f"{row['_up']:.1f}"
     return row
 
 
@@ -223,6 +253,45 @@ def bench_native(root, connections, duration, runs, tso, smp=1):
         try:
             wait_banner(app)
             return measure(_Runner(peer), f"http://{peer.shoal_ip}:10000", connections, duration, runs)
+        finally:
+            stop_process(app)
+
+
+def _wait_sink(app):
+    line = app.stdout.readline()
+    if "sink: listening" not in line:
+        raise RuntimeError(f"the sink did not start: {line}{stop_process(app)}")
+
+
+def sink_mb_s(runner, host, size, runs):
+    """Best MB/s of `runs` uploads of `size` bytes to the sink, timed by the kernel-side client."""
+    best = 0.0
+    for _ in range(runs):
+        r = runner.run([PYTHON, "-c", OFFLOAD_CLIENT, host, "upload", str(size)], timeout=180)
+        if r.returncode != 0:
+            raise RuntimeError(f"upload failed: {r.stdout}{r.stderr}")
+        best = max(best, float(r.stdout))
+    return best
+
+
+def bench_native_sink(size, runs, tso, smp=1):
+    with KernelPeer(open_device=False, subnet="10.213.18") as peer:
+        app = peer.start_shoal(["-c", SINK_APP, "--smp", str(smp), "--network-stack", "native",
+                                "--tcp-tso", "on" if tso else "off", "--host-ipv4-addr", peer.shoal_ip])
+        try:
+            _wait_sink(app)
+            return sink_mb_s(_Runner(peer), peer.shoal_ip, size, runs)
+        finally:
+            stop_process(app)
+
+
+def bench_posix_sink(size, runs, smp=1):
+    with VethPeer(subnet="10.213.19") as peer:
+        app = subprocess.Popen([PYTHON, "-c", SINK_APP, "--smp", str(smp), "--network-stack", "posix"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            _wait_sink(app)
+            return sink_mb_s(peer, peer.server_ip, size, runs)
         finally:
             stop_process(app)
 
@@ -402,8 +471,12 @@ def main(argv=None):
         for smp in shard_counts:
             rounds = {"native": [], "posix": []}
             for _ in range(args.rounds):  # alternating, so drifting machine load hits both alike
-                rounds["native"].append(bench_native(root, connections, args.duration, args.runs, args.tso, smp))
-                rounds["posix"].append(bench_posix(root, connections, args.duration, args.runs, smp))
+                row = bench_native(root, connections, args.duration, args.runs, args.tso, smp)
+                row["_up"] = bench_native_sink(args.size_mb << 20, args.runs, args.tso, smp)
+                rounds["native"].append(row)
+                row = bench_posix(root, connections, args.duration, args.runs, smp)
+                row["_up"] = bench_posix_sink(args.size_mb << 20, args.runs, smp)
+                rounds["posix"].append(row)
             rows[f"native (TAP) --smp {smp}"] = _median_row(rounds["native"], connections)
             rows[f"posix (veth) --smp {smp}"] = _median_row(rounds["posix"], connections)
         pytcp = bench_pytcp(root, connections, args.duration, 1) if args.pytcp else "skipped (--no-pytcp)"
@@ -413,22 +486,25 @@ def main(argv=None):
     tso = "TSO from TCP " + ("on" if args.tso else "off (--no-tso)")
     print(f"# shoal httpd: native vs posix vs pytcp ({datetime.datetime.now().isoformat(timespec='seconds')}, "
           f"wrk -d{args.duration}, {args.size_mb} MB file, median of {args.rounds} round(s), native: {tso})\n")
-    header = "| stack | " + " | ".join(f"wrk -c{c} req/s" for c in connections) + " | curl MB/s |"
+    header = "| stack | " + " | ".join(f"wrk -c{c} req/s" for c in connections) + " | curl MB/s | upload MB/s |"
     print(header)
-    print("|" + "---|" * (len(connections) + 2))
+    print("|" + "---|" * (len(connections) + 3))
     for name, row in rows.items():
-        print(f"| {name} | " + " | ".join(row[f"rps{c}"] for c in connections) + f" | {row['mbs']} |")
+        print(f"| {name} | " + " | ".join(row[f"rps{c}"] for c in connections)
+              + f" | {row['mbs']} | {row.get('up', 'not measured')} |")
     print()
     for smp in shard_counts:
         native, posix = rows[f"native (TAP) --smp {smp}"], rows[f"posix (veth) --smp {smp}"]
         ratios = [f"-c{c}: {native[f'_rps{c}'] / posix[f'_rps{c}']:.2f}" for c in connections]
-        print(f"native/posix, --smp {smp}: {', '.join(ratios)}, bulk: {native['_mbs'] / posix['_mbs']:.2f}")
+        print(f"native/posix, --smp {smp}: {', '.join(ratios)}, bulk: {native['_mbs'] / posix['_mbs']:.2f}, "
+              f"upload: {native['_up'] / posix['_up']:.2f}")
     if len(shard_counts) > 1:
         best = {stack: {key: max(row[key] for name, row in rows.items() if name.startswith(stack))
-                        for key in [f"_rps{c}" for c in connections] + ["_mbs"]} for stack in ("native", "posix")}
+                        for key in [f"_rps{c}" for c in connections] + ["_mbs", "_up"]} for stack in ("native", "posix")}
         ratios = [f"-c{c}: {best['native'][f'_rps{c}'] / best['posix'][f'_rps{c}']:.2f}" for c in connections]
         print(f"best native / best posix (any shard count): {', '.join(ratios)}, "
-              f"bulk: {best['native']['_mbs'] / best['posix']['_mbs']:.2f}")
+              f"bulk: {best['native']['_mbs'] / best['posix']['_mbs']:.2f}, "
+              f"upload: {best['native']['_up'] / best['posix']['_up']:.2f}")
     native = rows[f"native (TAP) --smp {shard_counts[0]}"]
     if isinstance(pytcp, dict):
         ratios = [f"-c{c}: {native[f'_rps{c}'] / pytcp[f'_rps{c}']:.1f}" for c in connections]
