@@ -19,9 +19,13 @@ frame belongs to, so the stack can keep its own and hand the rest on:
   reassembled where its pieces land (they all go to queue 0), and the whole datagram
   then goes to the shard of its ports (`transport_owner`);
 * a UDP datagram for an ephemeral port that the receiving shard has not bound goes to
-  the shard that binds that port (`ephemeral_udp_owner`): a UDP client's replies.
+  the shard that binds that port (`ephemeral_udp_owner`): a UDP client's replies; and an
+  ICMP error quoting a UDP datagram we sent from an ephemeral port goes to that port's
+  shard, whatever the flow's.
 """
 from shoal.drivers.steering import flow_queue
+
+from .udp import EPHEMERAL_PORTS
 
 _ETH = 14
 _ICMP_ERRORS = (3, 11, 12)
@@ -66,8 +70,12 @@ def transport_owner(buf, l4, protocol, shards):
         inner = l4 + 8
         quoted = buf[inner + 9]
         if quoted in (6, 17) and not (buf[inner + 6] & 0x1F or buf[inner + 7]):
-            owner = _ports_owner if quoted == 6 else _udp_owner
-            return owner(buf, inner + (buf[inner] & 0x0F) * 4, shards)
+            ql4 = inner + (buf[inner] & 0x0F) * 4
+            if quoted == 17 and len(buf) >= ql4 + 2:
+                sport = (buf[ql4] << 8) | buf[ql4 + 1]  # our port: the quote is of what we sent
+                if EPHEMERAL_PORTS[0] <= sport <= EPHEMERAL_PORTS[1]:
+                    return ephemeral_udp_owner(sport, shards)  # a UDP client's: its shard
+            return (_ports_owner if quoted == 6 else _udp_owner)(buf, ql4, shards)
     return None
 
 

@@ -24,6 +24,9 @@ from .wire import udp as wire_udp
 MAX_PAYLOAD = 65535 - wire_ipv4.HEADER_LEN - wire_udp.HEADER_LEN
 _PORTS = struct.Struct("!HH")
 
+EPHEMERAL_PORTS = (49152, 65535)
+"""The dynamic port range (RFC 6335 section 6) that `bind(0, ...)` draws from by default."""
+
 
 class Udp:
     """UDP layer bound to an `Ipv4` (see the module docstring).
@@ -32,7 +35,7 @@ class Udp:
     randomly chosen `first_ephemeral` so that port choice is not predictable (RFC 6056).
     """
 
-    def __init__(self, ipv4, icmp=None, *, ephemeral=(49152, 65535), first_ephemeral=None):
+    def __init__(self, ipv4, icmp=None, *, ephemeral=EPHEMERAL_PORTS, first_ephemeral=None):
         self.ipv4 = ipv4
         self.icmp = icmp
         ipv4.handlers[wire_ipv4.PROTO_UDP] = self.receive

@@ -62,6 +62,22 @@ def test_frame_owner_follows_the_ports_of_tcp_udp_and_quoted_datagrams():
         assert ownership.frame_owner(ipv4_frame(1, icmp), 3) == want
 
 
+def test_an_icmp_error_about_a_udp_clients_datagram_goes_to_the_shard_of_its_port():
+    """A UDP client's ephemeral port belongs to `ephemeral_udp_owner`'s shard, not to the
+    shard its flow hashes to; errors quoting what it sent go there too (ports below the
+    ephemeral range keep the flow's shard)."""
+    moved = 0
+    for sport in range(50000, 50060):
+        quoted = ipv4_frame(17, struct.pack("!HHHH", sport, 53, 8, 0), src=IP_A, dst=IP_B)[14:42]
+        icmp = ipv4_frame(1, struct.pack("!BBHI", 3, 3, 0, 0) + quoted)
+        assert ownership.frame_owner(icmp, 3) == ownership.ephemeral_udp_owner(sport, 3) == sport % 3
+        moved += flow_queue(sport, 53, 3) != sport % 3
+    assert moved  # the rule decides, not the flow hash
+    quoted = ipv4_frame(17, struct.pack("!HHHH", 5353, 53, 8, 0), src=IP_A, dst=IP_B)[14:42]
+    icmp = ipv4_frame(1, struct.pack("!BBHI", 3, 3, 0, 0) + quoted)
+    assert ownership.frame_owner(icmp, 3) == flow_queue(5353, 53, 3)
+
+
 def test_frames_without_ports_have_no_owner():
     tcp = tcp_bytes(30001, 80)
     assert ownership.frame_owner(ipv4_frame(6, tcp, flags_frag=0x2000), 2) is None  # first fragment (MF)
