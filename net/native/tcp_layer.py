@@ -250,6 +250,7 @@ class NativeTcpConnection(api.Connection):
             tcp = self.tcp
             if tcp.readable:
                 data = tcp.recv()
+                self._layer.stats["bytes-received"] += len(data)  # (as the posix stack counts them)
                 if tcp.wants_transmit():
                     self._layer.transmit_due(self)  # the window opened enough for an update
                 return data
@@ -286,6 +287,7 @@ class NativeTcpConnection(api.Connection):
         except TcpError:
             raise BrokenPipeError(errno.EPIPE, f"write after shutdown: {self._describe()}") from None
         if n:
+            self._layer.stats["bytes-sent"] += n
             self._layer.transmit_due(self)
         if n == len(data):
             return None

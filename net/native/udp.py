@@ -82,6 +82,7 @@ class Udp:
         src = self.ipv4.address
         wire_udp.push(p, src, dst, src_port, dst_port)
         self.stats["sent"] += 1
+        self.stats["bytes-sent"] += len(data)
         return self.ipv4.send(p, dst, wire_ipv4.PROTO_UDP, now, on_error=on_error)
 
     def receive(self, hdr, datagram, packet, now):
@@ -103,6 +104,7 @@ class Udp:
                 self.icmp.port_unreachable(hdr, datagram, now)
             return
         self.stats["received"] += 1
+        self.stats["bytes-received"] += len(data)
         endpoint.datagram_received(data, (hdr.src, u.src_port), packet)
 
     def icmp_error(self, exc, inner, rest, now):

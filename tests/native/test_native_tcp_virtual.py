@@ -573,6 +573,30 @@ def test_states_seen_by_the_layer_match_the_machine():
     run(main())
 
 
+def test_the_layer_counts_the_bytes_the_application_moves():
+    """TCP's `bytes-sent`/`bytes-received` (what the applications wrote and read, the posix
+    stack's counters too: issue 6's per-stack bytes), with retransmissions counted apart."""
+    async def main():
+        async with two_stacks(faults=Faults(loss=0.05), seed=3) as (a, b, _):
+            server = b.listen(("", 8012))
+            accepted = asyncio.ensure_future(server.accept())
+            client = await a.connect((B_IP, 8012))
+            conn, _ = await accepted
+            data = bytes(range(256)) * 200
+            await write_all(client, data)
+            client.shutdown_output()
+            assert (await read_all(conn))[0] == len(data)
+            await conn.write(b"thanks")
+            await conn.close()
+            assert await client.read() == b"thanks"
+            sent, got = a.counters()["tcp"]["stats"], b.counters()["tcp"]["stats"]
+            assert sent["bytes-sent"] == got["bytes-received"] == len(data)
+            assert got["bytes-sent"] == sent["bytes-received"] == 6
+            assert sent.get("retransmit", 0) + got.get("retransmit", 0) > 0  # (the wire lost some)
+
+    run(main())
+
+
 def test_real_reactor_sleeps_and_wakes_for_tcp_timers():
     """The runtime's reactor on real time: it sleeps when idle, and TCP's timers (delayed
     ACKs, retransmissions after losses) and application writes must wake it."""

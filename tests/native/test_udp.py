@@ -61,6 +61,11 @@ def test_bind_ephemeral_and_conflicts():
     udp.bind(53, object())
     with pytest.raises(OSError):
         udp.bind(53, object())
+    # a shard of several takes only the ephemeral ports it owns (`allowed`)
+    _, udp = _udp(ephemeral=(50000, 50009), first_ephemeral=50001)
+    assert [udp.bind(0, object(), allowed=lambda p: p % 3 == 1) for _ in range(3)] == [50002, 50005, 50008]
+    with pytest.raises(OSError):
+        udp.bind(0, object(), allowed=lambda p: p % 3 == 1)
 
 
 def test_demux_delivers_views_of_the_receive_buffer():
@@ -70,6 +75,7 @@ def test_demux_delivers_views_of_the_receive_buffer():
     released = []
     _rx(ip, wire_ipv4.build(PEER, US, 17, wire_udp.build(PEER, US, 1000, 2000, b"data")), release=lambda: released.append(1))
     assert ep.got == [(b"data", (PEER, 1000))]
+    assert udp.stats["received"] == 1 and udp.stats["bytes-received"] == 4
     assert released == []  # the endpoint holds the buffer
     data, pkt = ep.held.pop()
     assert bytes(data) == b"data"
@@ -105,6 +111,7 @@ def test_send_checksums_and_limits():
     assert e.value.errno == errno.EMSGSIZE
     assert udp.send(4000, PEER, 53, bytes(MAX_PAYLOAD), 0.0)  # fragments into 45 frames
     assert len(ip.l2.out) == 1 + 45
+    assert udp.stats["sent"] == 2 and udp.stats["bytes-sent"] == len(b"query") + MAX_PAYLOAD
 
 
 def test_icmp_errors_without_socket_or_short_quote():
