@@ -33,15 +33,14 @@ def _owned(data):
 class SendBuffer:
     """The octets written and not yet acknowledged (see the module docstring)."""
 
-    __slots__ = ("size", "_chunks", "_starts", "_first", "_dropped", "_total")
+    __slots__ = ("size", "_chunks", "_starts", "_first", "_dropped")
 
     def __init__(self):
         self.size = 0
         self._chunks = []  # chunks[i] holds octets [starts[i], starts[i] + len) of the stream
         self._starts = []
         self._first = 0  # chunks before this index are wholly dropped (their slots are None)
-        self._dropped = 0  # stream offset of the buffer's first octet
-        self._total = 0  # stream offset past the last octet
+        self._dropped = 0  # stream offset of the buffer's first octet (its last: + size)
 
     def __len__(self):
         return self.size
@@ -52,8 +51,7 @@ class SendBuffer:
         n = len(chunk)
         if n:
             self._chunks.append(chunk)
-            self._starts.append(self._total)
-            self._total += n
+            self._starts.append(self._dropped + self.size)
             self.size += n
 
     def drop(self, n):
@@ -102,5 +100,5 @@ class SendBuffer:
         self._chunks.clear()
         self._starts.clear()
         self._first = 0
-        self._dropped = self._total
+        self._dropped += self.size
         self.size = 0
