@@ -179,7 +179,7 @@ class NativeTcpConnection(api.Connection):
             if tcp.state is FIN_WAIT_2 and self.orphan_at is None:
                 self.orphan_at = now + self._layer.fin_wait_2_timeout
         if self._flushers and (self._exc is not None or tcp.state is CLOSED
-                               or tcp.config.send_buffer - tcp.send_space <= FLUSH_LOW_WATER):
+                               or tcp.send_queued <= FLUSH_LOW_WATER):
             for fut in self._flushers:
                 if not fut.done():
                     fut.set_result(None)
@@ -296,7 +296,7 @@ class NativeTcpConnection(api.Connection):
     async def flush(self):
         tcp = self.tcp
         while self._exc is None and tcp.state is not CLOSED \
-                and tcp.config.send_buffer - tcp.send_space > FLUSH_LOW_WATER:
+                and tcp.send_queued > FLUSH_LOW_WATER:
             fut = asyncio.get_running_loop().create_future()
             self._flushers.append(fut)
             await fut

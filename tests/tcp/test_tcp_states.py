@@ -274,7 +274,7 @@ def test_send_window_limits():
 
 
 def test_send_buffer_bounded_and_writable_event():
-    conn = established(send_buffer=4000, peer_mss=1000)
+    conn = established(send_buffer=4000, send_buffer_max=4000, peer_mss=1000)
     assert conn.send(b"w" * 6000) == 4000
     pull(conn)
     send_seg(conn, seg(IRS + 1, ISS + 2001, ACK))

@@ -134,6 +134,8 @@ class TcpConfig:
     `challenge_ack_limit` caps RFC 5961 challenge ACKs per second (section 7);
     `unacceptable_ack_interval` spaces the ACKs answering unacceptable pure ACKs
     (see `Connection._ack_unacceptable`).
+    The send buffer holds `send_buffer` octets, or twice the congestion window once
+    that is larger, up to `send_buffer_max` (see `Connection.send_limit`).
     `tso_max` (0: off) is the largest payload one new-data segment may carry when the
     device segments TCP for us (TSO, `shoal.drivers.base.Offloads.tso`); the owner sets
     it from the device, since a segment longer than the MSS is only valid for a device
@@ -143,6 +145,7 @@ class TcpConfig:
     mss: int = 1460
     mtu: int = 1500
     send_buffer: int = 256 * 1024
+    send_buffer_max: int = 4 * 1024 * 1024
     recv_buffer: int = 256 * 1024
     window_scaling: bool = True
     timestamps: bool = True
@@ -179,6 +182,8 @@ class TcpConfig:
             raise ValueError("need 0 < min_rto <= max_rto")
         if not 1 <= self.ttl <= 255 or not 0 <= self.dscp <= 63:
             raise ValueError("ttl must be 1..255 and dscp 0..63")
+        if not 0 < self.send_buffer <= self.send_buffer_max:
+            raise ValueError("need 0 < send_buffer <= send_buffer_max")
         if not 0 <= self.tso_max <= TSO_MAX_PAYLOAD:
             raise ValueError(f"tso_max must be 0..{TSO_MAX_PAYLOAD} (an IPv4 datagram holds 64 KiB)")
 
@@ -402,8 +407,13 @@ class Connection:
         if self.state not in _CAN_SEND or self._fin_queued:
             raise TcpError(f"connection closing ({self.state.value})")
         sndbuf = self._sndbuf
+        n = len(data)
         room = self.config.send_buffer - sndbuf.size
-        n = min(room, len(data))
+        if room < n:
+            # (the limit may now be below what is queued: cwnd shrank after a loss)
+            room = max(self.send_limit - sndbuf.size, 0)
+            if room < n:
+                n = room
         if n < len(data):
             self._send_blocked = True
         if n:
@@ -413,8 +423,31 @@ class Connection:
         return n
 
     @property
+    def send_limit(self):
+        """How many octets the send buffer holds at most: `send_buffer`, or twice the
+        congestion window once that is larger, up to `send_buffer_max`.
+
+        Why it follows cwnd: to keep a window's worth in flight, the buffer must hold that
+        window and as much again for the application to refill while ACKs free it (Linux
+        sizes its sndbuf the same way, tcp_sndbuf_expand). A fixed 256 KiB capped a
+        bulk sender at 256 KiB in flight, so ACKs freed a few KB at a time and most
+        super-frames left short; the memory is only used by connections whose window
+        has grown, that is those actually moving data.
+        """
+        config = self.config
+        grown = 2 * self.cc.cwnd
+        if grown <= config.send_buffer:
+            return config.send_buffer
+        return grown if grown < config.send_buffer_max else config.send_buffer_max
+
+    @property
     def send_space(self):
-        return max(self.config.send_buffer - self._sndbuf.size, 0)
+        return max(self.send_limit - self._sndbuf.size, 0)
+
+    @property
+    def send_queued(self):
+        """Octets written and not yet acknowledged."""
+        return self._sndbuf.size
 
     @property
     def readable(self):
@@ -883,9 +916,14 @@ class Connection:
         self.retries = 0
         self.rto_at = None  # restarted by _update_timers if data is still outstanding (5.3)
         self.dupacks = 0
-        if self._send_blocked and self.send_space:
-            self._send_blocked = False
-            self._emit(Event.WRITABLE)
+        if self._send_blocked:
+            space = self.send_space
+            # A blocked writer is woken once a third of the buffer is free (free space at
+            # least half of what is queued, as Linux's sk_stream_min_wspace), not by every
+            # ACK: each wake-up then refills a useful amount instead of a few KB.
+            if space and 2 * space >= self._sndbuf.size:
+                self._send_blocked = False
+                self._emit(Event.WRITABLE)
 
     def _recovery_ack(self, ack, acked):
         """New data acknowledged during loss recovery (outside it, the controller's `on_ack`)."""
