@@ -7,7 +7,7 @@ from shoal.net.native.wire.tcp import CWR, ECE
 
 
 def full_opts(**kw):
-    base = dict(window_scaling=True, timestamps=True, sack=True, recv_buffer=1 << 20)
+    base = dict(window_scaling=True, timestamps=True, sack=True, recv_buffer=1 << 20, recv_buffer_max=1 << 20)
     base.update(kw)
     return base
 

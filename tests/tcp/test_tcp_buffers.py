@@ -1,9 +1,14 @@
-"""The send buffer's size follows the congestion window, and a blocked writer wakes for a useful amount.
+"""Buffer sizes that follow the traffic.
 
-`TcpConfig.send_buffer` is the floor; once twice cwnd is larger, the buffer holds that
-much, up to `send_buffer_max` (`Connection.send_limit`), so a bulk sender can keep its
-window in flight. A writer the buffer turned away is woken (WRITABLE) once the free
+Send: `TcpConfig.send_buffer` is the floor; once twice cwnd is larger, the buffer holds
+that much, up to `send_buffer_max` (`Connection.send_limit`), so a bulk sender can keep
+its window in flight. A writer the buffer turned away is woken (WRITABLE) once the free
 space is at least half of what is queued, not by every ACK.
+
+Receive: the buffer starts at `recv_buffer` and doubles, up to `recv_buffer_max`, when
+in-order text uses up most of the advertised window while at most half of the buffer
+waits unread (`Connection._grow_receive_buffer`); the window scale is chosen for the
+maximum at the handshake.
 """
 from shoal.net.native.tcp.connection import Event
 from tcp_harness import ACK, IRS, ISS, T0, established, pull, send_seg, seg
@@ -56,3 +61,46 @@ def test_a_blocked_writer_is_woken_once_a_third_of_the_buffer_is_free():
     send_seg(conn, seg(IRS + 1, BASE + 10_000, ACK), T0 + 0.03)
     assert Event.WRITABLE in conn.take_events()  # 10,000 free of 20,000
     assert conn.send_space == 10_000
+
+
+def window_test_conn(**kw):
+    conn = established(window_scaling=True, recv_buffer=64_000, recv_buffer_max=256_000,
+                       peer_opts={"wscale": 0}, **kw)
+    assert conn.ws_ok and conn.rcv_wscale == 2  # room for the maximum (256,000 >> 2 < 65,536)
+    return conn
+
+
+def fill_window(conn, rcv, now, read):
+    """Send in-order 1,000-octet segments up to the advertised edge; returns the new RCV.NXT."""
+    while (conn.rcv_adv - conn.rcv_nxt) >= 1000:
+        send_seg(conn, seg(rcv, BASE, ACK, payload=b"d" * 1000), now)
+        rcv += 1000
+        if read:
+            conn.recv()
+    return rcv
+
+
+def advertised(conn, now):
+    [ack] = [s for s in pull(conn, now) if s.flags == ACK]
+    return ack.window << conn.rcv_wscale
+
+
+def test_the_receive_buffer_grows_while_the_reader_keeps_up_to_its_maximum():
+    conn = window_test_conn()
+    rcv, now, sizes = IRS + 1, T0, []
+    for _ in range(4):
+        rcv = fill_window(conn, rcv, now, read=True)
+        sizes.append(conn.rcv_buffer)
+        now += 0.001
+        conn.poll(now)
+        assert advertised(conn, now) >= conn.rcv_buffer - 1000  # the grown window goes out
+    assert sizes == [128_000, 256_000, 256_000, 256_000]
+    assert conn.counters["rcvbuf-grown"] == 2
+
+
+def test_the_receive_buffer_keeps_its_size_when_the_reader_falls_behind():
+    conn = window_test_conn()
+    fill_window(conn, IRS + 1, T0, read=False)
+    assert conn.rcv_buffer == 64_000 and conn.readable >= 63_000
+    assert conn.counters["rcvbuf-grown"] == 0
+    assert advertised(conn, T0 + 0.001) < 1000  # the full buffer closes the window
