@@ -47,6 +47,7 @@ from ..wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, TcpSegment
 from . import congestion
 from .rtt import RttEstimator
 from .sack import Scoreboard, receive_blocks
+from .recvbuf import ReceiveBuffer
 from .sendbuf import SendBuffer
 from .seq import HALF, MASK, Seq, as_seq, seq_max, seq_min, signed_distance
 
@@ -274,7 +275,7 @@ class Connection:
         self._fin_queued = False
         self._send_blocked = False
         # receive side
-        self._rcvbuf = bytearray()
+        self._rcvbuf = ReceiveBuffer()
         self.rcv_buffer = config.recv_buffer  # its current size (`_grow_receive_buffer`)
         self._rcv_grown_edge = None  # RCV.ADV when it last grew
         self._ofo = []                 # sorted [(Seq start, bytes)] disjoint, not adjacent
@@ -460,7 +461,7 @@ class Connection:
     @property
     def readable(self):
         """Octets the application can `recv` now."""
-        return len(self._rcvbuf)
+        return self._rcvbuf.size
 
     @property
     def at_eof(self):
@@ -482,18 +483,13 @@ class Connection:
         avoidance, RFC 9293 3.8.6.2.2) a window update is due.
         """
         buf = self._rcvbuf
-        if max_bytes < 0 or max_bytes >= len(buf):
-            data = bytes(buf)
-            buf.clear()
-        else:
-            data = bytes(buf[:max_bytes])
-            del buf[:max_bytes]
+        data = buf.take(max_bytes)
         if data and self.state in _RECEIVES_TEXT:
             # how far the right edge would move if all free space were advertised now,
             # against the update threshold
             buffer = self.rcv_buffer
             cur = (self.rcv_adv.real - self.rcv_nxt.real) & MASK  # RCV.ADV - RCV.NXT, if ahead
-            increase = buffer - len(buf) - (cur if 0 < cur < HALF else 0)
+            increase = buffer - buf.size - (cur if 0 < cur < HALF else 0)
             if increase >= min(buffer // 2, 2 * self.rcv_mss):
                 self._ack_now = True
         return data
@@ -684,7 +680,7 @@ class Connection:
         # here: `_new_ack` cleared them, or SND.UNA = SND.MAX.)
         # seventh step: the text, in order, within the window
         if plen:
-            self._rcvbuf += payload
+            self._rcvbuf.append(payload)
             self.rcv_nxt = as_seq((rcv_nxt + plen) & MASK)
             self._rcv_unacked += plen
             if 4 * (rcv_wnd - plen) < self.rcv_buffer:
@@ -1005,7 +1001,7 @@ class Connection:
                 self.counters["ce-received"] += 1
             if dseq == self.rcv_nxt:
                 had_hole = bool(self._ofo)
-                self._rcvbuf += payload
+                self._rcvbuf.append(payload)
                 self.rcv_nxt = self.rcv_nxt + len(payload)
                 left = (self.rcv_adv.real - self.rcv_nxt.real) & MASK
                 if left >= HALF or 4 * left < self.rcv_buffer:
@@ -1077,7 +1073,7 @@ class Connection:
         """
         size = self.rcv_buffer
         limit = self.config.recv_buffer_max
-        if size < limit and 2 * len(self._rcvbuf) <= size:
+        if size < limit and 2 * self._rcvbuf.size <= size:
             mark = self._rcv_grown_edge
             if mark is not None and not 0 < (self.rcv_nxt.real - mark) & MASK < HALF:
                 return  # once per window: the text must reach past the edge of the last growth
@@ -1091,7 +1087,7 @@ class Connection:
             s, d = ofo.pop(0)
             skip = self.rcv_nxt - s
             if skip < len(d):
-                self._rcvbuf += d[skip:]
+                self._rcvbuf.append(memoryview(d)[skip:])
                 self.rcv_nxt = self.rcv_nxt + (len(d) - skip)
 
     def _fin_received(self, now):
@@ -1731,7 +1727,7 @@ class Connection:
         and never moves left (SHLD-14).
         """
         buffer = self.rcv_buffer
-        avail = buffer - len(self._rcvbuf)
+        avail = buffer - self._rcvbuf.size
         nxt = self.rcv_nxt.real
         adv = self.rcv_adv.real
         cur = (adv - nxt) & MASK  # RCV.ADV - RCV.NXT, 0 when the edge is behind

@@ -1,0 +1,64 @@
+"""The receive buffer of a connection: in-order text the application has not read yet,
+kept as the payloads it came in.
+
+Why payloads and not one bytearray: appending each segment to a bytearray copied every
+octet once on arrival and again when the application read it, and a large window made
+the bytearray a backlog that outgrew the caches. Here a segment's payload (a view of
+the frame the device handed up, which the stack owns) is kept as it is; `take` makes
+the one copy the application gets, with ``bytes.join``. Holding a view keeps its frame
+alive until the text is read, which the receive window bounds like the text itself.
+
+`size` is an attribute, not a method, because the hot paths read it per segment.
+"""
+from collections import deque
+
+
+class ReceiveBuffer:
+    """Received, not yet read text (see the module docstring)."""
+
+    __slots__ = ("size", "_chunks")
+
+    def __init__(self):
+        self.size = 0
+        self._chunks = deque()
+
+    def __len__(self):
+        return self.size
+
+    def append(self, data):
+        """Queue `data` (bytes-like, not modified afterwards), unless it is empty."""
+        if data:
+            self._chunks.append(data)
+            self.size += len(data)
+
+    def take(self, n=-1):
+        """The first `n` octets (all if `n` is negative or too large) as bytes, removed."""
+        chunks = self._chunks
+        if n < 0 or n >= self.size:
+            if len(chunks) == 1:
+                first = chunks[0]
+                data = first if type(first) is bytes else bytes(first)
+            else:
+                data = b"".join(chunks)
+            chunks.clear()
+            self.size = 0
+            return data
+        parts = []
+        need = n
+        while need:
+            first = chunks[0]
+            size = len(first)
+            if size <= need:
+                parts.append(chunks.popleft())
+                need -= size
+            else:
+                view = first if type(first) is memoryview else memoryview(first)
+                parts.append(view[:need])
+                chunks[0] = view[need:]
+                need = 0
+        self.size -= n
+        return b"".join(parts)
+
+    def clear(self):
+        self._chunks.clear()
+        self.size = 0
