@@ -145,10 +145,13 @@ def test_non_tcp_frames_and_single_segments_go_out_plain():
 
 def test_ones_sum_matches_rfc1071():
     rng = random.Random(3)
-    for n in [0, 1, 2, 3, 20, 1500, 4095, 65535]:
+    # every tail length of the C loop (16-octet blocks, then 8, then 0-7), and large frames
+    for n in [*range(0, 40), 1500, 4095, 65535, *rng.sample(range(65536), 50)]:
         data = rng.randbytes(n)
         assert vnet.ones_sum(data) == inet_sum(data)
         assert vnet.ones_sum(memoryview(bytearray(data))[1:]) == inet_sum(data[1:])
+        ones = b"\xff" * (n - n % 2) + b"\xfe" * (n % 2)  # a carry out of every 64-bit add
+        assert vnet.ones_sum(ones) == inet_sum(ones)
     assert vnet.ones_sum(b"\xff\xff\x00\x00") == 0xFFFF
     assert vnet.ones_sum(b"\x00\x00") == 0
 
