@@ -40,7 +40,7 @@ def test_a_window_in_use_grows(congestion):
     out = pull(conn)
     assert sum(len(s.payload) for s in out) == IW  # the initial window, all in flight
     send_seg(conn, seg(IRS + 1, BASE + 2 * MSS, ACK), T0 + 0.05)
-    assert conn.cc.cwnd == IW + MSS  # slow start: + min(acked, SMSS) (RFC 5681 eq. 2)
+    assert conn.cc.cwnd == IW + 2 * MSS  # slow start: + min(acked, L * SMSS) (`congestion.SLOW_START_L`)
     assert conn.counters["cwnd-app-limited"] == 0
 
 

@@ -77,7 +77,10 @@ def test_rtt_after_syn_timeout_is_three_seconds():
 def test_newreno_slow_start_and_avoidance():
     cc = congestion.make("newreno", 1000, 10_000)
     cc.on_ack(5000, 0.0, 0.1)
-    assert cc.cwnd == 11_000  # RFC 5681 eq. 2: min(N, SMSS)
+    assert cc.cwnd == 15_000  # slow start: + N, up to L * SMSS per ACK
+    cc.on_ack(20_000, 0.0, 0.1)
+    assert cc.cwnd == 15_000 + congestion.SLOW_START_L * 1000  # (RFC 9406 4.3's L, not eq. 2's 1)
+    cc.cwnd = 11_000
     cc.ssthresh = 11_000
     for _ in range(11):
         cc.on_ack(1000, 0.0, 0.1)

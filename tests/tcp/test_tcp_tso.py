@@ -117,7 +117,7 @@ def test_fast_retransmit_is_one_mss():
     assert len(s.payload) == 10 * MSS
     ack(conn, BASE + 2 * MSS)
     [s] = pull(conn)
-    assert len(s.payload) == 3 * MSS  # slow start: +1 MSS per ACK (RFC 5681 eq. 2), 8 in flight
+    assert len(s.payload) == 4 * MSS  # slow start: + the 2 MSS acked (up to L * SMSS), 8 in flight
     limited = []
     for _ in range(3):
         ack(conn, BASE + 2 * MSS)

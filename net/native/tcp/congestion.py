@@ -20,9 +20,19 @@ request/response one, does not grow a window it never fills (RFC 7661's idea, RF
 section 5.8 for CUBIC), which would later let it send a burst the path never carried.
 
 Both controllers start from the initial window given by the connection (RFC 5681
-3.1 or RFC 6928) and use byte counting in slow start (cwnd += min(acked, SMSS),
-RFC 5681 eq. 2). `make(name, ...)` picks one by name ("cubic" or "newreno").
+3.1 or RFC 6928) and use byte counting in slow start: cwnd += min(acked, L * SMSS) with
+L = `SLOW_START_L` (see there). `make(name, ...)` picks one by name ("cubic" or "newreno").
 """
+
+SLOW_START_L = 8
+"""Slow start's per-ACK limit in SMSS: RFC 9406 section 4.3's value for a sender that
+does not pace (RFC 3465's appropriate byte counting limit L; RFC 5681 eq. 2 is L = 1).
+
+Why not 1: receivers that coalesce what they receive (GRO, LRO, a TAP handing the
+kernel 64 KB super-frames) acknowledge tens of segments per ACK, and with L = 1 slow
+start then grows cwnd by 2-5 % per round trip instead of doubling it. A 400 MB
+download from a shard ran at 1.2-1.45 GB/s with L = 1 and 1.56-1.67 with L = 8.
+(Linux has no such limit.)"""
 
 
 class NewReno:
@@ -41,7 +51,7 @@ class NewReno:
 
     def on_ack(self, acked, now, srtt):
         if self.cwnd < self.ssthresh:
-            self.cwnd += min(acked, self.mss)  # RFC 5681 eq. 2
+            self.cwnd += min(acked, SLOW_START_L * self.mss)  # RFC 5681 eq. 2 with L (above)
             return
         # Congestion avoidance, byte counting (RFC 5681 3.1, RFC 3465): +1 SMSS per cwnd acked.
         self._acc += acked
@@ -98,7 +108,7 @@ class Cubic:
 
     def on_ack(self, acked, now, srtt):
         if self.cwnd < self.ssthresh:
-            self.cwnd += min(acked, self.mss)
+            self.cwnd += min(acked, SLOW_START_L * self.mss)
             return
         mss = self.mss
         cwnd_seg = self.cwnd / mss

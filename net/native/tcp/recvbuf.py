@@ -62,3 +62,11 @@ class ReceiveBuffer:
     def clear(self):
         self._chunks.clear()
         self.size = 0
+
+    def __deepcopy__(self, memo):
+        """A copy holding its own bytes (views cannot be copied, and must not be shared):
+        what copying a whole connection needs, as the header-prediction tests do."""
+        twin = ReceiveBuffer()
+        for chunk in self._chunks:
+            twin.append(bytes(chunk))
+        return twin

@@ -102,3 +102,14 @@ class SendBuffer:
         self._first = 0
         self._dropped += self.size
         self.size = 0
+
+    def __deepcopy__(self, memo):
+        """A copy holding its own bytes (a view cannot be copied): what copying a whole
+        connection needs, as the header-prediction tests do."""
+        twin = SendBuffer()
+        twin._dropped = self._dropped
+        for chunk in self._chunks[self._first:]:
+            twin._chunks.append(bytes(chunk))
+        twin._starts = self._starts[self._first:]
+        twin.size = self.size
+        return twin
