@@ -36,7 +36,6 @@ from shoal import net
 from shoal.runtime import smp
 
 HELLO_BODY = b"Hello, World!\n"
-CHUNK = 256 * 1024
 DEFAULT_MAX_HEADER_BYTES = 8192
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
@@ -252,13 +251,7 @@ class HttpSession:
 
 async def _send_file(conn: net.Connection, body: _FileBody) -> None:
     try:
-        offset = 0
-        while offset < body.size:
-            chunk = os.pread(body.fd, min(CHUNK, body.size - offset), offset)
-            if not chunk:
-                raise OSError(f"file shrank while being sent ({offset} of {body.size} bytes)")
-            offset += len(chunk)
-            await conn.write(chunk)
+        await conn.sendfile(body.fd, 0, body.size)
     finally:
         os.close(body.fd)
 

@@ -82,6 +82,10 @@ def with_address(exc: BaseException, what: str) -> BaseException:
     return new
 
 
+SENDFILE_CHUNK = 256 * 1024
+"""Octets `Connection.sendfile` reads per write, in its default form."""
+
+
 class Connection(abc.ABC):
     """One TCP connection, owned by the shard that accepted or opened it.
 
@@ -102,6 +106,23 @@ class Connection(abc.ABC):
         Returns at once while the send buffer has room and waits when it is
         full (back-pressure); raises if the connection has failed.
         """
+
+    async def sendfile(self, fd: int, offset: int, count: int) -> None:
+        """Send *count* octets of the open file *fd* from *offset*, in order with what
+        ``write`` queued before, with ``write``'s back-pressure.
+
+        This default reads the file in chunks and writes them. A stack may send the file's
+        pages without copying them in Python (the native stack maps the file), so the file
+        must not change or shrink while it is sent, as with sendfile(2). A file that ends
+        before *offset* + *count* raises ``OSError`` (part of it may have been sent).
+        """
+        end = offset + count
+        while offset < end:
+            chunk = os.pread(fd, min(SENDFILE_CHUNK, end - offset), offset)
+            if not chunk:
+                raise OSError(f"sendfile: the file ends at octet {offset}, before {end}")
+            offset += len(chunk)
+            await self.write(chunk)
 
     @abc.abstractmethod
     async def flush(self) -> None:

@@ -51,6 +51,7 @@ import asyncio
 import errno
 import heapq
 import itertools
+import mmap
 import os
 import struct
 from collections import Counter, deque
@@ -75,6 +76,9 @@ MAX_REPLIES = 1024
 FIN_WAIT_2_TIMEOUT = 60.0
 """Seconds an orphan (closed by the application) may wait in FIN-WAIT-2 for the peer's FIN."""
 FLUSH_LOW_WATER = 64 * 1024
+SENDFILE_WINDOW = 4 * 1024 * 1024
+"""Octets of a file `NativeTcpConnection.sendfile` maps at once (a multiple of the page size)."""
+_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 """Unsent octets under which `flush` returns."""
 MAX_HALF_OPEN = 256
 """Half-open connections per listener; beyond them SYNs get SYN cookies (see `tcp.listener`)."""
@@ -268,22 +272,49 @@ class NativeTcpConnection(api.Connection):
 
     async def write(self, data):
         for part in data if type(data) is list or type(data) is tuple else (data,):
-            while True:
-                part = self._send(part)
-                if part is None:
-                    break
-                fut = asyncio.get_running_loop().create_future()
-                self._writers.append(fut)
-                await fut
+            rest = self._send(part, False)
+            if rest is not None:
+                await self._send_when_writable(rest, False)
 
-    def _send(self, data):
+    async def _send_when_writable(self, data, borrowed):
+        """Queue the rest of a write as the send buffer frees room (back-pressure)."""
+        while data is not None:
+            fut = asyncio.get_running_loop().create_future()
+            self._writers.append(fut)
+            await fut
+            data = self._send(data, borrowed)
+
+    async def sendfile(self, fd, offset, count):
+        """`api.Connection.sendfile` without a copy in Python: the file is mapped one
+        `SENDFILE_WINDOW` at a time (pre-faulted, MAP_POPULATE) and the send buffer keeps
+        views of the mapping (`Connection.send`'s `borrowed`) until they are acknowledged;
+        the mapping goes with its last view. The kernel copies the pages straight into the
+        device's frames. Against reading the file into bytes, the shard's CPU per 100 MB
+        downloaded went from 70-74 to 63 ms (`docs/benchmarks.md`).
+        """
+        end = offset + count
+        while offset < end:
+            base = offset - offset % mmap.ALLOCATIONGRANULARITY
+            length = min(end, base + SENDFILE_WINDOW) - base
+            try:
+                mapping = mmap.mmap(fd, length, flags=mmap.MAP_SHARED | _MAP_POPULATE, prot=mmap.PROT_READ,
+                                    offset=base)
+            except ValueError:  # (mmap's "length is greater than file size")
+                raise OSError(f"sendfile: the file ends before octet {end}") from None
+            rest = self._send(memoryview(mapping)[offset - base:], True)
+            del mapping  # the views hold it
+            if rest is not None:
+                await self._send_when_writable(rest, True)
+            offset = base + length
+
+    def _send(self, data, borrowed=False):
         """Queue what the send buffer takes of `data`; returns the rest (None: all taken)."""
         if self._exc is not None:
             raise self._exc
         if not self._app:
             raise BrokenPipeError(errno.EPIPE, f"write after close: {self._describe()}")
         try:
-            n = self.tcp.send(data)
+            n = self.tcp.send(data, borrowed=borrowed)
         except TcpError:
             raise BrokenPipeError(errno.EPIPE, f"write after shutdown: {self._describe()}") from None
         if n:

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import hashlib
 import ipaddress
+import mmap
 import random
 
 import pytest
@@ -208,6 +209,42 @@ def test_transfer_both_ways_with_half_close_and_no_state_left():
             assert ca["stats"]["connections-opened"] == 1 and cb["stats"]["connections-accepted"] == 1
             assert ca["stats"]["connections"] == 0 and cb["stats"]["connections"] == 0
             assert not ca["drops"].get("tcp-bad-checksum") and not cb["drops"].get("tcp-bad-checksum")
+
+    run(main())
+
+
+def test_sendfile_sends_views_of_the_mapped_file_from_any_offset(tmp_path):
+    """`sendfile` from an offset that is no page multiple, across a mapping window: the
+    peer gets exactly that slice, and the send buffer held views of the mapping, not copies."""
+    from shoal.net.native.tcp_layer import SENDFILE_WINDOW
+
+    data = random.Random(5).randbytes(SENDFILE_WINDOW + 600_000)
+    path = tmp_path / "body.bin"
+    path.write_bytes(data)
+    offset, count = 12_345, SENDFILE_WINDOW + 500_000
+
+    async def main():
+        async with two_stacks() as (a, b, clock):
+            server = b.listen(("", 8000))
+            accepted = asyncio.ensure_future(server.accept())
+            client = await a.connect((B_IP, 8000))
+            conn, _ = await accepted
+            reader = asyncio.ensure_future(read_all(conn))
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                await client.sendfile(fd, offset, count)
+                mapped = [c for c in client.tcp._sndbuf._chunks
+                          if type(c) is memoryview and type(c.obj) is mmap.mmap]
+                assert mapped, "the send buffer holds no view of the file's mapping"
+                with pytest.raises(OSError, match="ends before"):
+                    await client.sendfile(fd, len(data) - 10, 11)
+            finally:
+                os.close(fd)
+            client.shutdown_output()
+            assert await reader == (count, hashlib.sha256(data[offset:offset + count]).hexdigest())
+            await conn.close()
+            await client.close()
+            server.close()
 
     run(main())
 

@@ -79,6 +79,29 @@ def test_write_accepts_every_buffer_type_and_lists(arun):
     arun(main())
 
 
+def test_sendfile_sends_a_slice_of_the_file_in_order_with_writes(arun, tmp_path):
+    data = os.urandom(700_000)
+    path = tmp_path / "body.bin"
+    path.write_bytes(data)
+
+    async def main():
+        client, conn, server = await connected_pair()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            await client.write(b"head:")
+            await client.sendfile(fd, 1001, 600_000)  # more than one of the default's chunks
+            with pytest.raises(OSError, match="ends at octet"):
+                await client.sendfile(fd, len(data) - 10, 11)
+        finally:
+            os.close(fd)
+        await client.flush()
+        assert await read_exactly(conn, 5 + 600_000 + 10) == b"head:" + data[1001:601_001] + data[-10:]
+        await client.close()
+        await conn.close()
+        server.close()
+    arun(main())
+
+
 def test_large_transfer_both_ways_is_intact(arun):
     payload = os.urandom(4 * 1024 * 1024)
 

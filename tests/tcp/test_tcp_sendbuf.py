@@ -62,3 +62,13 @@ def test_dropped_chunks_are_released_and_the_index_compacted():
     buf.drop(9995)
     assert bytes(buf.view(0, 5)) == bytes([999 % 256]) * 5
     assert len(buf._chunks) == 1  # the 999 wholly acknowledged writes are gone
+
+
+def test_a_borrowed_buffer_is_kept_as_it_is():
+    mutable = bytearray(b"a" * 100)
+    buf = SendBuffer()
+    buf.append(memoryview(mutable)[10:90], borrowed=True)
+    buf.append(bytearray(b"c" * 10))  # not borrowed: copied
+    mutable[10:20] = b"b" * 10  # (a borrower promises not to: this shows no copy was made)
+    assert bytes(buf.view(0, 12)) == b"b" * 10 + b"a" * 2
+    assert bytes(buf.view(80, 10)) == b"c" * 10

@@ -407,8 +407,12 @@ class Connection:
 
     # ------------------------------------------------------------------ app calls
 
-    def send(self, data, urgent=False):
+    def send(self, data, urgent=False, borrowed=False):
         """Queue `data` for sending; returns how many octets the send buffer took.
+
+        With `borrowed`, the buffer keeps `data` (or a view of it) as it is, whatever its
+        type, instead of copying a mutable one: the caller promises not to change it until
+        it is acknowledged (`SendBuffer.append`).
 
         With `urgent`, the end of this data becomes the urgent pointer (RFC 9293
         3.8.5, RFC 6093: the pointer marks the octet after the urgent data).
@@ -426,7 +430,7 @@ class Connection:
         if n < len(data):
             self._send_blocked = True
         if n:
-            sndbuf.append(memoryview(data)[:n] if n < len(data) else data)  # (a slice of bytes would copy)
+            sndbuf.append(memoryview(data)[:n] if n < len(data) else data, borrowed)  # (a slice of bytes would copy)
             if urgent:
                 self.snd_up = self._sndbuf_seq + sndbuf.size
         return n

@@ -45,9 +45,11 @@ class SendBuffer:
     def __len__(self):
         return self.size
 
-    def append(self, data):
-        """Queue `data` (any buffer) after what is buffered."""
-        chunk = _owned(data)
+    def append(self, data, borrowed=False):
+        """Queue `data` (any buffer) after what is buffered; kept as it is when `borrowed`
+        (its owner will not change it, such as a read-only mapping of a file), else
+        through `_owned`."""
+        chunk = data if borrowed else _owned(data)
         n = len(chunk)
         if n:
             self._chunks.append(chunk)
