@@ -137,6 +137,15 @@ async def until(cond, what):
         raise AssertionError(f"timed out waiting for {what}") from None
 
 
+async def connected_pair(a, b, port):
+    """A listener on B's `port` and a connection to it from A: (server, A's end, B's end)."""
+    server = b.listen(("", port))
+    accepted = asyncio.ensure_future(server.accept())
+    client = await a.connect((B_IP, port))
+    conn, _ = await accepted
+    return server, client, conn
+
+
 async def read_all(conn):
     h = hashlib.sha256()
     n = 0
@@ -225,10 +234,7 @@ def test_sendfile_sends_views_of_the_mapped_file_from_any_offset(tmp_path):
 
     async def main():
         async with two_stacks() as (a, b, clock):
-            server = b.listen(("", 8000))
-            accepted = asyncio.ensure_future(server.accept())
-            client = await a.connect((B_IP, 8000))
-            conn, _ = await accepted
+            server, client, conn = await connected_pair(a, b, 8000)
             reader = asyncio.ensure_future(read_all(conn))
             fd = os.open(path, os.O_RDONLY)
             try:
@@ -297,10 +303,7 @@ def test_connect_to_a_closed_port_is_refused_with_the_address():
 def test_abort_resets_the_peer():
     async def main():
         async with two_stacks() as (a, b, _):
-            server = b.listen(("", 8002))
-            accepted = asyncio.ensure_future(server.accept())
-            client = await a.connect((B_IP, 8002))
-            conn, _ = await accepted
+            server, client, conn = await connected_pair(a, b, 8002)
             await client.write(b"x" * 1000)
             assert await conn.read() == b"x" * 1000
             conn.abort()
@@ -318,10 +321,7 @@ def test_abort_resets_the_peer():
 def test_close_with_unread_data_resets_and_read_after_peer_close_is_eof():
     async def main():
         async with two_stacks() as (a, b, _):
-            server = b.listen(("", 8003))
-            accepted = asyncio.ensure_future(server.accept())
-            client = await a.connect((B_IP, 8003))
-            conn, _ = await accepted
+            server, client, conn = await connected_pair(a, b, 8003)
             await conn.write(b"unread")
             await until(lambda: client.tcp.readable, "the data to arrive")
             await client.close()  # RFC 9293 3.6 (SHLD-3): unread data -> RST
@@ -338,10 +338,7 @@ def test_shutdown_output_with_unread_data_half_closes_and_keeps_reading():
     readable, and the peer sees EOF, not a reset (SHLD-3 is about close only)."""
     async def main():
         async with two_stacks() as (a, b, _):
-            server = b.listen(("", 8013))
-            accepted = asyncio.ensure_future(server.accept())
-            client = await a.connect((B_IP, 8013))
-            conn, _ = await accepted
+            server, client, conn = await connected_pair(a, b, 8013)
             await conn.write(b"unread ")
             await until(lambda: client.tcp.readable, "the data to arrive")
             client.shutdown_output()
@@ -415,10 +412,7 @@ def test_established_connection_times_out_when_the_peer_vanishes():
 def test_mss_is_clamped_to_the_device_mtu():
     async def main():
         async with two_stacks(mtu=1000) as (a, b, _):
-            server = b.listen(("", 8006))
-            accepted = asyncio.ensure_future(server.accept())
-            client = await a.connect((B_IP, 8006))
-            conn, _ = await accepted
+            server, client, conn = await connected_pair(a, b, 8006)
             assert client.tcp.rcv_mss == 960 and conn.tcp.rcv_mss == 960
             assert client.tcp.snd_mss <= 960
             payload = random.Random(1).randbytes(100_000)
@@ -504,10 +498,7 @@ def test_back_pressure_holds_writes_until_the_peer_reads():
     async def main():
         cfg = test_config(send_buffer=64 * 1024, recv_buffer=64 * 1024)
         async with two_stacks(tcp_a=cfg, tcp_b=cfg) as (a, b, _):
-            server = b.listen(("", 8010))
-            accepted = asyncio.ensure_future(server.accept())
-            client = await a.connect((B_IP, 8010))
-            conn, _ = await accepted
+            server, client, conn = await connected_pair(a, b, 8010)
             writer = asyncio.ensure_future(client.write(bytes(1 << 20)))
             await until(lambda: client.tcp.send_space == 0 and conn.tcp.readable >= 60_000,
                         "both buffers to fill")
@@ -593,10 +584,7 @@ def test_soak_50_mb_each_way(p):
 def test_states_seen_by_the_layer_match_the_machine():
     async def main():
         async with two_stacks() as (a, b, _):
-            server = b.listen(("", 8011))
-            accepted = asyncio.ensure_future(server.accept())
-            client = await a.connect((B_IP, 8011))
-            conn, _ = await accepted
+            server, client, conn = await connected_pair(a, b, 8011)
             client.shutdown_output()
             assert await conn.read() == b""
             assert conn.tcp.state is State.CLOSE_WAIT
@@ -615,10 +603,7 @@ def test_the_layer_counts_the_bytes_the_application_moves():
     stack's counters too: issue 6's per-stack bytes), with retransmissions counted apart."""
     async def main():
         async with two_stacks(faults=Faults(loss=0.05), seed=3) as (a, b, _):
-            server = b.listen(("", 8012))
-            accepted = asyncio.ensure_future(server.accept())
-            client = await a.connect((B_IP, 8012))
-            conn, _ = await accepted
+            server, client, conn = await connected_pair(a, b, 8012)
             data = bytes(range(256)) * 200
             await write_all(client, data)
             client.shutdown_output()
