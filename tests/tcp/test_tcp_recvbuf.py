@@ -2,11 +2,12 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.net.native.tcp.recvbuf import ReceiveBuffer
+from shoal.net.native.tcp.recvbuf import SMALL, ReceiveBuffer
 
 operations = st.lists(st.one_of(
-    st.tuples(st.just("append"), st.binary(max_size=40), st.sampled_from(["bytes", "view", "frame"])),
-    st.tuples(st.just("take"), st.integers(-1, 90)),
+    st.tuples(st.just("append"), st.one_of(st.binary(max_size=40), st.binary(min_size=SMALL, max_size=SMALL + 40)),
+              st.sampled_from(["bytes", "view", "frame"])),
+    st.tuples(st.just("take"), st.one_of(st.integers(-1, 90), st.integers(SMALL - 50, 3 * SMALL))),
     st.tuples(st.just("clear")),
 ), max_size=200)
 
@@ -44,16 +45,26 @@ def test_the_buffer_behaves_like_a_bytearray(ops):
 
 def test_a_single_bytes_payload_is_handed_over_without_a_copy():
     buf = ReceiveBuffer()
-    payload = bytes(range(100))
+    payload = bytes(SMALL)
     buf.append(payload)
     assert buf.take() is payload
 
 
 def test_payloads_are_kept_as_views_until_taken():
-    frame = bytearray(b"x" * 100)
+    frame = bytearray(b"x" * 5000)
     buf = ReceiveBuffer()
-    buf.append(memoryview(frame)[10:60])
-    buf.append(memoryview(frame)[60:90])
+    buf.append(memoryview(frame)[10:2010])
+    buf.append(memoryview(frame)[2010:4010])
     assert buf.take(20) == b"x" * 20
-    frame[30:90] = b"y" * 60  # (the stack never does this: it shows the text was not copied in)
-    assert buf.take() == b"y" * 60
+    frame[30:4010] = b"y" * 3980  # (the stack never does this: it shows the text was not copied in)
+    assert buf.take() == b"y" * 3980
+
+
+def test_small_payloads_are_copied_together_so_overhead_stays_bounded():
+    frames = [bytearray(b"h" * 54 + bytes([i % 256])) for i in range(10_000)]
+    buf = ReceiveBuffer()
+    for frame in frames:
+        buf.append(memoryview(frame)[54:])  # one-octet segments
+    assert len(buf._chunks) == 1 and buf.size == 10_000  # one tail, no view keeps a frame
+    frames[0][54] = 99
+    assert buf.take(3) == bytes([0, 1, 2])

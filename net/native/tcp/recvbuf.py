@@ -8,9 +8,17 @@ the frame the device handed up, which the stack owns) is kept as it is; `take` m
 the one copy the application gets, with ``bytes.join``. Holding a view keeps its frame
 alive until the text is read, which the receive window bounds like the text itself.
 
+A view and its frame cost a few hundred octets besides the text, so a payload under
+`SMALL` octets is copied into a bytearray at the tail instead: a peer sending one-octet
+segments must not turn a 1 MiB window into hundreds of MB (each view then carries at
+least `SMALL` octets, and the overhead stays a fraction of the window).
+
 `size` is an attribute, not a method, because the hot paths read it per segment.
 """
 from collections import deque
+
+SMALL = 1024
+"""Payloads shorter than this are copied into the tail instead of kept as views."""
 
 
 class ReceiveBuffer:
@@ -27,9 +35,16 @@ class ReceiveBuffer:
 
     def append(self, data):
         """Queue `data` (bytes-like, not modified afterwards), unless it is empty."""
-        if data:
+        n = len(data)
+        if n >= SMALL:
             self._chunks.append(data)
-            self.size += len(data)
+        elif n:
+            chunks = self._chunks
+            if chunks and type(chunks[-1]) is bytearray:
+                chunks[-1] += data
+            else:
+                chunks.append(bytearray(data))
+        self.size += n
 
     def take(self, n=-1):
         """The first `n` octets (all if `n` is negative or too large) as bytes, removed."""
@@ -37,7 +52,7 @@ class ReceiveBuffer:
         if n < 0 or n >= self.size:
             if len(chunks) == 1:
                 first = chunks[0]
-                data = first if type(first) is bytes else bytes(first)
+                data = first if type(first) is bytes else bytes(first)  # (a tail is ours: copied too)
             else:
                 data = b"".join(chunks)
             chunks.clear()
