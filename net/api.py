@@ -89,9 +89,9 @@ SENDFILE_CHUNK = 256 * 1024
 class Connection(abc.ABC):
     """One TCP connection, owned by the shard that accepted or opened it.
 
-    Reads return a bytes-like object (``bytes`` on posix, a ``memoryview`` of
-    a receive buffer on the native stack); an empty one means the peer closed
-    its side (end of stream).  Errors are the standard ``ConnectionError``
+    Reads return a bytes-like object (``bytes`` on both stacks today: the native
+    stack keeps received segments as views of their frames and copies once, on
+    the read); an empty one means the peer closed its side (end of stream).  Errors are the standard ``ConnectionError``
     subclasses and ``TimeoutError``, with the peer address in the message.
     """
 
