@@ -91,8 +91,9 @@ class Connection(abc.ABC):
 
     Reads return a bytes-like object (``bytes`` on both stacks today: the native
     stack keeps received segments as views of their frames and copies once, on
-    the read); an empty one means the peer closed its side (end of stream).  Errors are the standard ``ConnectionError``
-    subclasses and ``TimeoutError``, with the peer address in the message.
+    the read); an empty one means the peer closed its side (end of stream).
+    Errors are the standard ``ConnectionError`` subclasses and ``TimeoutError``,
+    with the peer address in the message.
     """
 
     @abc.abstractmethod

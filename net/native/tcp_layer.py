@@ -76,10 +76,10 @@ MAX_REPLIES = 1024
 FIN_WAIT_2_TIMEOUT = 60.0
 """Seconds an orphan (closed by the application) may wait in FIN-WAIT-2 for the peer's FIN."""
 FLUSH_LOW_WATER = 64 * 1024
+"""Unsent octets under which `flush` returns."""
 SENDFILE_WINDOW = 4 * 1024 * 1024
 """Octets of a file `NativeTcpConnection.sendfile` maps at once (a multiple of the page size)."""
 _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
-"""Unsent octets under which `flush` returns."""
 MAX_HALF_OPEN = 256
 """Half-open connections per listener; beyond them SYNs get SYN cookies (see `tcp.listener`)."""
 _QUOTE = struct.Struct("!HHI")

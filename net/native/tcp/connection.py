@@ -45,9 +45,9 @@ from dataclasses import dataclass, replace
 
 from ..wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, TcpSegment
 from . import congestion
+from .recvbuf import ReceiveBuffer
 from .rtt import RttEstimator
 from .sack import Scoreboard, receive_blocks
-from .recvbuf import ReceiveBuffer
 from .sendbuf import SendBuffer
 from .seq import HALF, MASK, Seq, as_seq, seq_max, seq_min, signed_distance
 
