@@ -58,9 +58,10 @@ class Offloads:
     ``rx_checksum``: the device hands up `VerifiedFrame`s, frames whose TCP/UDP checksum it
     verified or knows to be right; frames of any other type are still verified by the stack.
     ``tx_checksum``: the device computes L4 checksums of transmitted frames.
-    ``tso``: the device segments TCP super-frames larger than the MTU (a frame object
-    whose ``gso_size`` attribute is set, such as a `Packet`, is cut into segments of
-    that many payload octets).
+    ``tso``: the device segments TCP super-frames larger than the MTU: a frame object
+    whose ``gso_size`` attribute is set (such as a `Packet`) is cut into segments of
+    that many payload octets; its TCP checksum field holds the pseudo-header sum of the
+    whole segment, uncomplemented, which the device finishes per segment.
     ``lro``: the device may hand up coalesced TCP super-frames (up to 64 KB of IPv4).
     """
 

@@ -132,23 +132,18 @@ def _super_header(first, thl, total_payload, last_flags):
 def tso(bufs, gso_size):
     """The write for one frame the stack built larger than the MTU (``gso_size`` set).
 
-    The frame is a whole TCP/IPv4 segment with correct headers; the kernel cuts it
-    into ``gso_size`` segments (PSH and FIN end up on the last one). Its TCP
-    checksum field is replaced by the pseudo-header sum the kernel finishes per
-    segment. Returns ``(iovecs, 1)``; a frame that is not TCP/IPv4 (or a SYN) goes plain.
+    The frame is a whole TCP/IPv4 segment whose TCP checksum field holds the
+    pseudo-header sum of the whole segment, uncomplemented (`Offloads.tso`'s contract,
+    what a NIC's TSO expects too); the kernel cuts it into ``gso_size`` segments (PSH
+    and FIN end up on the last one) and finishes each one's checksum from that sum.
+    The frame's buffers are written as they are. Returns ``(iovecs, 1)``; a frame that
+    is not TCP/IPv4 (or a SYN) goes plain.
     """
     first = bufs[0]
     if (len(first) < 54 or first[12:14] != _IPV4 or first[14] != 0x45 or first[23] != 6
             or first[47] & 0x02 or len(first) < 34 + (first[46] >> 4) * 4):
         return [PLAIN, *bufs], 1
-    thl = (first[46] >> 4) * 4
-    hl = 34 + thl
-    total = _H.unpack_from(first, 16)[0] - 20 - thl
-    hdr = bytearray(first[:hl])
-    _H.pack_into(hdr, 50, _fold(ones_sum(hdr[26:34]) + 6 + thl + total))
-    payload = [first[hl:]] if len(first) > hl else []
-    payload.extend(bufs[1:])
-    return [VNET_HDR.pack(F_NEEDS_CSUM, GSO_TCPV4, hl, gso_size, 34, 16), hdr, *payload], 1
+    return [VNET_HDR.pack(F_NEEDS_CSUM, GSO_TCPV4, 34 + (first[46] >> 4) * 4, gso_size, 34, 16), *bufs], 1
 
 
 def coalesce(frames, buffers):

@@ -169,8 +169,13 @@ class Frame(list):
 
 
 def tso_frame(seq, payload, gso_size, flags=ACK | PSH | FIN):
-    """One TCP segment larger than the MTU, built whole (as a stack doing TSO would)."""
-    frame = Frame(tcp_frame(seq, payload, flags))
+    """One TCP segment larger than the MTU, built whole as a stack doing TSO does: its
+    checksum field holds the pseudo-header sum, uncomplemented (`Offloads.tso`)."""
+    header, *rest = tcp_frame(seq, payload, flags)
+    header = bytearray(header)
+    seg_len = len(header) - 34 + len(payload)
+    struct.pack_into("!H", header, 50, inet_sum(SRC_IP + DST_IP + struct.pack("!BBH", 0, 6, seg_len)))
+    frame = Frame([bytes(header), *rest])
     frame.gso_size = gso_size
     return frame
 
