@@ -74,10 +74,6 @@ class ReceiveBuffer:
         self.size -= n
         return b"".join(parts)
 
-    def clear(self):
-        self._chunks.clear()
-        self.size = 0
-
     def __deepcopy__(self, memo):
         """A copy holding its own bytes (views cannot be copied, and must not be shared):
         what copying a whole connection needs, as the header-prediction tests do."""
