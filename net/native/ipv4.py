@@ -196,6 +196,12 @@ class Ipv4:
         except WireError as e:
             self.drops[e.reason] += 1
             return
+        if hdr.options and (wire_ipv4.OPT_LSRR in hdr.options or wire_ipv4.OPT_SSRR in hdr.options):
+            # Source routing is refused, as Linux hosts do (accept_source_route = 0) and as
+            # RFC 7126 4.3-4.4 advise: a reply along a route the sender chose is a way to
+            # spoof addresses. (RFC 9293 MUST-51..53 predate that; docs/tcp.md says so.)
+            self.drops["source-routed"] += 1
+            return
         dst = hdr.dst
         if dst != self.address and not self.is_broadcast(dst):
             # Unconfigured, accept unicast to any address: a DHCP server may send the

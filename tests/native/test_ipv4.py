@@ -150,6 +150,21 @@ def test_receive_delivery_rules():
     assert dict(ip.drops) == {"not-for-us": 1, "bad-source": 2, "truncated": 1, "unknown-protocol": 1}
 
 
+def test_options_are_ignored_but_source_routes_are_refused():
+    """RFC 1122 3.2.1.8: options a host does not implement are ignored; source-routed
+    datagrams are dropped and counted (RFC 7126 4.3-4.4, Linux's accept_source_route = 0)."""
+    ip, got = _ip()
+    record_route = b"\x07\x07\x04" + bytes(4) + b"\x00"
+    _rx(ip, wire_ipv4.build(PEER, US, 17, b"alert", options=b"\x94\x04\x00\x00"))
+    _rx(ip, wire_ipv4.build(PEER, US, 17, b"recorded", options=record_route))
+    for kind in (wire_ipv4.OPT_LSRR, wire_ipv4.OPT_SSRR):
+        route = bytes([kind, 7, 8]) + bytes(4) + b"\x00"  # pointer past the end: a completed route
+        _rx(ip, wire_ipv4.build(PEER, US, 17, b"routed", options=route))
+    _rx(ip, wire_ipv4.build(PEER, US, 17, b"broken", options=b"\x07\x09\x04\x00"))
+    assert [d for _, d in got] == [b"alert", b"recorded"]
+    assert dict(ip.drops) == {"source-routed": 2, "bad-option-length": 1}
+
+
 def test_unconfigured_accepts_unicast_for_dhcp():
     ip = Ipv4(FakeL2())
     got = []

@@ -105,6 +105,38 @@ def test_checksums_are_skipped_only_for_frames_the_device_vouches_for():
     run(main())
 
 
+def test_ip_options_are_ignored_by_tcp_and_source_routed_syns_are_refused():
+    """MUST-50: a SYN whose IPv4 header carries options TCP does not understand (router
+    alert, record route, an unassigned kind) is answered like any other; a source-routed
+    one is dropped by IPv4 and counted (RFC 7126 4.3-4.4; docs/tcp.md MUST-51..53)."""
+    async def main():
+        async with two_stacks() as (a, b, _):
+            await resolved(a, b)
+            b.listen(("", 80))
+            answers = []
+            a.ipv4.handlers[6] = lambda hdr, datagram, packet, now: answers.append(
+                wire_tcp.parse(datagram[hdr.header_len:]))
+
+            def syn(sport, options):
+                seg = wire_tcp.build(TcpSegment(sport, 80, seq=100, flags=SYN, mss=1460), A, B)
+                return ethernet.build(b.mac, a.mac, ethernet.ETHERTYPE_IPV4,
+                                      wire_ipv4.build(A, B, wire_ipv4.PROTO_TCP, seg, options=options))
+            record_route = b"\x07\x07\x04" + bytes(4) + b"\x00"
+            a.device.tx_burst([
+                syn(2001, b"\x94\x04\x00\x00" + record_route + b"\x1e\x04\xab\xcd"),
+                syn(2002, bytes([wire_ipv4.OPT_LSRR, 7, 8]) + bytes(4) + b"\x00"),
+                syn(2003, bytes([wire_ipv4.OPT_SSRR, 7, 8]) + bytes(4) + b"\x00"),
+            ])
+
+            def ours():  # (retransmissions of the SYN,ACK included, the clock being virtual)
+                return {(s.dst_port, s.flags, s.ack) for s in answers if s.dst_port in (2001, 2002, 2003)}
+            await until(ours, "the SYN,ACK")
+            await until(lambda: b.ipv4.drops["source-routed"] == 2, "both source routes dropped")
+            assert ours() == {(2001, SYN | ACK, 101)}
+
+    run(main())
+
+
 def test_syn_flood_is_bounded_and_answered_with_cookies():
     async def main():
         async with two_stacks(tcp_b=test_config(syn_retransmits=1)) as (a, b, clock):

@@ -461,6 +461,32 @@ def test_listen_errors_and_server_close():
     run(main())
 
 
+def test_a_port_listens_while_its_own_connection_is_in_syn_sent():
+    """MUST-42 (RFC 9293 3.9.1.1): LISTEN on a port while a connection from the same local
+    port is in SYN-SENT (and the listener's own are in SYN-RECEIVED); each gets its segments."""
+    async def main():
+        async with two_stacks() as (a, b, _):
+            b_server = b.listen(("", 8000))
+            outgoing = asyncio.ensure_future(a.connect((B_IP, 8000), local_address=(A_IP, 7000)))
+            await until(lambda: (7000, b.ipv4.address, 8000) in a.tcp.conns, "the active open")
+            assert a.tcp.conns[(7000, b.ipv4.address, 8000)].tcp.state is State.SYN_SENT
+            a_server = a.listen(("", 7000))  # the same local port, while that connection opens
+            incoming = asyncio.ensure_future(b.connect((A_IP, 7000)))
+            client = await outgoing
+            accepted, peer = await a_server.accept()
+            assert client.local_address == accepted.local_address == (A_IP, 7000)
+            assert client.peer_address == (B_IP, 8000) and peer[1] != 8000
+            b_conn, _ = await b_server.accept()
+            other = await incoming
+            await client.write(b"to 8000")
+            await other.write(b"to 7000")
+            assert await b_conn.read() == b"to 8000" and await accepted.read() == b"to 7000"
+            for conn in (client, accepted, b_conn, other):
+                conn.abort()
+
+    run(main())
+
+
 def test_asyncio_streams_compat_layer_on_the_native_stack():
     async def main():
         async with two_stacks() as (a, b, _):

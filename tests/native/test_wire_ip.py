@@ -43,15 +43,31 @@ def test_ipv4_round_trip(src, dst, proto, payload, ident, ttl, df, tos):
     assert (h.src, h.dst, h.proto, h.ident, h.ttl, h.df, h.tos, bytes(p)) == (src, dst, proto, ident, ttl, df, tos, payload)
 
 
-def test_ipv4_options_are_skipped():
-    opts = b"\x94\x04\x00\x00"  # router alert (RFC 2113)
-    hdr = bytearray(ipv4.build(1, 2, 17, b"", ident=9)[:20])
-    hdr[0] = 0x46
-    struct.pack_into("!H", hdr, 2, 24 + 3)
-    struct.pack_into("!H", hdr, 10, 0)
-    struct.pack_into("!H", hdr, 10, ~reference_sum(bytes(hdr) + opts) & 0xFFFF)
-    h, p = ipv4.parse(memoryview(bytes(hdr) + opts + b"abc"))
-    assert h.header_len == 24 and bytes(p) == b"abc"
+def test_ipv4_options_are_skipped_and_reported_by_kind():
+    # router alert (RFC 2113), NOP, a loose source route with one hop, EOL and padding
+    opts = b"\x94\x04\x00\x00" + b"\x01" + b"\x83\x07\x04\x0a\x00\x00\x09" + b"\x00" * 4
+    raw = ipv4.build(1, 2, 17, b"abc", options=opts, ident=9)
+    assert reference_sum(raw[:36]) == 0xFFFF
+    h, p = ipv4.parse(memoryview(raw))
+    assert h.header_len == 36 and h.total_len == 39 and bytes(p) == b"abc"
+    assert h.options == (0x94, ipv4.OPT_LSRR)
+    assert ipv4.parse(memoryview(ipv4.build(1, 2, 17, b"abc")))[0].options == ()
+    for bad in (b"\x94\x01\x00\x00", b"\x94\x05\x00\x00", b"\x01\x01\x01\x94"):
+        _expect("bad-option-length", ipv4.build(1, 2, 17, b"abc", options=bad))
+    with pytest.raises(ValueError):
+        ipv4.build(1, 2, 17, b"", options=b"\x01")
+
+
+@settings(deadline=None)
+@given(st.binary(max_size=40).map(lambda b: b[: len(b) - len(b) % 4]))
+def test_any_ipv4_option_area_parses_or_fails_cleanly(opts):
+    raw = ipv4.build(1, 2, 17, b"xy", options=opts)
+    try:
+        h, p = ipv4.parse(memoryview(raw))
+    except WireError as e:
+        assert e.reason == "bad-option-length"
+    else:
+        assert bytes(p) == b"xy" and all(k > 1 for k in h.options)
 
 
 def _expect(reason, data, parser=ipv4.parse):

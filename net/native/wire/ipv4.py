@@ -1,4 +1,5 @@
-"""IPv4 headers (RFC 791). Options are validated for length only and skipped."""
+"""IPv4 headers (RFC 791). Options are checked for well-formed lengths and reported by kind only:
+no option is acted on here (RFC 1122 3.2.1.8 lets a host ignore those it does not implement)."""
 import ipaddress
 import struct
 from typing import NamedTuple
@@ -13,11 +14,19 @@ PROTO_ICMP = 1
 PROTO_TCP = 6
 PROTO_UDP = 17
 
+OPT_EOL = 0
+OPT_NOP = 1
+OPT_LSRR = 131
+"""Loose source and record route (RFC 791 3.1)."""
+OPT_SSRR = 137
+"""Strict source and record route (RFC 791 3.1)."""
+
 FLAG_DF = 0x4000
 FLAG_MF = 0x2000
 _OFFSET_MASK = 0x1FFF
 
 _HDR = struct.Struct("!BBHHHBBHII")
+_CSUM = struct.Struct("!H")
 _tuple_new = tuple.__new__  # builds an `Ipv4Header` without the Python-level __new__ (hot path)
 
 
@@ -33,6 +42,7 @@ class Ipv4Header(NamedTuple):
     header_len: int
     total_len: int
     tos: int
+    options: tuple = ()  # the option kinds present, in order (EOL and NOP left out)
 
     @property
     def is_fragment(self):
@@ -79,8 +89,32 @@ def parse(data, verify_checksum=True):
     if mf and (total - hlen) % 8:
         # RFC 791 section 3.2: every fragment but the last carries a multiple of 8 octets.
         raise WireError("bad-fragment-length", str(total - hlen))
-    hdr = _tuple_new(Ipv4Header, (src, dst, proto, ttl, ident, bool(frag & FLAG_DF), mf, offset, hlen, total, tos))
+    kinds = option_kinds(data[HEADER_LEN:hlen]) if hlen > HEADER_LEN else ()
+    hdr = _tuple_new(Ipv4Header, (src, dst, proto, ttl, ident, bool(frag & FLAG_DF), mf, offset, hlen, total, tos,
+                                  kinds))
     return hdr, data[hlen:total]
+
+
+def option_kinds(area):
+    """The kinds of the options in `area` (the header past its first 20 octets), in order.
+
+    RFC 791 3.1: EOL ends the list, NOP is one octet, every other option is kind,
+    length (counting both), data. A length under 2 or past the header is malformed.
+    """
+    kinds = []
+    i, n = 0, len(area)
+    while i < n:
+        kind = area[i]
+        if kind == OPT_EOL:
+            break
+        if kind == OPT_NOP:
+            i += 1
+            continue
+        if i + 1 >= n or area[i + 1] < 2 or i + area[i + 1] > n:
+            raise WireError("bad-option-length", f"ipv4 option {kind}")
+        kinds.append(kind)
+        i += area[i + 1]
+    return tuple(kinds)
 
 
 def parse_quoted(data):
@@ -123,10 +157,18 @@ def push(packet, src, dst, proto, ident=0, ttl=64, df=False, mf=False, frag_offs
     emit(packet.buf, offset, src, dst, proto, n, ident, ttl, df, mf, frag_offset, tos)
 
 
-def build(src, dst, proto, payload=b"", **fields):
-    """The datagram as bytes (tests, tools); `fields` as for `emit`."""
+def build(src, dst, proto, payload=b"", options=b"", **fields):
+    """The datagram as bytes (tests, tools); `fields` as for `emit`. `options` (their
+    octets, up to 40, a multiple of 4) follow the fixed header."""
+    if len(options) % 4 or len(options) > 40:
+        raise ValueError(f"IPv4 options of {len(options)} octets")
     buf = bytearray(HEADER_LEN)
-    emit(buf, 0, src, dst, proto, len(payload), **fields)
+    emit(buf, 0, src, dst, proto, len(options) + len(payload), **fields)
+    if options:
+        buf[0] = 0x40 | (HEADER_LEN + len(options)) >> 2
+        buf += options
+        _CSUM.pack_into(buf, 10, 0)
+        _CSUM.pack_into(buf, 10, ~sum16(buf) & 0xFFFF)
     return bytes(buf) + bytes(payload)
 
 
