@@ -313,8 +313,12 @@ def test_shoal_client_downloads_from_a_kernel_server_and_sinks_an_upload(root_di
                 assert tcp["stats"].get("out-of-order", 0) > 0, tcp
                 if len(installed) > 1:
                     assert tcp["drops"].get("out-of-window", 0) > 0, tcp
-                    # ...each answered with a plain ACK, not through the RFC 5961 limiter
+                    # ...each answered with a plain ACK, not through the RFC 5961 limiter,
+                    # which names the duplicate in a D-SACK block that Linux takes (RFC 2883)
                     assert tcp["stats"].get("unacceptable-ack", 0) > 0, tcp
+                    assert tcp["stats"].get("dsack-sent", 0) > 0, tcp
+                    nstat = peer.run(["nstat", "-asz", "TcpExtTCPDSACKRecv"]).stdout.split()
+                    assert int(nstat[nstat.index("TcpExtTCPDSACKRecv") + 1]) > 0, nstat
                 assert tcp["drops"].get("challenge-ack-limited", 0) == 0, tcp
 
     asyncio.run(asyncio.wait_for(main(), 240))

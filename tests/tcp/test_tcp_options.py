@@ -123,6 +123,47 @@ def test_receiver_sends_sack_blocks_most_recent_first():
     assert a3.ack == IRS + 201 and a3.sack == ((IRS + 301, IRS + 401),)
 
 
+def test_duplicate_text_is_reported_once_in_a_dsack_block():
+    """RFC 2883: the first SACK block names the duplicate text of the segment just received
+    (4.1.1: already acknowledged, wholly or in part), in that ACK only (rule 2)."""
+    conn = sack_conn()
+    send_seg(conn, seg(IRS + 1, ISS + 1, ACK, payload=b"a" * 100))
+    send_seg(conn, seg(IRS + 1, ISS + 1, ACK, payload=b"a" * 100))  # a spurious retransmission
+    [ack] = pull(conn)
+    assert ack.ack == IRS + 101 and ack.sack == ((IRS + 1, IRS + 101),)
+    send_seg(conn, seg(IRS + 51, ISS + 1, ACK, payload=b"b" * 100))  # half old, half new
+    [ack] = pull(conn)
+    assert ack.ack == IRS + 151 and ack.sack == ((IRS + 51, IRS + 101),)
+    conn.send(b"reply")
+    [data] = pull(conn)
+    assert data.sack == () and conn.counters["unacceptable-ack"] == 1
+    assert conn.recv() == b"a" * 100 + b"b" * 50
+
+
+def test_duplicate_out_of_order_text_gets_a_dsack_block_then_its_block():
+    """RFC 2883 4.1.2: a duplicate of text held above a hole: the D-SACK block, then the
+    (larger) block that holds it (rule 4), then the others (RFC 2018)."""
+    conn = sack_conn()
+    send_seg(conn, seg(IRS + 201, ISS + 1, ACK, payload=b"c" * 100))
+    send_seg(conn, seg(IRS + 401, ISS + 1, ACK, payload=b"e" * 100))
+    pull(conn)
+    send_seg(conn, seg(IRS + 251, ISS + 1, ACK, payload=b"c" * 50 + b"d" * 50))
+    [ack] = pull(conn)
+    assert ack.ack == IRS + 1
+    assert ack.sack == ((IRS + 251, IRS + 301), (IRS + 201, IRS + 351), (IRS + 401, IRS + 501))
+    send_seg(conn, seg(IRS + 1, ISS + 1, ACK, payload=b"a" * 200))
+    [ack] = pull(conn)
+    assert ack.ack == IRS + 351 and ack.sack == ((IRS + 401, IRS + 501),)
+
+
+def test_no_dsack_without_sack():
+    conn = established(peer_mss=1000, **full_opts(timestamps=False, sack=False))
+    send_seg(conn, seg(IRS + 1, ISS + 1, ACK, payload=b"a" * 100))
+    send_seg(conn, seg(IRS + 1, ISS + 1, ACK, payload=b"a" * 100))
+    [ack] = pull(conn)
+    assert ack.ack == IRS + 101 and ack.sack == ()
+
+
 def test_sack_recovery_retransmits_only_holes():
     conn = sack_conn()
     conn.send(b"z" * 6000)

@@ -1,7 +1,7 @@
 """Retransmission (RFC 6298), fast retransmit/NewReno (RFC 5681/6582), persist and keepalive timers."""
 import pytest
 
-from tcp_harness import ACK, IRS, ISS, RST, T0, State, drive, established, pull, send_seg, seg
+from tcp_harness import ACK, IRS, ISS, RST, SYN, T0, State, drive, established, pull, send_seg, seg, syn_sent
 from shoal.net.native.tcp.connection import Event
 
 BASE = ISS + 1
@@ -262,3 +262,112 @@ def test_old_ack_does_not_update_window():
     # an older ACK (reordered) with a newer sequence number must not move the window
     send_seg(conn, seg(IRS + 2, BASE + 1000, ACK, window=100))
     assert conn.snd_wnd == 5000 and conn.snd_wl1 == IRS + 1
+
+
+def tlp_conn(rtt=0.05, **kw):
+    """ESTABLISHED with SACK, SRTT = `rtt` from the handshake; returns (conn, now)."""
+    conn, _syn = syn_sent(T0, sack=True, **kw)
+    now = T0 + rtt
+    send_seg(conn, seg(IRS, ISS + 1, SYN | ACK, 65535, mss=1000, sack_permitted=True), now)
+    pull(conn, now)
+    conn.take_events()
+    assert conn.sack_ok and conn.rtt.srtt == pytest.approx(rtt)
+    return conn, now
+
+
+def test_tail_loss_probe_resends_the_last_segment_after_two_rtts():
+    """RFC 8985 7.2-7.3: PTO = 2*SRTT after new data; the probe is the last segment again,
+    the RTO is armed anew and no second probe follows in the same flight."""
+    conn, now = tlp_conn()
+    conn.send(b"x" * 3000)
+    assert len(pull(conn, now)) == 3
+    assert conn.tlp_at == pytest.approx(now + 0.1) and conn.poll_at() == conn.tlp_at
+    t = conn.tlp_at
+    conn.poll(t)
+    [probe] = pull(conn, t)
+    assert (probe.seq, len(probe.payload)) == (BASE + 2000, 1000)
+    assert conn.counters["tlp-probe"] == 1 and conn.tlp_at is None
+    assert conn.poll_at() == conn.rto_at == pytest.approx(t + conn.rtt.rto)
+    # only the last segment was lost: the probe's ACK covers the flight, and the next ACK
+    # beyond it closes the episode as a repaired loss (7.4): cwnd is reduced once
+    send_seg(conn, seg(IRS + 1, BASE + 3000, ACK), t + 0.05)
+    cwnd = conn.cc.cwnd
+    conn.send(b"y" * 1000)
+    pull(conn, t + 0.05)
+    send_seg(conn, seg(IRS + 1, BASE + 4000, ACK), t + 0.1)
+    assert conn.counters["tlp-loss-repaired"] == 1 and conn.cc.cwnd < cwnd
+
+
+def test_tail_loss_probe_found_spurious_by_a_dsack_keeps_cwnd():
+    conn, now = tlp_conn()
+    conn.send(b"x" * 3000)
+    pull(conn, now)
+    t = conn.poll_at()
+    conn.poll(t)
+    pull(conn, t)
+    cwnd = conn.cc.cwnd
+    send_seg(conn, seg(IRS + 1, BASE + 3000, ACK), t + 0.01)  # the originals' late ACK
+    # the receiver got the probe twice and says so in a D-SACK block (RFC 2883)
+    send_seg(conn, seg(IRS + 1, BASE + 3000, ACK, sack=((BASE + 2000, BASE + 3000),)), t + 0.05)
+    assert conn.counters["tlp-spurious"] == 1
+    conn.send(b"y" * 1000)
+    pull(conn, t + 0.05)
+    send_seg(conn, seg(IRS + 1, BASE + 4000, ACK), t + 0.1)
+    assert conn.counters["tlp-loss-repaired"] == 0 and conn.cc.cwnd >= cwnd
+
+
+def test_tail_loss_probe_timing_and_new_data_probe():
+    conn, now = tlp_conn()
+    conn.send(b"x" * 500)  # one segment in flight: the receiver may delay its ACK (WCDelAckT)
+    pull(conn, now)
+    assert conn.tlp_at == pytest.approx(now + 0.1 + 0.2)
+    conn, now = tlp_conn(initial_window=2)
+    conn.send(b"x" * 5000)  # cwnd lets 2 out; the probe is the next new segment (7.3)
+    assert [s.seq for s in pull(conn, now)] == [BASE, BASE + 1000]
+    t = conn.poll_at()
+    conn.poll(t)
+    [probe] = pull(conn, t)
+    assert (probe.seq, len(probe.payload)) == (BASE + 2000, 1000) and conn.snd_max == BASE + 3000
+    send_seg(conn, seg(IRS + 1, BASE + 3000, ACK), t + 0.05)
+    assert conn.counters["tlp-loss-repaired"] == 0
+
+
+def test_no_tail_loss_probe_without_sack_or_after_a_timeout():
+    conn = established()  # no SACK
+    conn.send(b"x" * 3000)
+    pull(conn)
+    assert conn.tlp_at is None and conn.poll_at() == conn.rto_at
+    conn, now = tlp_conn()
+    conn.send(b"x" * 3000)
+    pull(conn, now)
+    t = conn.poll_at()
+    conn.poll(t)
+    pull(conn, t)  # the probe
+    t = conn.poll_at()
+    conn.poll(t)  # the RTO
+    assert conn.counters["rto"] == 1 and pull(conn, t)[0].seq == BASE
+    assert conn.tlp_at is None  # RTO recovery: no probe until new data is acknowledged
+    send_seg(conn, seg(IRS + 1, BASE + 1000, ACK), t + 0.05)
+    assert conn.tlp_at is None  # still going back (SND.NXT < SND.MAX)
+    assert [s.seq for s in pull(conn, t + 0.05)] == [BASE + 1000, BASE + 2000]
+    assert conn.tlp_at is None  # and what was in flight at the timeout is not all acknowledged
+    send_seg(conn, seg(IRS + 1, BASE + 3000, ACK), t + 0.1)
+    conn.send(b"y" * 1000)
+    pull(conn, t + 0.1)
+    assert conn.tlp_at is not None  # recovered: new data gets its probe timeout again
+
+
+def test_a_due_probe_is_dropped_by_an_ack_or_the_end_of_the_connection():
+    conn, now = tlp_conn()
+    conn.send(b"x" * 3000)
+    pull(conn, now)
+    t = conn.tlp_at
+    conn.poll(t)
+    assert conn.wants_transmit()  # the probe waits for the next pull...
+    send_seg(conn, seg(IRS + 1, BASE + 3000, ACK), t)
+    assert not conn.wants_transmit() and conn.poll_at() is None  # ...and an ACK makes it moot
+    conn.send(b"y" * 1000)
+    pull(conn, t)
+    conn.poll(conn.tlp_at)
+    send_seg(conn, seg(IRS + 1, BASE + 4000, ACK | RST), conn.tlp_at)
+    assert conn.state is State.CLOSED and not conn.wants_transmit() and conn.poll_at() is None

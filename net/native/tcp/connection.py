@@ -27,8 +27,10 @@ Its outputs are data:
 
 Segment processing follows RFC 9293 section 3.10.7 step by step (sequence check,
 RST, SYN, ACK, URG, text, FIN) with RFC 5961 challenge ACKs for in-window RSTs and
-SYNs and for too-old ACKs, RFC 7323 PAWS and timestamps, RFC 2018 SACK, RFC 6675
-loss recovery when SACK is on and RFC 6582 NewReno recovery when it is not.
+SYNs and for too-old ACKs, RFC 7323 PAWS and timestamps, RFC 2018 SACK (with RFC 2883
+D-SACK blocks telling the peer about duplicate text), RFC 6675 loss recovery when SACK
+is on and RFC 6582 NewReno recovery when it is not, and RFC 8985 tail loss probes
+(`_tail_loss_probe`), so that a lost tail is not left to the RTO.
 Untrusted input never raises: a segment that cannot be used is counted in
 `drops[reason]` and dropped. The common segment of an ESTABLISHED connection (next
 in sequence, ACK within what was sent, no loss recovery or out-of-order data under
@@ -52,6 +54,12 @@ from .sendbuf import SendBuffer
 from .seq import HALF, MASK, Seq, as_seq, seq_max, seq_min, signed_distance
 
 DEFAULT_MSS_IPV4 = 536  # MUST-15: assumed when the peer sends no MSS option
+TLP_MIN_PTO = 0.01
+"""Floor of the probe timeout: 2*SRTT of a TAP or a LAN is far below the jitter of a busy
+host's ACKs (Linux's first TLP had the same 10 ms floor)."""
+TLP_WORST_DELAYED_ACK = 0.2
+"""WCDelAckT of RFC 8985 7.2: added to the PTO when one segment is in flight, whose ACK the
+receiver may delay."""
 IPV4_TCP_HEADERS = 40
 TS_OPTION_LEN = 12
 TSO_MAX_PAYLOAD = 0xFFFF - 20 - 60
@@ -139,6 +147,7 @@ class TcpConfig:
     that is larger, up to `send_buffer_max` (see `Connection.send_limit`). The receive
     buffer starts at `recv_buffer` and doubles, up to `recv_buffer_max`, while the peer
     is held back by the window and not by the application (`Connection._grow_receive_buffer`).
+    `tail_loss_probe` turns on RFC 8985's tail loss probes on connections with SACK.
     `tso_max` (0: off) is the largest payload one new-data segment may carry when the
     device segments TCP for us (TSO, `shoal.drivers.base.Offloads.tso`); the owner sets
     it from the device, since a segment longer than the MSS is only valid for a device
@@ -176,6 +185,7 @@ class TcpConfig:
     dscp: int = 0     # Diffserv codepoint, passed unchanged to IP (MUST-48, SHLD-22)
     tso_max: int = 0  # TSO: largest new-data payload; set by the owner from its device
     tso: bool = True  # let the owner use its device's TSO (--tcp-tso off: MSS-sized segments only)
+    tail_loss_probe: bool = True  # RFC 8985 section 7 (with SACK only)
 
     def __post_init__(self):
         if not 0 <= self.delayed_ack < 0.5:
@@ -281,6 +291,7 @@ class Connection:
         self._ofo = []                 # sorted [(Seq start, bytes)] disjoint, not adjacent
         self._ofo_fin = None
         self._recent_ofo = None
+        self._dsack = None  # (start, end): duplicate text of the latest segment, for the next ACK only
         self._rcv_unacked = 0
         self._eof = False
         # machinery
@@ -299,6 +310,9 @@ class Connection:
         self._probes = 0
         self._persist_backoff = 0
         self._probe_due = False
+        self._tlp_due = False
+        self._tlp_end = None      # TLP.end_seq: SND.MAX after the probe, while its episode lasts
+        self._tlp_retrans = False  # the probe was a retransmission (TLP.is_retrans)
         self._ka_probes = 0
         self._ka_due = False
         self._last_rx = now
@@ -309,6 +323,7 @@ class Connection:
         self._unacceptable_ack_at = None
         # timers (absolute deadlines or None)
         self.rto_at = None
+        self.tlp_at = None  # the probe timeout, PTO (RFC 8985 7.2)
         self.delack_at = None
         self.persist_at = None
         self.keepalive_at = None
@@ -640,7 +655,8 @@ class Connection:
         """
         flags = seg.flags
         if (flags & ~PSH != ACK or self._ofo or self._ofo_fin is not None or self.recovery is not None
-                or self.scoreboard.blocks or (ce and self.ecn_ok) or (seg.sack and self.sack_ok)):
+                or self.scoreboard.blocks or (ce and self.ecn_ok) or (seg.sack and self.sack_ok)
+                or self._tlp_end is not None):
             return False
         seq = seg.seq
         rcv_nxt = self.rcv_nxt.real
@@ -847,10 +863,13 @@ class Connection:
         if self.sack_ok and seg.sack:
             if self.scoreboard.update(seg.sack, self.snd_una, self.snd_max):
                 self.counters["sack-updates"] += 1
-        if self.snd_una < ack:
+        advanced = self.snd_una < ack
+        if advanced:
             self._new_ack(ack, seg, now)
         elif ack == self.snd_una:
             self._maybe_dupack(seg, old_wnd, now)
+        if self._tlp_end is not None:
+            self._tlp_ack(seg, ack, advanced, now)
         if seg.flags & ECE and self.ecn_ok and self.recovery is None and self.snd_una >= self._ecn_recover:
             # RFC 3168 6.1.2: react to ECE like a loss, at most once per window of data.
             self.cc.on_congestion(now, self.snd_max - self.snd_una)
@@ -925,6 +944,8 @@ class Connection:
             self._recovery_ack(ack, acked)
         self.retries = 0
         self.rto_at = None  # restarted by _update_timers if data is still outstanding (5.3)
+        self.tlp_at = None  # so is the PTO (RFC 8985 7.2)
+        self._tlp_due = False  # and a probe not yet sent is moot: an ACK came
         self.dupacks = 0
         if self._send_blocked:
             space = self.send_space
@@ -966,8 +987,35 @@ class Connection:
         elif self.recovery == "newreno":
             cc.cwnd += self.snd_mss  # RFC 6582 3.2 step 3 (inflation)
 
+    def _tlp_ack(self, seg, ack, advanced, now):
+        """End of a loss-probe episode (RFC 8985 7.4): did the probe repair a loss?
+
+        A probe of new data proves nothing either way. A retransmitted probe that the
+        receiver reports as a duplicate (a D-SACK block over its end, RFC 2883), or that
+        only draws a pure duplicate ACK once everything is acknowledged, found nothing
+        lost. An ACK beyond the probe's end without either means the probe filled a
+        hole: the congestion window is reduced as a fast retransmit would (7.4.2), as
+        Linux does. While SEG.ACK stays below the end, the episode goes on.
+        """
+        end = self._tlp_end
+        if ack < end:
+            return
+        if not self._tlp_retrans:
+            self._tlp_end = None
+        elif seg.sack and Seq(seg.sack[0][1]) <= ack and Seq(seg.sack[0][0]) < end <= Seq(seg.sack[0][1]):
+            self._tlp_end = None
+            self.counters["tlp-spurious"] += 1
+        elif ack > end:
+            self._tlp_end = None
+            self.cc.on_congestion(now, self.snd_max - self.snd_una)
+            self.counters["tlp-loss-repaired"] += 1
+        elif not advanced and not seg.payload:
+            self._tlp_end = None
+            self.counters["tlp-spurious"] += 1
+
     def _enter_recovery(self, now):
         """Fast retransmit (RFC 5681 3.2) into NewReno (RFC 6582) or SACK (RFC 6675) recovery."""
+        self._tlp_end = None  # (the recovery's own reduction covers a loss the probe showed)
         flight = self.snd_max - self.snd_una
         self.recover = self.snd_max
         self.cc.on_congestion(now, flight)
@@ -988,6 +1036,9 @@ class Connection:
         fin = bool(seg.flags & FIN)
         if dseq < self.rcv_nxt:
             cut = min(self.rcv_nxt - dseq, len(payload))
+            if cut and self.sack_ok:
+                self._dsack = (dseq, dseq + cut)  # RFC 2883 4.1.1: the part already received
+                self._ack_now = True
             payload = payload[cut:]
             dseq = dseq + cut
         room = self.rcv_adv - dseq
@@ -999,6 +1050,8 @@ class Connection:
             if self.state not in _RECEIVES_TEXT:
                 self.drops["text-after-fin"] += 1
                 return
+            if self._ofo and self.sack_ok and self._dsack is None:
+                self._dsack_queued(dseq, dseq + len(payload))
             if self._seg_ce and self.ecn_ok:
                 self._ece_pending = True  # RFC 3168 6.1.3
                 self._ack_now = True
@@ -1042,6 +1095,16 @@ class Connection:
             if self.rcv_up is None or up > self.rcv_up:
                 self.rcv_up = up
                 self._emit(Event.URGENT)
+
+    def _dsack_queued(self, start, end):
+        """Text [start, end) arrived: report its first overlap with out-of-order text already
+        held as a D-SACK block (RFC 2883 4.1.2; rule 2: one block per duplicate run)."""
+        for s, d in self._ofo:
+            lo, hi = seq_max(s, start), seq_min(s + len(d), end)
+            if lo < hi:
+                self._dsack = (lo, hi)
+                self._ack_now = True
+                return
 
     def _ofo_insert(self, start, data):
         """Queue out-of-order text (SHLD-31), merging with overlapping or adjacent ranges."""
@@ -1133,13 +1196,15 @@ class Connection:
         if self.state is not CLOSED:
             self.state = CLOSED
             self._emit(Event.CLOSED)
-        self.rto_at = self.delack_at = self.persist_at = self.keepalive_at = self.timewait_at = None
+        self.rto_at = self.tlp_at = self.delack_at = self.persist_at = self.keepalive_at = self.timewait_at = None
+        self._tlp_due = False
         self._ofo = []
 
     def _enter_time_wait(self, now):
         self.state = TIME_WAIT
         self.timewait_at = now + 2 * self.config.msl  # MUST-13
-        self.rto_at = self.persist_at = self.keepalive_at = None
+        self.rto_at = self.tlp_at = self.persist_at = self.keepalive_at = None
+        self._tlp_due = False
 
     def _ack_unacceptable(self, seg, now):
         """Answer an unacceptable segment that is not a RST (RFC 9293 3.10.7.4 first step).
@@ -1167,6 +1232,11 @@ class Connection:
         if seg.flags & SYN:
             self._challenge_ack(now)
             return
+        if seg.payload and self.sack_ok:
+            start = Seq(seg.seq)
+            end = start + len(seg.payload)
+            if end <= self.rcv_nxt:
+                self._dsack = (start, end)  # RFC 2883 4.1.1: text the receiver already has
         if not seg.seg_len:
             last = self._unacceptable_ack_at
             if last is not None and now - last < self.config.unacceptable_ack_interval:
@@ -1199,6 +1269,9 @@ class Connection:
     def poll_at(self):
         """Earliest timer deadline, or None."""
         best = self.rto_at
+        t = self.tlp_at
+        if t is not None and (best is None or t < best):
+            best = t
         t = self.delack_at
         if t is not None and (best is None or t < best):
             best = t
@@ -1219,6 +1292,9 @@ class Connection:
             self.timewait_at = None
             self._enter_closed()
             return
+        if self.tlp_at is not None and now >= self.tlp_at:
+            self.tlp_at = None
+            self._tail_loss_probe(now)
         if self.rto_at is not None and now >= self.rto_at:
             self.rto_at = None
             self._retransmission_timeout(now)
@@ -1232,6 +1308,42 @@ class Connection:
             self.keepalive_at = None
             self._keepalive_due(now)
         self._update_timers(now)
+
+    def _tlp_armed(self):
+        """May a loss probe be scheduled (RFC 8985 7.2)? With SACK (the probe's ACK must be
+        able to say what arrived), data in flight, no loss recovery, no RTO recovery (SND.NXT
+        going back, or what was in flight at the timeout not yet all acknowledged) and no
+        probe's episode open. (Plain-int sequence arithmetic: this runs for every response.)"""
+        una = self.snd_una.real
+        smax = self.snd_max.real
+        return (self.sack_ok and self.recovery is None and self._tlp_end is None and not self._tlp_due
+                and not self.retries and self.snd_nxt.real == smax != una
+                and (una - self.recover.real) & MASK < HALF and self.config.tail_loss_probe
+                and self.state in _SENDS_DATA)
+
+    def _tail_loss_probe(self, now):
+        """The PTO fired (RFC 8985 7.3): one probe goes out on the next pull (`_tlp_segment`),
+        and the RTO, not the PTO, is armed again: at most one probe per flight."""
+        if not self._tlp_armed():
+            return
+        self._tlp_due = True
+        self.rto_at = now + self.rtt.rto
+        self.counters["tlp-probe"] += 1
+
+    def _tlp_segment(self, now):
+        """The probe: a new segment of up to one MSS if there is unsent data and the peer's
+        window takes it (beyond cwnd, RFC 8985 7.3), else the last segment sent again."""
+        mss = self.snd_mss
+        unsent = (self._sndbuf_seq + self._sndbuf.size) - self.snd_nxt
+        room = self.snd_una + self.snd_wnd - self.snd_nxt
+        if unsent > 0 and room > 0:
+            seg = self._data_segment(self.snd_nxt, min(mss, unsent, room), now)
+            self._tlp_retrans = False
+        else:
+            seg = self._retransmit_range(seq_max(self.snd_una, self.snd_max - mss), self.snd_max, now)
+            self._tlp_retrans = True
+        self._tlp_end = self.snd_max
+        return seg
 
     def _retransmission_timeout(self, now):
         """RFC 6298 5.4-5.6 with RFC 5681 eq. 4 and go-back-N from SND.UNA."""
@@ -1263,6 +1375,8 @@ class Connection:
         self.snd_nxt = self.snd_una
         self.scoreboard.clear()
         self.recovery = None
+        self._tlp_due = False
+        self._tlp_end = None
         self.recover = self.snd_max  # RFC 6582 section 4
         self.high_rxt = None
         self.dupacks = 0
@@ -1298,8 +1412,21 @@ class Connection:
         if 0 < (self.snd_nxt.real - self.snd_una.real) & MASK < HALF:  # SND.NXT > SND.UNA
             if self.rto_at is None:
                 self.rto_at = now + self.rtt.rto
+            # loss probe timeout (RFC 8985 7.2): 2*SRTT (floored), plus the receiver's worst
+            # delayed ACK with one segment in flight, never later than the RTO
+            if self.tlp_at is None and self.sack_ok and self._tlp_armed():
+                srtt = self.rtt.srtt
+                if srtt is None:
+                    t = now + 1.0
+                else:
+                    t = now + (2 * srtt if srtt > TLP_MIN_PTO / 2 else TLP_MIN_PTO)
+                    if (self.snd_max.real - self.snd_una.real) & MASK <= self.snd_mss:
+                        t += TLP_WORST_DELAYED_ACK
+                rto_at = self.rto_at
+                self.tlp_at = t if t < rto_at else rto_at
         else:
             self.rto_at = None
+            self.tlp_at = None
         # persist timer: zero window, data waiting, nothing in flight
         if (self.snd_wnd == 0 and st in _SENDS_DATA and self.snd_nxt == self.snd_una
                 and self._sndbuf_seq + self._sndbuf.size > self.snd_nxt):
@@ -1330,7 +1457,7 @@ class Connection:
             return self.snd_nxt == self.iss
         if st not in _SENDS_DATA:
             return False
-        if self._rexmit_una:
+        if self._rexmit_una or self._tlp_due:
             return True
         if not self._sndbuf.size and not self._fin_queued and self.recovery is None:
             return False  # nothing queued, nothing to retransmit: the request/response idle case
@@ -1365,8 +1492,9 @@ class Connection:
         None, having changed nothing, otherwise.
         """
         if (self._replies or self._rst_due is not None or self._rexmit_una or self.recovery is not None
-                or self.scoreboard.blocks or self._ka_due or self._probe_due or self._fin_queued
-                or self.ecn_ok or self.snd_up is not None or (self._ofo and self.sack_ok)):
+                or self.scoreboard.blocks or self._ka_due or self._probe_due or self._tlp_due or self._fin_queued
+                or self.ecn_ok or self.snd_up is not None or (self._ofo and self.sack_ok)
+                or self._dsack is not None):
             return None
         if self.snd_nxt.real != self.snd_max.real:
             return None  # going back after a timeout
@@ -1398,6 +1526,7 @@ class Connection:
                 self._rtt_seq, self._rtt_time = new_nxt, now  # time this segment (RFC 6298 3)
             if self.rto_at is None:
                 self.rto_at = now + self.rtt.rto
+            self.tlp_at = None  # restarted by `_update_timers` after new data (RFC 8985 7.2)
             out.append(seg)
             if flags & PSH:
                 break
@@ -1565,6 +1694,9 @@ class Connection:
                     break
 
     def _transmit_data(self, now, limit, out):
+        if self._tlp_due and len(out) < limit:
+            self._tlp_due = False
+            out.append(self._tlp_segment(now))
         if self._rexmit_una and len(out) < limit:
             self._rexmit_una = False
             seg = self._retransmit_from(self.snd_una, now)
@@ -1658,8 +1790,10 @@ class Connection:
             self._rexmit_ts = self._ts_now(now)
             if self._rtt_seq is not None and self._rtt_seq > start:
                 self._rtt_seq = None
-        elif self._rtt_seq is None and self.retries == 0:
-            self._rtt_seq, self._rtt_time = new_nxt, now
+        else:
+            self.tlp_at = None  # new data restarts the PTO (RFC 8985 7.2)
+            if self._rtt_seq is None and self.retries == 0:
+                self._rtt_seq, self._rtt_time = new_nxt, now
         if self.rto_at is None:
             self.rto_at = now + self.rtt.rto
         return seg
@@ -1706,9 +1840,19 @@ class Connection:
                          0, None, None, False,
                          ((int(now * 1000) + self._ts_offset) & MASK, self.ts_recent) if self.ts_ok else None,
                          (), payload)  # (the timestamp is `_ts_now`'s, inline)
-        if self.sack_ok and self._ofo:
+        if self.sack_ok and (self._ofo or self._dsack is not None):
+            limit = 3 if self.ts_ok else 4
             ranges = [(s, s + len(d)) for s, d in self._ofo]
-            blocks = receive_blocks(ranges, self._recent_ofo, 3 if self.ts_ok else 4)
+            dsack = self._dsack
+            if dsack is None:
+                blocks = receive_blocks(ranges, self._recent_ofo, limit)
+            else:
+                # RFC 2883 4: the D-SACK block first, then the out-of-order block holding the
+                # duplicate if there is one (rule 4), then the rest as RFC 2018 orders them;
+                # sent once (rule 2).
+                self._dsack = None
+                self.counters["dsack-sent"] += 1
+                blocks = (dsack,) + receive_blocks(ranges, dsack[0], limit - 1)
             seg.sack = tuple((int(a), int(b)) for a, b in blocks)
         self._ack_sent()
         return seg
