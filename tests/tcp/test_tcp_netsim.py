@@ -149,6 +149,15 @@ def test_transfer_across_sequence_wrap(sack):
     assert int(client.snd_una) < 1_000_000 and int(srv.snd_una) < 1_000_000  # both wrapped
 
 
+def test_spurious_fast_retransmits_under_reordering_are_undone():
+    """10 % reordering and no loss: fast retransmits are mostly spurious; the peer's D-SACKs
+    show it (RFC 3708) and their reductions are undone (`dsack-undo`)."""
+    sim = Sim(seed=2, reorder=0.1)
+    client, _srv = transfer(sim, 1_000_000, 100_000, TcpConfig(msl=1.0, min_rto=0.2))
+    assert client.counters["fast-retransmit"] > 0 and client.counters["dsack-received"] > 0
+    assert client.counters["dsack-undo"] > 0
+
+
 def test_clean_transfer_uses_no_retransmissions():
     sim = Sim(seed=3, rate=100e6, queue=1000)
     client, srv = transfer(sim, 500_000, 10_000)

@@ -5,6 +5,8 @@ from tcp_harness import (ACK, IRS, ISS, LOCAL, REMOTE, SYN, T0, Connection, Stat
                          established, pull, send_seg, seg, syn_sent, wire_roundtrip)
 from shoal.net.native.wire.tcp import CWR, ECE
 
+BASE = ISS + 1  # the first octet of data after the SYN
+
 
 def full_opts(**kw):
     base = dict(window_scaling=True, timestamps=True, sack=True, recv_buffer=1 << 20, recv_buffer_max=1 << 20)
@@ -180,6 +182,46 @@ def test_sack_recovery_retransmits_only_holes():
     assert [(s.seq, len(s.payload)) for s in rexmit] == [(base + 1000, 1000), (base + 3000, 1000)]
     send_seg(conn, seg(IRS + 1, base + 6000, ACK))
     assert conn.recovery is None and conn.snd_una == base + 6000
+
+
+def reordered_first_segment(conn):
+    """Five segments out; the first is late: the peer SACKs 2-5, and the third duplicate
+    ACK starts a fast retransmit of the first. Returns cwnd from before the reduction."""
+    conn.send(b"z" * 5000)
+    pull(conn)
+    cwnd = conn.cc.cwnd
+    for n in (2, 3, 4):
+        send_seg(conn, seg(IRS + 1, BASE + 0, ACK, sack=((BASE + 1000, BASE + n * 1000),)))
+    assert conn.recovery == "sack" and conn.cc.cwnd < cwnd
+    [rexmit] = pull(conn)
+    assert rexmit.seq == BASE and conn.counters["retransmit"] == 1
+    return cwnd
+
+
+def test_dsack_of_every_retransmission_undoes_the_reduction():
+    """RFC 3708: the late original, then the retransmission, reach the peer; its D-SACK
+    shows the fast retransmit was spurious, and cwnd goes back (RFC 9438 4.9)."""
+    conn = sack_conn()
+    cwnd = reordered_first_segment(conn)
+    send_seg(conn, seg(IRS + 1, BASE + 5000, ACK))  # the late original: recovery ends
+    assert conn.recovery is None and conn.cc.cwnd < cwnd
+    send_seg(conn, seg(IRS + 1, BASE + 5000, ACK, sack=((BASE, BASE + 1000),)))  # D-SACK
+    assert conn.counters["dsack-received"] == 1 and conn.counters["dsack-undo"] == 1
+    assert conn.cc.cwnd >= cwnd
+
+
+def test_no_undo_after_a_real_loss():
+    conn = sack_conn()
+    cwnd = reordered_first_segment(conn)
+    send_seg(conn, seg(IRS + 1, BASE + 5000, ACK))  # the retransmission filled a real hole
+    reduced = conn.cc.cwnd
+    conn.send(b"y" * 1000)
+    pull(conn)
+    send_seg(conn, seg(IRS + 1, BASE + 6000, ACK))  # a flight later, the episode is over
+    # a duplicate the network made, reported afterwards, changes nothing
+    send_seg(conn, seg(IRS + 1, BASE + 6000, ACK, sack=((BASE, BASE + 1000),)))
+    assert conn.counters["dsack-received"] == 1 and conn.counters["dsack-undo"] == 0
+    assert reduced <= conn.cc.cwnd < cwnd
 
 
 def test_sack_ignores_blocks_outside_the_window():

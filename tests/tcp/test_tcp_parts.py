@@ -5,7 +5,7 @@ from hypothesis import given, strategies as st
 from shoal.net.native.tcp import congestion
 from shoal.net.native.tcp.isn import IsnGenerator
 from shoal.net.native.tcp.rtt import RttEstimator
-from shoal.net.native.tcp.sack import Scoreboard, receive_blocks
+from shoal.net.native.tcp.sack import Scoreboard, dsack_block, receive_blocks
 from shoal.net.native.tcp.seq import HALF, MASK, Seq, as_seq, seq_max, seq_min, signed_distance
 
 # ------------------------------------------------------------------ Seq
@@ -89,6 +89,38 @@ def test_newreno_slow_start_and_avoidance():
     assert cc.ssthresh == 6000 and cc.cwnd == 6000
     cc.on_timeout(0.0, 1000)
     assert cc.ssthresh == 2000 and cc.cwnd == 1000  # eq. 4 floor 2*SMSS; loss window
+
+
+@pytest.mark.parametrize("name", ["cubic", "newreno"])
+def test_a_spurious_reduction_is_undone_from_the_snapshot(name):
+    """RFC 9438 4.9 (and the same for NewReno): the state from before the reduction comes
+    back, CUBIC's W_max, K and epoch included; cwnd and ssthresh never go down by it."""
+    cc = congestion.make(name, 1000, 10_000)
+    cc.on_congestion(0.5, 60_000)  # an earlier, real loss: congestion avoidance from here
+    cc.cwnd = 40_000
+    cc.on_ack(1000, 1.0, 0.05)
+    before = cc.snapshot()
+    cc.on_congestion(2.0, 40_000)
+    assert cc.cwnd < 40_000
+    cc.set_mss(1200)
+    ssthresh = max(cc.ssthresh, before["ssthresh"])  # (raised here: cwnd had outgrown it)
+    cc.restore(before)
+    assert cc.snapshot() == dict(before, mss=1200, ssthresh=ssthresh)
+    cc.on_timeout(3.0, 40_000)
+    cc.cwnd = 90_000  # grown since the snapshot was taken
+    ssthresh = max(cc.ssthresh, before["ssthresh"])
+    cc.restore(before)
+    assert cc.cwnd == 90_000 and cc.ssthresh == ssthresh
+
+
+def test_dsack_block_is_told_by_rfc_2883_rules():
+    ack = Seq(5000)
+    assert dsack_block(((3000, 4000),), ack) == (3000, 4000)  # below the cumulative ACK
+    assert dsack_block(((6000, 6500), (6000, 8000)), ack) == (6000, 6500)  # inside the second
+    assert dsack_block(((6000, 6500), (7000, 8000)), ack) is None  # an ordinary SACK block
+    assert dsack_block(((6000, 6500),), ack) is None
+    assert dsack_block(((4000, 4000),), ack) is None  # empty: nothing reported
+    assert dsack_block(((2**32 - 500, 100),), Seq(200)) == (Seq(2**32 - 500), Seq(100))  # across the wrap
 
 
 def test_cubic_reduction_and_cubic_growth():

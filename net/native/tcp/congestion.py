@@ -13,6 +13,11 @@ happened:
   congestion event, cwnd to the loss window of one segment (RFC 5681 3.1 eq. 4).
 * `restart(window)` - the connection sends again after more than an RTO without
   sending data: cwnd to at most the restart window (RFC 5681 4.1).
+* `snapshot()` / `restore(state)` - the connection keeps the controller's state from
+  before a reduction and gives it back when D-SACK later shows that every
+  retransmission of that episode was spurious (RFC 3708): the reduction is undone,
+  cwnd and ssthresh never below their current values (RFC 9438 4.9 for CUBIC's
+  W_max, K and epoch; Linux's undo).
 
 The connection calls `on_ack` only while the window is in use (at least half of cwnd
 in flight when the ACK arrives): an application-limited connection, such as a
@@ -35,7 +40,20 @@ download from a shard ran at 1.2-1.45 GB/s with L = 1 and 1.56-1.67 with L = 8.
 (Linux has no such limit.)"""
 
 
-class NewReno:
+class _Controller:
+    """What both controllers share: the undo of a spurious reduction (see the module docstring)."""
+
+    def snapshot(self):
+        return dict(vars(self))
+
+    def restore(self, state):
+        cwnd, ssthresh = self.cwnd, self.ssthresh
+        vars(self).update((k, v) for k, v in state.items() if k != "mss")
+        self.cwnd = max(self.cwnd, cwnd)
+        self.ssthresh = max(self.ssthresh, ssthresh)
+
+
+class NewReno(_Controller):
     """RFC 5681 slow start and congestion avoidance with ssthresh = max(FlightSize/2, 2*SMSS)."""
 
     name = "newreno"
@@ -75,7 +93,7 @@ class NewReno:
         self._acc = 0
 
 
-class Cubic:
+class Cubic(_Controller):
     """CUBIC (RFC 9438): cubic window growth in time since the last congestion event.
 
     Windows inside the cubic formulas are in segments (section 4.1); `cwnd` and

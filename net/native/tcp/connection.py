@@ -49,7 +49,7 @@ from ..wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, TcpSegment
 from . import congestion
 from .recvbuf import ReceiveBuffer
 from .rtt import RttEstimator
-from .sack import Scoreboard, receive_blocks
+from .sack import Scoreboard, dsack_block, receive_blocks
 from .sendbuf import SendBuffer
 from .seq import HALF, MASK, Seq, as_seq, seq_max, seq_min, signed_distance
 
@@ -306,6 +306,12 @@ class Connection:
         self.recover = self.iss         # RFC 6582 "recover" / RFC 6675 RecoveryPoint
         self.high_rxt = None
         self._rexmit_una = False
+        # undo of a spurious reduction (RFC 3708): the open loss episode, if any
+        self._undo_marker = None  # SND.UNA when it began
+        self._undo_retrans = 0    # its retransmissions, less those D-SACK reported as duplicates
+        self._undo_dsacked = False
+        self._undo_state = None   # the congestion controller's `snapshot` from before it
+        self._undo_until = None   # SND.MAX when it ended: D-SACKs for it come within a flight
         self.retries = 0
         self._probes = 0
         self._persist_backoff = 0
@@ -643,10 +649,11 @@ class Connection:
         The segment this handles is the next one in sequence (SEG.SEQ = RCV.NXT), with
         ACK and at most PSH set, an acknowledgment in SND.UNA..SND.MAX, text that fits the
         window, no SACK blocks, a timestamp (when negotiated) that passes PAWS, and a
-        connection with no loss recovery, no SACKed or out-of-order ranges and no ECN
-        reaction pending. For such a segment the steps of RFC 9293 3.10.7.4 reduce to:
-        accept it, update TS.Recent (RFC 7323 4.3), take the ACK (`_new_ack`) and the
-        window (SND.WL1/SND.WL2 rule), append the text. The result is exactly what
+        connection with no loss recovery, no SACKed or out-of-order ranges, no ECN
+        reaction pending and no loss probe's or loss episode's end to watch for. For
+        such a segment the steps of RFC 9293 3.10.7.4 reduce to: accept it, update
+        TS.Recent (RFC 7323 4.3), take the ACK (`_new_ack`) and the window (SND.WL1/
+        SND.WL2 rule), append the text. The result is exactly what
         `_synchronized_arrival` computes (the tests compare the two); everything else
         (and a duplicate ACK, which the loss detection must see) returns False with
         nothing changed, for the full path. Arithmetic is on plain ints with the
@@ -656,7 +663,7 @@ class Connection:
         flags = seg.flags
         if (flags & ~PSH != ACK or self._ofo or self._ofo_fin is not None or self.recovery is not None
                 or self.scoreboard.blocks or (ce and self.ecn_ok) or (seg.sack and self.sack_ok)
-                or self._tlp_end is not None):
+                or self._tlp_end is not None or self._undo_marker is not None):
             return False
         seq = seg.seq
         rcv_nxt = self.rcv_nxt.real
@@ -861,6 +868,9 @@ class Connection:
         st = self.state
         old_wnd = self.snd_wnd
         if self.sack_ok and seg.sack:
+            dsack = dsack_block(seg.sack, ack)
+            if dsack is not None:
+                self._dsack_arrived(dsack)
             if self.scoreboard.update(seg.sack, self.snd_una, self.snd_max):
                 self.counters["sack-updates"] += 1
         advanced = self.snd_una < ack
@@ -870,6 +880,8 @@ class Connection:
             self._maybe_dupack(seg, old_wnd, now)
         if self._tlp_end is not None:
             self._tlp_ack(seg, ack, advanced, now)
+        if self._undo_marker is not None and self.recovery is None and self.snd_una >= self.recover:
+            self._episode_over()
         if seg.flags & ECE and self.ecn_ok and self.recovery is None and self.snd_una >= self._ecn_recover:
             # RFC 3168 6.1.2: react to ECE like a loss, at most once per window of data.
             self.cc.on_congestion(now, self.snd_max - self.snd_una)
@@ -1013,9 +1025,43 @@ class Connection:
             self._tlp_end = None
             self.counters["tlp-spurious"] += 1
 
+    def _loss_episode(self):
+        """A fast retransmit or a first RTO reduces cwnd: keep what to undo it to (RFC 3708)."""
+        self._undo_marker = self.snd_una
+        self._undo_retrans = 0
+        self._undo_dsacked = False
+        self._undo_state = self.cc.snapshot()
+        self._undo_until = None
+
+    def _dsack_arrived(self, block):
+        """The peer reports octets it received twice (RFC 2883). Those at or above the open
+        episode's start were, as far as the sender can tell, its retransmissions (RFC 3708
+        3: a duplicated packet in the network would pass for one, a rare miscount)."""
+        self.counters["dsack-received"] += 1
+        marker = self._undo_marker
+        if marker is not None and block[0] >= marker:
+            self._undo_retrans -= max(1, -(-(block[1] - block[0]) // self.snd_mss))
+            self._undo_dsacked = True
+
+    def _episode_over(self):
+        """The episode's recovery is over (everything outstanding at its start is
+        acknowledged). If every retransmission came back as a duplicate, the losses were
+        not losses (reordering, a late ACK) and its reduction is undone. The D-SACKs for
+        the last retransmissions may follow the ACK that ended it: the episode stays open
+        until what was in flight then is acknowledged too."""
+        if self._undo_dsacked and self._undo_retrans <= 0:
+            self.cc.restore(self._undo_state)
+            self._undo_marker = self._undo_state = None
+            self.counters["dsack-undo"] += 1
+        elif self._undo_until is None:
+            self._undo_until = self.snd_max
+        elif self.snd_una > self._undo_until:
+            self._undo_marker = self._undo_state = None
+
     def _enter_recovery(self, now):
         """Fast retransmit (RFC 5681 3.2) into NewReno (RFC 6582) or SACK (RFC 6675) recovery."""
         self._tlp_end = None  # (the recovery's own reduction covers a loss the probe showed)
+        self._loss_episode()
         flight = self.snd_max - self.snd_una
         self.recover = self.snd_max
         self.cc.on_congestion(now, flight)
@@ -1368,6 +1414,8 @@ class Connection:
         else:
             flight = self.snd_max - self.snd_una
             if self.retries == 1:
+                if self._undo_marker is None:
+                    self._loss_episode()
                 self.cc.on_timeout(now, flight)
             else:
                 self.cc.cwnd = self.snd_mss
@@ -1755,6 +1803,8 @@ class Connection:
 
     def _retransmit_range(self, start, end, now):
         self.counters["retransmit"] += 1
+        if self._undo_marker is not None:
+            self._undo_retrans += 1
         self._rexmit_ts = self._ts_now(now)
         if self._rtt_seq is not None and self._rtt_seq > start:
             self._rtt_seq = None  # Karn: the timed segment is (maybe) this one
@@ -1787,6 +1837,8 @@ class Connection:
             self.snd_max = new_nxt
         if retransmission:
             self.counters["retransmit"] += 1
+            if self._undo_marker is not None:
+                self._undo_retrans += 1
             self._rexmit_ts = self._ts_now(now)
             if self._rtt_seq is not None and self._rtt_seq > start:
                 self._rtt_seq = None

@@ -11,6 +11,7 @@ by hole. After a retransmission timeout the sender clears the board (RFC 2018
 section 8: SACK information is advisory and the receiver may renege).
 
 `receive_blocks` is the receiver's half: which SACK blocks to put in an ACK.
+`dsack_block` tells a D-SACK block (RFC 2883) in what a receiver sent.
 """
 from .seq import Seq, seq_max, seq_min
 
@@ -169,3 +170,17 @@ def receive_blocks(ofo_ranges, recent, limit):
         else:
             rest.append((a, b))
     return tuple(first + rest)[:limit]
+
+
+def dsack_block(sack_blocks, ack):
+    """The first of the received `sack_blocks` as a ``(Seq, Seq)`` range if it reports
+    duplicate data (a D-SACK, RFC 2883 section 4: it lies at or below the cumulative
+    `ack`, or inside the second block), else None."""
+    left, right = Seq(sack_blocks[0][0]), Seq(sack_blocks[0][1])
+    if left >= right:
+        return None
+    if right <= ack:
+        return left, right
+    if len(sack_blocks) > 1 and Seq(sack_blocks[1][0]) <= left and right <= Seq(sack_blocks[1][1]):
+        return left, right
+    return None
