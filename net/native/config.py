@@ -22,10 +22,10 @@
                             and reduces its window once per window on ECE (section 6.1.2).
                             Off by default because negotiation is per connection and needs
                             the peer to take part, which Linux's default ``tcp_ecn=2`` does
-                            only as a responder (it accepts but never asks), and because
-                            shoal has no fallback to a plain SYN when a middlebox drops or
-                            resets an ECN-setup SYN (section 6.1.1.1): ask only on paths
-                            known to carry it.
+                            only as a responder (it accepts but never asks), and because a
+                            middlebox that resets an ECN-setup SYN fails the connection (one
+                            that drops it costs a SYN timeout: the retransmitted SYN goes
+                            without ECN, section 6.1.1.1): ask only on paths known to carry it.
 
 Seastar lets ``--host-ipv4-addr`` silently switch ``--dhcp`` off; shoal refuses
 every contradictory or impossible combination with a message naming the options,
@@ -93,7 +93,7 @@ def add_options(parser):
     group.add_argument("--tcp-ecn", default="off", choices=ON_OFF,
                        help="ask for and accept ECN on every TCP connection (RFC 3168). Default off: "
                             "it is negotiated per connection, Linux's default tcp_ecn=2 accepts it but "
-                            "never asks, and shoal does not retry a dropped ECN-setup SYN without it")
+                            "never asks, and a middlebox that resets ECN-setup SYNs fails the connection")
 
 
 def _address(text, option):

@@ -254,6 +254,19 @@ def test_ecn_negotiation_active():
     assert d.ect  # new data may be ECT(0)
 
 
+def test_ecn_setup_only_on_the_first_syn():
+    """RFC 3168 6.1.1.1: the SYN retransmitted after a timeout goes without ECE and CWR (a
+    middlebox may drop ECN-setup SYNs), and a SYN,ACK with ECE then does not turn ECN on."""
+    conn, syn = syn_sent(ecn=True)
+    assert syn.flags == SYN | ECE | CWR
+    t = conn.poll_at()
+    conn.poll(t)
+    [again] = pull(conn, t)
+    assert again.flags == SYN
+    send_seg(conn, seg(IRS, ISS + 1, SYN | ACK | ECE, mss=1460), t)
+    assert conn.state is State.ESTABLISHED and not conn.ecn_ok
+
+
 def test_ecn_not_negotiated_without_ece_in_syn_ack():
     conn, _ = syn_sent(ecn=True)
     send_seg(conn, seg(IRS, ISS + 1, SYN | ACK, mss=1460))

@@ -271,6 +271,7 @@ class Connection:
         self.ts_ok = False
         self.sack_ok = False
         self.ecn_ok = False             # RFC 3168
+        self._ecn_syn = False           # the last SYN we sent asked for ECN
         self._ece_pending = False       # receiver: echo ECE until the sender's CWR
         self._cwr_due = False           # sender: mark the next new data with CWR
         self._ecn_recover = self.iss
@@ -412,8 +413,9 @@ class Connection:
             self.ts_recent = syn.timestamp[0]
         self.sack_ok = cfg.sack and syn.sack_permitted
         ecn_bits = syn.flags & (ECE | CWR)
-        # RFC 3168 6.1.1: an ECN-setup SYN carries ECE and CWR, its SYN,ACK carries ECE only.
-        self.ecn_ok = cfg.ecn and ecn_bits == (ECE if syn.flags & ACK else ECE | CWR)
+        # RFC 3168 6.1.1: an ECN-setup SYN carries ECE and CWR, its SYN,ACK carries ECE only
+        # (and only answers an ECN-setup SYN: not one of the plain retransmissions).
+        self.ecn_ok = cfg.ecn and (ecn_bits == ECE and self._ecn_syn if syn.flags & ACK else ecn_bits == ECE | CWR)
         self.rcv_adv = self.rcv_nxt + min(cfg.recv_buffer, 0xFFFF)
         self._set_snd_mss(syn.mss if syn.mss is not None else DEFAULT_MSS_IPV4)
 
@@ -1637,7 +1639,10 @@ class Connection:
                 seg.timestamp = (self._ts_now(now), self.ts_recent)
             self._ack_sent()
         else:
-            if cfg.ecn:
+            # RFC 3168 6.1.1.1: a SYN that goes unanswered may have been dropped for its ECN
+            # bits by a middlebox; retransmissions go without them (as Linux's tcp_ecn_fallback)
+            self._ecn_syn = cfg.ecn and not self.retries
+            if self._ecn_syn:
                 flags |= ECE | CWR
             if cfg.window_scaling:
                 seg.wscale = cfg.window_shift()
