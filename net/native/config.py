@@ -16,6 +16,10 @@
                             the device offers it (a TAP with virtio-net headers); default ``on``.
                             ``off`` sends MSS-sized segments only (to measure what TSO gives,
                             or to rule it out when chasing a problem).
+``--tcp-tlp on|off``        tail loss probes (RFC 8985 section 7), default ``on``: a response
+                            whose last segments are lost is repaired after about two round
+                            trips instead of the retransmission timeout (``off``: to measure
+                            what they give, `bench/tail_loss.py`).
 ``--tcp-ecn on|off``        Explicit Congestion Notification (RFC 3168), default ``off``.
                             With ``on`` every connection asks for ECN in its SYN and accepts
                             a peer's ECN-setup SYN (section 6.1.1), sends ECT(0) on new data
@@ -65,6 +69,7 @@ class NativeConfig:
     tcp_min_rto: float | None = None
     tcp_ecn: bool = False
     tcp_tso: bool = True
+    tcp_tlp: bool = True
 
 
 def add_options(parser):
@@ -90,6 +95,8 @@ def add_options(parser):
     group.add_argument("--tcp-tso", default="on", choices=ON_OFF,
                        help="let TCP hand segments larger than the MSS to a device that cuts them "
                             "(TSO; default on); off: MSS-sized segments only")
+    group.add_argument("--tcp-tlp", default="on", choices=ON_OFF,
+                       help="TCP tail loss probes (RFC 8985; default on)")
     group.add_argument("--tcp-ecn", default="off", choices=ON_OFF,
                        help="ask for and accept ECN on every TCP connection (RFC 3168). Default off: "
                             "it is negotiated per connection, Linux's default tcp_ecn=2 accepts it but "
@@ -158,6 +165,9 @@ def from_args(args):
     tso = getattr(args, "tcp_tso", None) or "on"
     if tso not in ON_OFF:
         raise ConfigError(f"--tcp-tso {tso!r}: choose on or off")
+    tlp = getattr(args, "tcp_tlp", None) or "on"
+    if tlp not in ON_OFF:
+        raise ConfigError(f"--tcp-tlp {tlp!r}: choose on or off")
     config = NativeConfig(
         tap_device=getattr(args, "tap_device", None) or DEFAULT_TAP,
         dhcp=dhcp,
@@ -167,6 +177,7 @@ def from_args(args):
         tcp_min_rto=min_rto,
         tcp_ecn=ecn == "on",
         tcp_tso=tso == "on",
+        tcp_tlp=tlp == "on",
     )
     if dhcp:
         return config
