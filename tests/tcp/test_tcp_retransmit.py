@@ -298,6 +298,24 @@ def test_tail_loss_probe_resends_the_last_segment_after_two_rtts():
     assert conn.counters["tlp-loss-repaired"] == 1 and conn.cc.cwnd < cwnd
 
 
+def test_a_probe_that_arrives_above_a_hole_starts_fast_recovery():
+    """Segments 2 and 3 of 3 lost: the probe (3 again) arrives and is SACKed while 2 is still
+    missing: one duplicate ACK, but 2 was sent a PTO before a delivered segment, so it is
+    lost (RFC 8985 6.2 applied to the probe) and goes out again at once, not after the RTO."""
+    conn, now = tlp_conn()
+    conn.send(b"x" * 3000)
+    pull(conn, now)
+    t = conn.tlp_at
+    conn.poll(t)
+    [probe] = pull(conn, t)
+    assert probe.seq == BASE + 2000
+    send_seg(conn, seg(IRS + 1, BASE + 1000, ACK, sack=((BASE + 2000, BASE + 3000),)), t + 0.05)
+    assert conn.recovery == "sack" and conn.counters["tlp-recovery"] == 1
+    [rexmit] = pull(conn, t + 0.05)
+    assert (rexmit.seq, len(rexmit.payload)) == (BASE + 1000, 1000)
+    assert conn.counters["rto"] == 0
+
+
 def test_tail_loss_probe_found_spurious_by_a_dsack_keeps_cwnd():
     conn, now = tlp_conn()
     conn.send(b"x" * 3000)
@@ -371,3 +389,24 @@ def test_a_due_probe_is_dropped_by_an_ack_or_the_end_of_the_connection():
     conn.poll(conn.tlp_at)
     send_seg(conn, seg(IRS + 1, BASE + 4000, ACK | RST), conn.tlp_at)
     assert conn.state is State.CLOSED and not conn.wants_transmit() and conn.poll_at() is None
+
+
+def test_each_response_gets_a_probe_though_the_last_episode_awaits_its_verdict():
+    """A probe's ACK that covers exactly what it carried leaves the episode open (is a
+    D-SACK still to come?); the next response, a new flight, still gets its PTO, and when
+    that probe goes out the old episode counts as a repaired loss."""
+    conn, now = tlp_conn()
+    conn.send(b"x" * 500)
+    pull(conn, now)
+    t = conn.tlp_at
+    conn.poll(t)
+    pull(conn, t)
+    send_seg(conn, seg(IRS + 1, BASE + 500, ACK), t + 0.05)  # the probe's ACK: verdict pending
+    assert conn._tlp_end is not None and conn.counters["tlp-loss-repaired"] == 0
+    conn.send(b"y" * 500)
+    pull(conn, t + 0.1)
+    t = conn.tlp_at
+    assert t is not None  # the next response has its probe timeout
+    conn.poll(t)
+    [probe] = pull(conn, t)
+    assert probe.seq == BASE + 500 and conn.counters["tlp-loss-repaired"] == 1

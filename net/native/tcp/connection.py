@@ -882,6 +882,8 @@ class Connection:
             self._maybe_dupack(seg, old_wnd, now)
         if self._tlp_end is not None:
             self._tlp_ack(seg, ack, advanced, now)
+            if self._tlp_end is not None and self.sack_ok and self.recovery is None:
+                self._probe_shows_loss(now)
         if self._undo_marker is not None and self.recovery is None and self.snd_una >= self.recover:
             self._episode_over()
         if seg.flags & ECE and self.ecn_ok and self.recovery is None and self.snd_una >= self._ecn_recover:
@@ -1026,6 +1028,19 @@ class Connection:
         elif not advanced and not seg.payload:
             self._tlp_end = None
             self.counters["tlp-spurious"] += 1
+
+    def _probe_shows_loss(self, now):
+        """The probe arrived (SACKed) while text sent before it, at least a PTO earlier, is
+        still missing: that text is lost, and fast recovery starts now instead of waiting
+        for three duplicate ACKs that a tail cannot produce. This is RFC 8985's RACK rule
+        (6.2: a segment sent before one that was delivered, by more than the reordering
+        window, is lost) applied to the probe alone, as 7.3 expects the probe's ACK to do;
+        RFC 6582's guard against recovering twice from one loss applies as for dupacks."""
+        end = self._tlp_end
+        if (self.snd_una < end - 1 and self.scoreboard.sacked_between(end - 1, end)
+                and self.snd_una >= self.recover):
+            self.counters["tlp-recovery"] += 1
+            self._enter_recovery(now)
 
     def _loss_episode(self):
         """A fast retransmit or a first RTO reduces cwnd: keep what to undo it to (RFC 3708)."""
@@ -1361,10 +1376,14 @@ class Connection:
         """May a loss probe be scheduled (RFC 8985 7.2)? With SACK (the probe's ACK must be
         able to say what arrived), data in flight, no loss recovery, no RTO recovery (SND.NXT
         going back, or what was in flight at the timeout not yet all acknowledged) and no
-        probe's episode open. (Plain-int sequence arithmetic: this runs for every response.)"""
+        probe's episode open, unless all that probe covered is acknowledged (a new flight
+        gets a probe of its own: a request/response connection sends one per response).
+        (Plain-int sequence arithmetic: this runs for every response.)"""
         una = self.snd_una.real
         smax = self.snd_max.real
-        return (self.sack_ok and self.recovery is None and self._tlp_end is None and not self._tlp_due
+        end = self._tlp_end
+        return (self.sack_ok and self.recovery is None and not self._tlp_due
+                and (end is None or (una - end.real) & MASK < HALF)
                 and not self.retries and self.snd_nxt.real == smax != una
                 and (una - self.recover.real) & MASK < HALF and self.config.tail_loss_probe
                 and self.state in _SENDS_DATA)
@@ -1381,6 +1400,12 @@ class Connection:
     def _tlp_segment(self, now):
         """The probe: a new segment of up to one MSS if there is unsent data and the peer's
         window takes it (beyond cwnd, RFC 8985 7.3), else the last segment sent again."""
+        if self._tlp_end is not None and self._tlp_retrans:
+            # The last probe's episode still waits for its verdict (7.4) though everything
+            # it covered is acknowledged: without the D-SACK or duplicate ACK that would
+            # clear it, it counts as a repaired loss, the cautious verdict.
+            self.cc.on_congestion(now, self.snd_max - self.snd_una)
+            self.counters["tlp-loss-repaired"] += 1
         mss = self.snd_mss
         unsent = (self._sndbuf_seq + self._sndbuf.size) - self.snd_nxt
         room = self.snd_una + self.snd_wnd - self.snd_nxt
