@@ -314,6 +314,13 @@ def test_a_probe_that_arrives_above_a_hole_starts_fast_recovery():
     [rexmit] = pull(conn, t + 0.05)
     assert (rexmit.seq, len(rexmit.payload)) == (BASE + 1000, 1000)
     assert conn.counters["rto"] == 0
+    # the original of the probe had arrived too: its D-SACK does not pass the real loss
+    # of segment 2 off as spurious (the probe counts among the episode's retransmissions)
+    send_seg(conn, seg(IRS + 1, BASE + 3000, ACK, sack=((BASE + 2000, BASE + 3000),)), t + 0.1)
+    conn.send(b"y" * 1000)
+    pull(conn, t + 0.1)
+    send_seg(conn, seg(IRS + 1, BASE + 4000, ACK), t + 0.15)
+    assert conn.counters["dsack-received"] == 1 and conn.counters["dsack-undo"] == 0
 
 
 def test_tail_loss_probe_found_spurious_by_a_dsack_keeps_cwnd():

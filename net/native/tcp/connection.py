@@ -1018,7 +1018,7 @@ class Connection:
             return
         if not self._tlp_retrans:
             self._tlp_end = None
-        elif seg.sack and Seq(seg.sack[0][1]) <= ack and Seq(seg.sack[0][0]) < end <= Seq(seg.sack[0][1]):
+        elif seg.sack and (dsack := dsack_block(seg.sack, ack)) is not None and dsack[0] < end <= dsack[1]:
             self._tlp_end = None
             self.counters["tlp-spurious"] += 1
         elif ack > end:
@@ -1040,7 +1040,10 @@ class Connection:
         if (self.snd_una < end - 1 and self.scoreboard.sacked_between(end - 1, end)
                 and self.snd_una >= self.recover):
             self.counters["tlp-recovery"] += 1
+            probe_was_retransmission = self._tlp_retrans
             self._enter_recovery(now)
+            if probe_was_retransmission:
+                self._undo_retrans += 1  # the probe's own D-SACK, if its original arrived, cancels this
 
     def _loss_episode(self):
         """A fast retransmit or a first RTO reduces cwnd: keep what to undo it to (RFC 3708)."""
