@@ -23,10 +23,10 @@ import datetime
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 
+from native import wait_banner  # (run as a script, this folder leads sys.path; native.py then drops it)
 from shoal.drivers.netns import KernelPeer, stop_process, unavailable
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
@@ -49,14 +49,11 @@ def wrk_latency(peer, url, connections, duration):
 def start_httpd(peer, root, tlp):
     app = peer.start_shoal(["-m", "shoal.apps.httpd", "--smp", "1", "--network-stack", "native",
                             "--host-ipv4-addr", peer.shoal_ip, "--root", root, "--tcp-tlp", tlp])
-    seen = []
-    for line in app.stdout:
-        seen.append(line)
-        if "httpd: listening" in line or len(seen) > 200:
-            break
-    if "httpd: listening" not in seen[-1]:
+    try:
+        wait_banner(app)
+    except RuntimeError:
         stop_process(app)
-        raise RuntimeError("httpd did not start:\n" + "".join(seen))
+        raise
     return app
 
 
