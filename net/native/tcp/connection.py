@@ -869,6 +869,7 @@ class Connection:
         """Fifth step of RFC 9293 3.10.7.4 for synchronized states: SND.UNA, window, recovery."""
         st = self.state
         old_wnd = self.snd_wnd
+        dsack = None
         if self.sack_ok and seg.sack:
             dsack = dsack_block(seg.sack, ack)
             if dsack is not None:
@@ -881,7 +882,7 @@ class Connection:
         elif ack == self.snd_una:
             self._maybe_dupack(seg, old_wnd, now)
         if self._tlp_end is not None:
-            self._tlp_ack(seg, ack, advanced, now)
+            self._tlp_ack(seg, ack, advanced, dsack, now)
             if self._tlp_end is not None and self.sack_ok and self.recovery is None:
                 self._probe_shows_loss(now)
         if self._undo_marker is not None and self.recovery is None and self.snd_una >= self.recover:
@@ -1003,7 +1004,7 @@ class Connection:
         elif self.recovery == "newreno":
             cc.cwnd += self.snd_mss  # RFC 6582 3.2 step 3 (inflation)
 
-    def _tlp_ack(self, seg, ack, advanced, now):
+    def _tlp_ack(self, seg, ack, advanced, dsack, now):
         """End of a loss-probe episode (RFC 8985 7.4): did the probe repair a loss?
 
         A probe of new data proves nothing either way. A retransmitted probe that the
@@ -1011,14 +1012,15 @@ class Connection:
         only draws a pure duplicate ACK once everything is acknowledged, found nothing
         lost. An ACK beyond the probe's end without either means the probe filled a
         hole: the congestion window is reduced as a fast retransmit would (7.4.2), as
-        Linux does. While SEG.ACK stays below the end, the episode goes on.
+        Linux does. While SEG.ACK stays below the end, the episode goes on. `dsack` is
+        the ACK's D-SACK block (`sack.dsack_block`), or None.
         """
         end = self._tlp_end
         if ack < end:
             return
         if not self._tlp_retrans:
             self._tlp_end = None
-        elif seg.sack and (dsack := dsack_block(seg.sack, ack)) is not None and dsack[0] < end <= dsack[1]:
+        elif dsack is not None and dsack[0] < end <= dsack[1]:
             self._tlp_end = None
             self.counters["tlp-spurious"] += 1
         elif ack > end:
