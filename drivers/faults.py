@@ -51,7 +51,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from shoal.drivers.base import ETH_HEADER_LEN, DeviceWrapper, frame_bytes
+from shoal.drivers.base import ETH_HEADER_LEN, DeviceWrapper, frame_copy
 from shoal.drivers.vnet import complete_checksum, ones_sum
 
 _H = struct.Struct("!H")
@@ -173,7 +173,7 @@ class _Direction:
         """Run `frames` through the pipeline; deliverable frames land in `ready`."""
         f, rng = self.faults, self.rng
         for frame in frames:
-            data = bytes(frame_bytes(frame))  # held frames must not alias the sender's buffers
+            data = frame_copy(frame)  # held frames must not alias the sender's buffers
             gso_size = getattr(frame, "gso_size", 0)
             if f.mtu is not None and _wire_frame_len(data, gso_size) - ETH_HEADER_LEN > f.mtu:
                 self._count("oversize")

@@ -30,10 +30,10 @@ Frames that are not TCP/IPv4 data (ARP, ICMP, UDP, pure ACKs, fragments, SYN, FI
 go out alone, behind an all-zero header ("nothing to do").
 
 On receive, the kernel's header says how far the frame is finished: ``NEEDS_CSUM``
-means the transport checksum holds only the pseudo-header sum and must be completed
-from ``csum_start`` (`complete_checksum` does it), so that the frame is an ordinary one
-(a pcap of it, or a copy forwarded to another shard, checks out); ``DATA_VALID`` means
-the kernel verified the checksum already.
+means the transport checksum holds only the pseudo-header sum, to be completed from
+``csum_start`` (`complete_checksum` does it) before the frame is an ordinary one that
+a pcap or another receiver checks; ``DATA_VALID`` means the kernel verified the
+checksum already.
 """
 import struct
 
@@ -50,6 +50,9 @@ GSO_TCPV4 = 1
 
 PLAIN = bytes(VNET_HDR_LEN)
 """The header of a frame that needs nothing from the kernel."""
+
+TCP_CSUM_OFFSET = 16
+"""``csum_offset`` of a TCP segment: its checksum field's place in the TCP header (UDP's is 6)."""
 
 MAX_IP_LEN = 0xFFFF
 _ACK = 0x10

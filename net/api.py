@@ -91,7 +91,8 @@ class Connection(abc.ABC):
 
     Reads return a bytes-like object (``bytes`` on both stacks today: the native
     stack keeps received segments as views of their frames and copies once, on
-    the read); an empty one means the peer closed its side (end of stream).
+    the read; ``read_buffers`` hands the views over instead); an empty one means
+    the peer closed its side (end of stream).
     Errors are the standard ``ConnectionError`` subclasses and ``TimeoutError``,
     with the peer address in the message.
     """
@@ -99,6 +100,19 @@ class Connection(abc.ABC):
     @abc.abstractmethod
     async def read(self) -> Buffer:
         """Wait for data; return what arrived, empty at end of stream."""
+
+    async def read_buffers(self) -> list[Buffer]:
+        """Wait for data; return what arrived as a list of read-only buffers, in order,
+        without joining or copying them where the stack can; an empty list at end of stream.
+
+        The copy-less read: the native stack hands over views of the frames the device
+        received (a frame stays alive while a view of it does), the posix stack the
+        chunks its transport received, unjoined. ``read`` and ``read_buffers`` may be
+        mixed: each returns what the other has not. This default returns ``read``'s one
+        buffer.
+        """
+        data = await self.read()
+        return [data] if data else []
 
     @abc.abstractmethod
     async def write(self, data: Buffer | Sequence[Buffer]) -> None:

@@ -60,7 +60,7 @@ import socket
 import struct
 from collections import Counter, deque
 
-from shoal.drivers.base import DevicePoller, VerifiedFrame
+from shoal.drivers.base import DevicePoller, VerifiedFrame, frame_copy
 from shoal.drivers.steering import flow_queue
 from shoal.net import api
 
@@ -413,7 +413,7 @@ class NativeStack(api.NetworkStack):
                         self._forward(other, data)
                     self.stats["arp-shared"] += 1
             else:
-                self._forward(owner, bytes(frame))
+                self._forward(owner, frame_copy(frame))
                 self.stats["rx-forwarded"] += 1
         return own
 
@@ -464,7 +464,7 @@ class NativeStack(api.NetworkStack):
         ipv4_receive = self.ipv4.receive
         wrap, unpack_header = Packet.wrap, ethernet.HEADER.unpack_from
         for frame in frames:
-            packet = wrap(frame, None, type(frame) is VerifiedFrame)
+            packet = wrap(frame, None, isinstance(frame, VerifiedFrame))
             try:
                 view = packet.frags[0]
                 if len(view) >= ethernet.HEADER_LEN:

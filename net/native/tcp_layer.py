@@ -249,19 +249,32 @@ class NativeTcpConnection(api.Connection):
 
     # -- application side ------------------------------------------------------------
 
-    async def read(self):
+    def read(self):
+        return self._read(False)
+
+    def read_buffers(self):
+        return self._read(True)
+
+    async def _read(self, buffers):
+        """`read` (one copy, `Connection.recv`) or `read_buffers` (the payload views,
+        `Connection.recv_buffers`)."""
         while True:
             tcp = self.tcp
             if tcp.readable:
-                data = tcp.recv()
-                self._layer.stats["bytes-received"] += len(data)  # (as the posix stack counts them)
+                if buffers:
+                    size = tcp.readable
+                    data = tcp.recv_buffers()
+                else:
+                    data = tcp.recv()
+                    size = len(data)
+                self._layer.stats["bytes-received"] += size  # (as the posix stack counts them)
                 if tcp.wants_transmit():
                     self._layer.transmit_due(self)  # the window opened enough for an update
                 return data
             if self._exc is not None:
                 raise self._exc
             if tcp.at_eof or tcp.state is CLOSED or not self._app:
-                return b""
+                return [] if buffers else b""
             if self._reader is not None:
                 raise RuntimeError(f"read() already waiting on {self._describe()}")
             self._reader = fut = asyncio.get_running_loop().create_future()

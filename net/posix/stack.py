@@ -172,11 +172,21 @@ class PosixConnection(api.Connection, asyncio.Protocol):
 
     # -- application side ----------------------------------------------------
 
-    async def read(self):
+    def read(self):
+        return self._read(False)
+
+    def read_buffers(self):
+        return self._read(True)
+
+    async def _read(self, buffers):
+        """`read` (the chunks joined) or `read_buffers` (the chunks as they came)."""
         while True:
             chunks = self._chunks
             if chunks:
-                data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+                if buffers:
+                    data = list(chunks)
+                else:
+                    data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
                 chunks.clear()
                 self._queued = 0
                 if self._reading_paused and not self._closing:
@@ -186,7 +196,7 @@ class PosixConnection(api.Connection, asyncio.Protocol):
             if self._exc is not None:
                 raise self._exc
             if self._eof:
-                return b""
+                return [] if buffers else b""
             if self._reader is not None:
                 raise RuntimeError(f"read() already waiting on {self._describe()}")
             self._reader = reader = self._loop.create_future()
@@ -200,7 +210,7 @@ class PosixConnection(api.Connection, asyncio.Protocol):
             finally:
                 self._reader = None
             if data is not None:
-                return data
+                return [data] if buffers else data
 
     def write(self, data):
         """See :meth:`shoal.net.api.Connection.write`.

@@ -13,7 +13,11 @@ import time
 
 import pytest
 
-from shoal.drivers.base import VerifiedFrame
+import io
+
+from shoal.drivers.base import PartialFrame, VerifiedFrame, frame_copy
+from shoal.drivers.faults import FaultInjector
+from shoal.drivers.pcap import PcapWriter, read_pcap
 from shoal.drivers.netns import KernelPeer, unavailable
 from shoal.drivers.tap import TapDevice
 
@@ -144,6 +148,47 @@ def test_only_frames_the_kernel_vouches_for_come_up_verified():
         raw.wait(30)
         unvouched = wait_frames(dev, is_udp)
         assert type(unvouched) is bytes and unvouched == corrupt and not _udp_checksum_ok(unvouched)
+
+
+def _tcp_checksum_ok(frame):
+    ihl = (frame[14] & 0x0F) * 4
+    total = struct.unpack_from("!H", frame, 16)[0]
+    tcp = bytes(frame[14 + ihl:14 + total])
+    pseudo = bytes(frame[26:34]) + struct.pack("!BBH", 0, 6, len(tcp))
+    return inet_checksum(pseudo + tcp) == 0
+
+
+def test_a_kernel_tcp_segment_stays_partial_until_a_copy_leaves_the_device():
+    """A SYN from a kernel socket leaves with its TCP checksum partial. It comes up as a
+    `PartialFrame`, the field as the kernel left it (no sum spent on it); every copy made
+    to leave the device's trust (`frame_copy`, a pcap record, a fault injector's copy)
+    has the checksum finished, and the fault injector hands on ordinary bytes."""
+    with KernelPeer(mac=SHOAL_MAC) as peer:
+        dev = peer.device
+        peer.run(["ip", "neigh", "replace", peer.shoal_ip, "lladdr", SHOAL_MAC.hex(":"), "dev", peer.ifname])
+        capture = io.BytesIO()
+        wrapped = FaultInjector(PcapWriter(dev, capture), seed=1)
+        connector = peer.popen(["python3", "-c",
+                                "import socket; s=socket.socket(); s.settimeout(2)\n"
+                                f"try: s.connect(('{peer.shoal_ip}', 9999))\nexcept OSError: pass"])
+        try:
+            is_syn = lambda f: f[12:14] == b"\x08\x00" and f[23] == 6 and f[47] == 0x02  # noqa: E731
+            copy = wait_frames(wrapped, is_syn)
+        finally:
+            connector.wait(30)
+        assert type(copy) is bytes and _tcp_checksum_ok(copy)
+        assert dev.stats["rx_checksum_partial"] >= 1
+        syn = PartialFrame(copy)  # what the device handed the wrappers: the field left partial
+        syn[50:52] = b"\0\0"
+        ihl = (copy[14] & 0x0F) * 4
+        tcp_len = struct.unpack_from("!H", copy, 16)[0] - ihl
+        pseudo_sum = ~inet_checksum(bytes(copy[26:34]) + struct.pack("!BBH", 0, 6, tcp_len)) & 0xFFFF
+        syn[50:52] = struct.pack("!H", pseudo_sum)
+        syn.csum_start, syn.csum_offset = 34, 16
+        assert not _tcp_checksum_ok(syn) and frame_copy(syn) == copy and type(frame_copy(syn)) is bytes
+        wrapped.inner.flush()
+        records = read_pcap(capture.getvalue())
+        assert records and all(_tcp_checksum_ok(frame) for _, frame in records if is_syn(frame))
 
 
 def test_mtu_and_malformed_frames():

@@ -255,6 +255,48 @@ def test_sendfile_sends_views_of_the_mapped_file_from_any_offset(tmp_path):
     run(main())
 
 
+def test_read_buffers_hands_over_views_of_the_received_frames():
+    """The copy-less read: `read_buffers` returns read-only views into the frames the
+    device handed up (no copy of the text), in order, mixed freely with `read`; [] at
+    the end of the stream, and the layer counts the bytes either way."""
+    data = random.Random(6).randbytes(1_500_000)
+
+    async def main():
+        async with two_stacks() as (a, b, clock):
+            server, client, conn = await connected_pair(a, b, 8000)
+
+            async def send():
+                await write_all(client, data)
+                client.shutdown_output()
+
+            sender = asyncio.ensure_future(send())
+            got, frame_views, calls = [], 0, 0
+            while True:
+                calls += 1
+                if calls % 3:
+                    buffers = await conn.read_buffers()
+                    if not buffers:
+                        break
+                    for buf in buffers:
+                        assert len(buf) and (type(buf) is bytes or buf.readonly)
+                        frame_views += type(buf) is memoryview and len(buf.obj) > len(buf)
+                    got.extend(bytes(buf) for buf in buffers)
+                else:
+                    chunk = await conn.read()
+                    if not chunk:
+                        break
+                    got.append(chunk)
+            await sender
+            assert b"".join(got) == data and frame_views > 10 and calls > 3
+            assert await conn.read_buffers() == [] and await conn.read() == b""
+            assert b.counters()["tcp"]["stats"]["bytes-received"] == len(data)
+            await conn.close()
+            await client.close()
+            server.close()
+
+    run(main())
+
+
 def test_many_connections_in_turn_reuse_nothing_and_leave_nothing():
     async def main():
         async with two_stacks() as (a, b, _):

@@ -129,6 +129,41 @@ def test_large_transfer_both_ways_is_intact(arun):
     arun(main())
 
 
+def test_read_buffers_hands_over_the_chunks_unjoined_and_mixes_with_read(arun):
+    payload = os.urandom(2 * 1024 * 1024)
+
+    async def main():
+        client, conn, server = await connected_pair()
+
+        async def send():
+            for i in range(0, len(payload), 100_000):
+                await client.write(payload[i:i + 100_000])
+            client.shutdown_output()
+
+        sender = asyncio.ensure_future(send())
+        got, calls = [], 0
+        while True:
+            calls += 1
+            if calls % 2:
+                buffers = await conn.read_buffers()
+                assert all(type(b) is bytes and b for b in buffers)
+                if not buffers:
+                    break
+                got.extend(buffers)
+            else:
+                data = await conn.read()
+                if not data:
+                    break
+                got.append(data)
+        await sender
+        assert b"".join(got) == payload and calls > 2
+        assert await conn.read_buffers() == [] and await conn.read() == b""
+        await client.close()
+        await conn.close()
+        server.close()
+    arun(main())
+
+
 def test_half_close_lets_the_other_side_keep_sending(arun):
     async def main():
         client, conn, server = await connected_pair()

@@ -8,6 +8,7 @@ operations = st.lists(st.one_of(
     st.tuples(st.just("append"), st.one_of(st.binary(max_size=40), st.binary(min_size=SMALL, max_size=SMALL + 40)),
               st.sampled_from(["bytes", "view", "frame"])),
     st.tuples(st.just("take"), st.one_of(st.integers(-1, 90), st.integers(SMALL - 50, 3 * SMALL))),
+    st.tuples(st.just("take_buffers")),
 ), max_size=200)
 
 
@@ -29,6 +30,11 @@ def test_the_buffer_behaves_like_a_bytearray(ops):
         if op[0] == "append":
             buf.append(as_kind(op[1], op[2]))
             model += op[1]
+        elif op[0] == "take_buffers":
+            got = buf.take_buffers()
+            assert all(type(b) is bytes or (type(b) is memoryview and b.readonly) for b in got)
+            assert b"".join(got) == model and all(got)
+            del model[:]
         else:
             n = op[1]
             want = bytes(model) if n < 0 else bytes(model[:n])
@@ -54,6 +60,18 @@ def test_payloads_are_kept_as_views_until_taken():
     assert buf.take(20) == b"x" * 20
     frame[30:4010] = b"y" * 3980  # (the stack never does this: it shows the text was not copied in)
     assert buf.take() == b"y" * 3980
+
+
+def test_take_buffers_hands_over_read_only_views_of_the_frames():
+    frame = bytearray(b"x" * 5000)
+    buf = ReceiveBuffer()
+    buf.append(memoryview(frame)[10:2010])
+    buf.append(b"tail")
+    views = buf.take_buffers()
+    assert [len(v) for v in views] == [2000, 4] and views[1] == b"tail" and not buf
+    frame[10:12] = b"yy"  # (the stack never does this: it shows the view is the frame's memory)
+    assert views[0][:3] == b"yyx" and views[0].readonly
+    assert buf.take_buffers() == []
 
 
 def test_small_payloads_are_copied_together_so_overhead_stays_bounded():

@@ -509,17 +509,29 @@ class Connection:
         Reading opens the receive window; if it opened enough (receiver SWS
         avoidance, RFC 9293 3.8.6.2.2) a window update is due.
         """
-        buf = self._rcvbuf
-        data = buf.take(max_bytes)
-        if data and self.state in _RECEIVES_TEXT:
+        data = self._rcvbuf.take(max_bytes)
+        if data:
+            self._window_opened()
+        return data
+
+    def recv_buffers(self):
+        """Take all received octets as the buffers they came in (`ReceiveBuffer.take_buffers`:
+        views of the payloads, not copies); [] if none. The window opens as for `recv`."""
+        buffers = self._rcvbuf.take_buffers()
+        if buffers:
+            self._window_opened()
+        return buffers
+
+    def _window_opened(self):
+        """The application took text: a window update is due if the window opened enough."""
+        if self.state in _RECEIVES_TEXT:
             # how far the right edge would move if all free space were advertised now,
             # against the update threshold
             buffer = self.rcv_buffer
             cur = (self.rcv_adv.real - self.rcv_nxt.real) & MASK  # RCV.ADV - RCV.NXT, if ahead
-            increase = buffer - buf.size - (cur if 0 < cur < HALF else 0)
+            increase = buffer - self._rcvbuf.size - (cur if 0 < cur < HALF else 0)
             if increase >= min(buffer // 2, 2 * self.rcv_mss):
                 self._ack_now = True
-        return data
 
     def close(self):
         """CLOSE (RFC 9293 3.10.4): the application will neither send nor read any more.

@@ -5,8 +5,9 @@ Why payloads and not one bytearray: appending each segment to a bytearray copied
 octet once on arrival and again when the application read it, and a large window made
 the bytearray a backlog that outgrew the caches. Here a segment's payload (a view of
 the frame the device handed up, which the stack owns) is kept as it is; `take` makes
-the one copy the application gets, with ``bytes.join``. Holding a view keeps its frame
-alive until the text is read, which the receive window bounds like the text itself.
+the one copy the application gets, with ``bytes.join``, or `take_buffers` hands the
+views over, for the copy-less read. Holding a view keeps its frame alive until the text
+is read, which the receive window bounds like the text itself.
 
 A view and its frame cost a few hundred octets besides the text, so a payload under
 `SMALL` octets is copied into a bytearray at the tail instead: a peer sending one-octet
@@ -73,6 +74,14 @@ class ReceiveBuffer:
                 need = 0
         self.size -= n
         return b"".join(parts)
+
+    def take_buffers(self):
+        """Everything, removed, as the buffers it is kept in: read-only views of the
+        payloads (no copy) and the small tails as bytes (see the module docstring)."""
+        out = [c.toreadonly() if type(c) is memoryview else bytes(c) for c in self._chunks]
+        self._chunks.clear()
+        self.size = 0
+        return out
 
     def __deepcopy__(self, memo):
         """A copy holding its own bytes (views cannot be copied, and must not be shared):
