@@ -20,6 +20,11 @@
                             whose last segments are lost is repaired after about two round
                             trips instead of the retransmission timeout (``off``: to measure
                             what they give, `bench/tail_loss.py`).
+``--tcp-pmtud on|off``      path MTU discovery (RFC 1191), default ``on``: every TCP segment
+                            carries DF, and a router's "fragmentation needed" shrinks the
+                            connection's MSS to the path's MTU. ``off``: segments go without DF
+                            and a narrower hop fragments them (as before, and as Linux's
+                            ``ip_no_pmtu_disc=1``).
 ``--tcp-ecn on|off``        Explicit Congestion Notification (RFC 3168), default ``off``.
                             With ``on`` every connection asks for ECN in its SYN and accepts
                             a peer's ECN-setup SYN (section 6.1.1), sends ECT(0) on new data
@@ -70,6 +75,7 @@ class NativeConfig:
     tcp_ecn: bool = False
     tcp_tso: bool = True
     tcp_tlp: bool = True
+    tcp_pmtud: bool = True
 
 
 def add_options(parser):
@@ -97,10 +103,20 @@ def add_options(parser):
                             "(TSO; default on); off: MSS-sized segments only")
     group.add_argument("--tcp-tlp", default="on", choices=ON_OFF,
                        help="TCP tail loss probes (RFC 8985; default on)")
+    group.add_argument("--tcp-pmtud", default="on", choices=ON_OFF,
+                       help="TCP path MTU discovery (RFC 1191; default on): DF on every segment")
     group.add_argument("--tcp-ecn", default="off", choices=ON_OFF,
                        help="ask for and accept ECN on every TCP connection (RFC 3168). Default off: "
                             "it is negotiated per connection, Linux's default tcp_ecn=2 accepts it but "
                             "never asks, and a middlebox that resets ECN-setup SYNs fails the connection")
+
+
+def _on_off(args, name, default):
+    """The value of an ``on|off`` option as a bool (absent: `default`); anything else refused."""
+    value = getattr(args, name, None) or default
+    if value not in ON_OFF:
+        raise ConfigError(f"--{name.replace('_', '-')} {value!r}: choose on or off")
+    return value == "on"
 
 
 def _address(text, option):
@@ -159,15 +175,6 @@ def from_args(args):
     min_rto = getattr(args, "tcp_min_rto", None)
     if min_rto is not None and not 0 < min_rto <= MAX_MIN_RTO:
         raise ConfigError(f"--tcp-min-rto {min_rto} must be above 0 and at most {MAX_MIN_RTO:g} seconds")
-    ecn = getattr(args, "tcp_ecn", None) or "off"
-    if ecn not in ON_OFF:
-        raise ConfigError(f"--tcp-ecn {ecn!r}: choose on or off")
-    tso = getattr(args, "tcp_tso", None) or "on"
-    if tso not in ON_OFF:
-        raise ConfigError(f"--tcp-tso {tso!r}: choose on or off")
-    tlp = getattr(args, "tcp_tlp", None) or "on"
-    if tlp not in ON_OFF:
-        raise ConfigError(f"--tcp-tlp {tlp!r}: choose on or off")
     config = NativeConfig(
         tap_device=getattr(args, "tap_device", None) or DEFAULT_TAP,
         dhcp=dhcp,
@@ -175,9 +182,10 @@ def from_args(args):
         mtu=mtu,
         tcp_congestion=congestion,
         tcp_min_rto=min_rto,
-        tcp_ecn=ecn == "on",
-        tcp_tso=tso == "on",
-        tcp_tlp=tlp == "on",
+        tcp_ecn=_on_off(args, "tcp_ecn", "off"),
+        tcp_tso=_on_off(args, "tcp_tso", "on"),
+        tcp_tlp=_on_off(args, "tcp_tlp", "on"),
+        tcp_pmtud=_on_off(args, "tcp_pmtud", "on"),
     )
     if dhcp:
         return config

@@ -661,7 +661,7 @@ class NativeStack(api.NetworkStack):
 def tcp_config(config):
     """The `TcpConfig` a `NativeConfig`'s TCP options ask for (RFC defaults otherwise)."""
     kw = {"congestion": config.tcp_congestion, "ecn": config.tcp_ecn, "tso": config.tcp_tso,
-          "tail_loss_probe": config.tcp_tlp}
+          "tail_loss_probe": config.tcp_tlp, "path_mtu_discovery": config.tcp_pmtud}
     if config.tcp_min_rto is not None:
         kw["min_rto"] = config.tcp_min_rto
         kw["initial_rto"] = max(TcpConfig.initial_rto, config.tcp_min_rto)

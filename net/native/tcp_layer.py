@@ -151,7 +151,7 @@ class NativeTcpConnection(api.Connection):
             ip = self._remote_ip
             for seg in segs:
                 layer.send_segment(seg, ip, now, cfg.ttl, tos | 2 if seg.ect else tos, self.on_send_error,
-                                   tcp.snd_mss)
+                                   tcp.snd_mss, tcp.df)
         return len(segs)
 
     def settle(self, now):
@@ -217,9 +217,11 @@ class NativeTcpConnection(api.Connection):
             self._layer.stats["soft-errors"] += 1
         self._soft = exc
 
-    def icmp_error(self, exc, now):
-        self._icmp = exc
-        self.tcp.icmp_arrived(exc.icmp_type, exc.icmp_code, now)
+    def icmp_error(self, exc, quoted_len, now):
+        """An ICMP error about this connection; a path MTU report is no error to keep."""
+        if exc.next_hop_mtu is None or not self.tcp.config.path_mtu_discovery:
+            self._icmp = exc
+        self.tcp.icmp_arrived(exc.icmp_type, exc.icmp_code, now, exc.next_hop_mtu, quoted_len)
 
     def _wake_reader(self):
         fut = self._reader
@@ -542,7 +544,7 @@ class TcpLayer:
             self.drops["icmp-seq-out-of-window"] += 1  # RFC 5927 4.1: likely forged
             return
         self.stats["icmp-errors"] += 1
-        conn.icmp_error(exc, now)
+        conn.icmp_error(exc, inner.total_len, now)
         self._changed(conn, now)
 
     def _reply(self, ip, seg):
@@ -627,11 +629,12 @@ class TcpLayer:
                 owner.timer_at = t
                 heapq.heappush(self._heap, (t, next(self._order), owner))
 
-    def send_segment(self, seg, dst, now, ttl, tos, on_error, mss=0):
+    def send_segment(self, seg, dst, now, ttl, tos, on_error, mss=0, df=False):
         """Build `seg` into a packet (header in headroom, payload attached) and send it.
 
         A payload longer than `mss` (the sending connection's) is a TSO segment: the
         packet's ``gso_size`` tells the device to cut it into `mss`-sized segments.
+        `df`: the IPv4 Don't Fragment flag, for the connection's path MTU discovery.
         """
         self.stats["segments-sent"] += 1
         payload = seg.payload
@@ -645,7 +648,7 @@ class TcpLayer:
         # (for a TSO segment the device computes the checksum of each piece it cuts)
         wire_tcp.emit_header(pkt.buf, pkt.prepend(wire_tcp.header_len(seg)), seg, self.ipv4.address, dst,
                              None, tso)
-        self.ipv4.send(pkt, dst, PROTO_TCP, now, ttl=ttl, tos=tos, on_error=on_error)
+        self.ipv4.send(pkt, dst, PROTO_TCP, now, ttl=ttl, df=df, tos=tos, on_error=on_error)
 
     # -- API -------------------------------------------------------------------------
 

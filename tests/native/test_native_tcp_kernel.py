@@ -21,6 +21,7 @@ import hashlib
 import importlib.util
 import ipaddress
 import json
+import os
 import random
 import re
 import shutil
@@ -146,6 +147,61 @@ def test_httpd_download_survives_kernel_side_loss_and_duplication(root_dir):
     with app_on_tap("shoal.apps.httpd", "--root", str(root_dir), "--tcp-min-rto", "0.2") as (peer, _app):
         impair(peer)
         assert curl_sha(peer, f"http://{peer.shoal_ip}:10000/big.bin") == sha256_file(root_dir / "big.bin")
+
+
+@contextlib.contextmanager
+def narrow_hop(peer, mtu):
+    """A namespace beyond the peer's, behind a veth whose end in the peer's namespace has
+    `mtu` (the far end keeps 1500, so its TCP announces an MSS of 1460); the peer's kernel
+    routes between the two. Yields (a command prefix for the far namespace, its address)."""
+    token = os.urandom(3).hex()
+    far, near_if, far_if = f"shoal-far-{token}", f"shn{token}", f"shf{token}"
+    subprocess.run(["ip", "netns", "add", far], check=True, timeout=30)
+    try:
+        def ip(*args):
+            subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+        ip("link", "add", near_if, "netns", peer.namespace, "type", "veth", "peer", "name", far_if, "netns", far)
+        ip("-n", peer.namespace, "addr", "add", "10.214.9.1/24", "dev", near_if)
+        ip("-n", peer.namespace, "link", "set", near_if, "mtu", str(mtu), "up")
+        peer.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        ip("-n", far, "addr", "add", "10.214.9.2/24", "dev", far_if)
+        ip("-n", far, "link", "set", far_if, "up")
+        ip("-n", far, "link", "set", "lo", "up")
+        ip("-n", far, "route", "add", "default", "via", "10.214.9.1")
+        yield ["ip", "netns", "exec", far], "10.214.9.2"
+    finally:
+        subprocess.run(["ip", "netns", "del", far], capture_output=True, timeout=30)
+
+
+@needs_curl
+@pytest.mark.parametrize("pmtud", ["on", "off"])
+def test_path_mtu_discovery_through_a_narrower_hop(root_dir, pmtud):
+    """httpd on the native stack, curl two hops away, the kernel routing between them onto
+    a link of MTU 1280 while both ends announce an MSS of 1460. With path MTU discovery
+    (RFC 1191, the default) shoal's segments carry DF: the router drops them and answers
+    "fragmentation needed", shoal shrinks its MSS and resends, and the router never
+    fragments. With ``--tcp-pmtud off`` the router fragments every full segment instead.
+    Either way the file arrives whole."""
+    with KernelPeer(open_device=False) as peer, narrow_hop(peer, 1280) as (far, _far_ip):
+        app = start_app(peer, "shoal.apps.httpd", "--root", str(root_dir), "--gw-ipv4-addr", peer.kernel_ip,
+                        "--tcp-pmtud", pmtud)
+        try:
+            url = f"http://{peer.shoal_ip}:10000/big.bin"
+            r = subprocess.run([*far, "sh", "-c", f"curl -sS --fail --max-time 120 {url} | sha256sum"],
+                               capture_output=True, text=True, timeout=150)
+            assert r.returncode == 0 and not r.stderr, r.stderr
+            assert r.stdout.split()[0] == sha256_file(root_dir / "big.bin")
+            router = kernel_counters(peer, ("Ip", "Icmp"))
+            if pmtud == "on":
+                assert router["FragCreates"] == 0 and router["FragFails"] >= 1, router
+                assert router["OutDestUnreachs"] >= 1, router  # "fragmentation needed" sent to shoal
+            else:
+                assert router["FragCreates"] > 0 and router["FragFails"] == 0, router
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n--- app output ---\n{stop_process(app)[-4000:]}") from None
+        finally:
+            stop_process(app)
 
 
 ECHO_CLIENT = """
@@ -402,12 +458,13 @@ def netfilterqueue_unavailable():
     return None
 
 
-def kernel_counters(peer):
-    """The namespace's Tcp and TcpExt counters (/proc/net/{snmp,netstat} are per namespace)."""
+def kernel_counters(peer, groups=("Tcp", "TcpExt")):
+    """The namespace's counters of `groups` (/proc/net/{snmp,netstat} are per namespace)."""
     out = {}
+    prefixes = tuple(f"{group}:" for group in groups)
     for name in ("snmp", "netstat"):
         lines = [line.split() for line in peer.run(["cat", f"/proc/net/{name}"]).stdout.splitlines()
-                 if line.startswith(("Tcp:", "TcpExt:"))]
+                 if line.startswith(prefixes)]
         for head, values in zip(lines[0::2], lines[1::2]):
             out.update(zip(head[1:], map(int, values[1:])))
     return out

@@ -72,9 +72,10 @@ def test_tcp_options_reach_the_tcp_config():
     assert tcp_config(c) == TcpConfig(ecn=True, congestion="newreno", min_rto=0.2, initial_rto=1.0)
     assert not tcp_config(parse("--host-ipv4-addr", "10.0.0.2", "--tcp-ecn", "off")).ecn
     assert not tcp_config(parse("--host-ipv4-addr", "10.0.0.2", "--tcp-tlp", "off")).tail_loss_probe
+    assert not tcp_config(parse("--host-ipv4-addr", "10.0.0.2", "--tcp-pmtud", "off")).path_mtu_discovery
 
 
-@pytest.mark.parametrize("option", ["--tcp-ecn", "--tcp-tso", "--tcp-tlp"])
+@pytest.mark.parametrize("option", ["--tcp-ecn", "--tcp-tso", "--tcp-tlp", "--tcp-pmtud"])
 @pytest.mark.parametrize("value", ["yes", "1", "ON", ""])
 def test_tcp_switches_take_only_on_or_off(option, value, capsys):
     with pytest.raises(SystemExit):

@@ -62,6 +62,13 @@ TLP_WORST_DELAYED_ACK = 0.2
 receiver may delay."""
 IPV4_TCP_HEADERS = 40
 TS_OPTION_LEN = 12
+MIN_PATH_MTU = 552
+"""The smallest path MTU a "fragmentation needed" report may set (Linux's min_pmtu, an MSS
+of 512): a forged report naming 68 would otherwise cut a connection to 28-octet segments
+(RFC 5927 section 7). A hop reporting less makes the connection send without DF instead."""
+MTU_PLATEAUS = (32000, 17914, 8166, 4352, 2002, 1492, 1006, 508, 296, 68)
+"""RFC 1191 section 7's table: for a report from a router that names no MTU (section 5),
+the path MTU becomes the largest plateau below the quoted datagram's length."""
 TSO_MAX_PAYLOAD = 0xFFFF - 20 - 60
 """The most payload one TSO segment may carry: an IPv4 datagram's 64 KiB less the IP
 header and the longest TCP header (RFC 791 total length; RFC 9293 3.1 data offset)."""
@@ -148,6 +155,9 @@ class TcpConfig:
     buffer starts at `recv_buffer` and doubles, up to `recv_buffer_max`, while the peer
     is held back by the window and not by the application (`Connection._grow_receive_buffer`).
     `tail_loss_probe` turns on RFC 8985's tail loss probes on connections with SACK.
+    `path_mtu_discovery` sends every segment with DF and takes ICMP "fragmentation
+    needed" as the path's MTU (RFC 1191, see `Connection.icmp_arrived`); off, routers
+    on a narrower path fragment the segments, and that ICMP message is a hard error.
     `tso_max` (0: off) is the largest payload one new-data segment may carry when the
     device segments TCP for us (TSO, `shoal.drivers.base.Offloads.tso`); the owner sets
     it from the device, since a segment longer than the MSS is only valid for a device
@@ -186,6 +196,7 @@ class TcpConfig:
     tso_max: int = 0  # TSO: largest new-data payload; set by the owner from its device
     tso: bool = True  # let the owner use its device's TSO (--tcp-tso off: MSS-sized segments only)
     tail_loss_probe: bool = True  # RFC 8985 section 7 (with SACK only)
+    path_mtu_discovery: bool = True  # RFC 1191: DF on every segment, "fragmentation needed" shrinks the MSS
 
     def __post_init__(self):
         if not 0 <= self.delayed_ack < 0.5:
@@ -266,6 +277,7 @@ class Connection:
         self.rcv_up = None
         self.rcv_mss = config.receive_mss()
         self.snd_mss = min(DEFAULT_MSS_IPV4, config.mtu - IPV4_TCP_HEADERS)
+        self.df = config.path_mtu_discovery  # set DF on our segments (RFC 1191)
         # negotiated options (RFC 7323, RFC 2018)
         self.ws_ok = False
         self.ts_ok = False
@@ -597,24 +609,73 @@ class Connection:
         self.keepalive_at = None
         self._update_timers(self._last_rx)
 
-    def icmp_arrived(self, icmp_type, icmp_code, now):
+    def icmp_arrived(self, icmp_type, icmp_code, now, next_hop_mtu=None, quoted_len=0):
         """An ICMP error quoting this connection (RFC 9293 3.9.1.5 / RFC 1122 4.2.3.9).
 
         Destination unreachable for net, host or source route (codes 0, 1, 5) is a
         soft error reported to the application without aborting (SHLD-25, MUST-56);
-        protocol, port unreachable and fragmentation needed (2-4) abort the connection
-        (SHLD-26). Source quench is ignored (MUST-55, RFC 6633); time exceeded and
-        parameter problem never abort (MUST-56).
+        protocol and port unreachable (2, 3) abort the connection (SHLD-26), and so
+        does fragmentation needed (4) without path MTU discovery, when we never set DF.
+        With it, code 4 is the path's answer to DF (RFC 1191): `next_hop_mtu` (the
+        router's MTU, 0 from an older router) and `quoted_len` (the total length of the
+        datagram it quotes) go to `_path_mtu_reported`. Source quench is ignored
+        (MUST-55, RFC 6633); time exceeded and parameter problem never abort (MUST-56).
         """
         if self.state is CLOSED:
             return
         if icmp_type == ICMP_DEST_UNREACH:
-            if icmp_code in (2, 3, 4):
+            if icmp_code == 4 and self.config.path_mtu_discovery:
+                self._path_mtu_reported(next_hop_mtu or 0, quoted_len, now)
+            elif icmp_code in (2, 3, 4):
                 self._error(Event.UNREACHABLE)
             else:
                 self._emit(Event.SOFT_ERROR)
         else:
             self.counters["icmp-ignored"] += 1
+
+    def _path_mtu_reported(self, next_hop_mtu, quoted_len, now):
+        """A router could not forward a segment of ours without fragmenting it (RFC 1191).
+
+        The path MTU is the router's `next_hop_mtu`, or for a router that names none
+        (section 5) the largest `MTU_PLATEAUS` value below the quoted datagram's length;
+        at least `MIN_PATH_MTU`, below which the connection sends without DF and lets
+        routers fragment. The MSS only ever shrinks here (section 6.3: a report never
+        raises the estimate), and a report whose MTU would have carried the quoted
+        datagram is not believed. A smaller MSS is the path's shape, not congestion:
+        cwnd and ssthresh stay, and every segment in flight, sent too big and so lost,
+        goes again from SND.UNA at once (section 6.4 asks for the retransmission; Linux's
+        tcp_simple_retransmit does the same), with no RTT sample from them (Karn).
+        """
+        if self.state not in _SYNCHRONIZED:
+            self.counters["pmtu-ignored"] += 1  # a SYN is never too big: nothing to learn
+            return
+        mtu = next_hop_mtu
+        if not mtu:
+            mtu = next((p for p in MTU_PLATEAUS if p < quoted_len), MTU_PLATEAUS[-1])
+        if quoted_len and mtu >= quoted_len:
+            self.counters["pmtu-ignored"] += 1  # the datagram it quotes would have fit
+            return
+        if mtu < MIN_PATH_MTU:
+            mtu = MIN_PATH_MTU
+            self.df = False
+        mss = mtu - IPV4_TCP_HEADERS - (TS_OPTION_LEN if self.ts_ok else 0)
+        if mss >= self.snd_mss:
+            return  # (reports about segments sent before the last reduction)
+        self.counters["pmtu-reduced"] += 1
+        self.snd_mss = mss
+        self.cc.set_mss(mss)
+        if self.snd_max != self.snd_una:
+            self.snd_nxt = self.snd_una
+            self.scoreboard.clear()
+            self.recovery = None
+            self.high_rxt = None
+            self.dupacks = 0
+            self._rexmit_una = False
+            self._tlp_due = False
+            self._tlp_end = None
+            self._undo_marker = self._undo_state = None  # a go-back is no spurious episode to undo
+            self._rtt_seq = None
+        self._update_timers(now)
 
     def take_events(self):
         ev = self._events
