@@ -83,6 +83,11 @@ _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 MAX_HALF_OPEN = 256
 """Half-open connections per listener; beyond them SYNs get SYN cookies (see `tcp.listener`)."""
 _QUOTE = struct.Struct("!HHI")
+PATH_MTU_LIFETIME = 600.0
+"""Seconds a learned path MTU is given to new connections: RFC 1191 6.3's ten minutes, after
+which a path may have widened (Linux's mtu_expires)."""
+PATH_MTUS_KEPT = 4096
+"""Peers whose path MTU is remembered; past that the memory starts over (bounded under forged reports)."""
 
 
 def _text(ip):
@@ -492,6 +497,7 @@ class TcpLayer:
         self._next_port = rng.randrange(EPHEMERAL[0], EPHEMERAL[1] + 1)
         self._retired_drops = Counter()
         self._retired_counters = Counter()
+        self.path_mtus = {}  # remote IP -> (path MTU, DF, until): what reports taught (RFC 1191)
         self.ipv4.handlers[PROTO_TCP] = self.receive
         stack.icmp.error_handlers[PROTO_TCP] = self.icmp_error
         stack.add_tx_source(self.transmit)
@@ -545,7 +551,22 @@ class TcpLayer:
             return
         self.stats["icmp-errors"] += 1
         conn.icmp_error(exc, inner.total_len, now)
+        if tcp.path_mtu is not None:
+            if len(self.path_mtus) >= PATH_MTUS_KEPT:
+                self.path_mtus.clear()
+            self.path_mtus[inner.dst] = (tcp.path_mtu, tcp.df, now + PATH_MTU_LIFETIME)
         self._changed(conn, now)
+
+    def _start_from_known_path_mtu(self, tcp, now):
+        """A new connection to a peer whose path MTU a report taught another connection in
+        the last `PATH_MTU_LIFETIME` seconds starts with it (no flight lost to learn it)."""
+        known = self.path_mtus.get(tcp.remote[0])
+        if known is not None:
+            mtu, df, until = known
+            if now < until:
+                tcp.set_path_mtu(mtu, df, now)
+            else:
+                del self.path_mtus[tcp.remote[0]]
 
     def _reply(self, ip, seg):
         if len(self._replies) < MAX_REPLIES:
@@ -654,6 +675,7 @@ class TcpLayer:
 
     def adopt(self, tcp):
         """Take over a connection accepted from a listener."""
+        self._start_from_known_path_mtu(tcp, self.stack.now())
         conn = NativeTcpConnection(self, tcp)
         self.conns[conn.key] = conn
         self.stats["connections-accepted"] += 1
@@ -748,6 +770,7 @@ class TcpLayer:
         src = self.ipv4.address
         iss = self.isn(src, lport, dst, dport, now)
         tcp = Connection.active(self.config, (src, lport), (dst, dport), iss, now, ts_offset=iss)
+        self._start_from_known_path_mtu(tcp, now)
         conn = NativeTcpConnection(self, tcp)
         conn._connected = fut = asyncio.get_running_loop().create_future()
         self.conns[conn.key] = conn

@@ -14,6 +14,7 @@ import hashlib
 import ipaddress
 import mmap
 import random
+import struct
 
 import pytest
 
@@ -292,6 +293,58 @@ def test_read_buffers_hands_over_views_of_the_received_frames():
             assert b.counters()["tcp"]["stats"]["bytes-received"] == len(data)
             await conn.close()
             await client.close()
+            server.close()
+
+    run(main())
+
+
+def fragmentation_needed(a, b, conn, mtu):
+    """The frame a router between A and B would send A for `conn`'s segment at SND.UNA:
+    ICMP "fragmentation needed" (RFC 1191 section 4: the next-hop MTU in the low 16 bits),
+    quoting the too-big datagram's IPv4 header and first eight octets."""
+    from shoal.net.native.wire import ethernet, icmp as wire_icmp, ipv4 as wire_ipv4
+
+    tcp = conn.tcp
+    src, dst = int(ipaddress.IPv4Address(A_IP)), int(ipaddress.IPv4Address(B_IP))
+    segment = struct.pack("!HHI", tcp.local[1], tcp.remote[1], tcp.snd_una.real) + bytes(1460 + 12)
+    quote = wire_ipv4.build(src, dst, 6, segment, df=True)[:28]
+    message = wire_icmp.build(wire_icmp.DEST_UNREACHABLE, wire_icmp.FRAGMENTATION_NEEDED, mtu, quote)
+    return ethernet.build(a.mac, b.mac, 0x0800, wire_ipv4.build(dst, src, 1, message))
+
+
+def test_a_path_mtu_report_serves_later_connections_to_the_peer_for_ten_minutes():
+    """A report shrinks the MSS of the connection it quotes and is kept for the peer
+    (`TcpLayer.path_mtus`): the next connection starts at that MSS, one opened after
+    `PATH_MTU_LIFETIME` at the device's again. The data arrives whole throughout."""
+    from shoal.net.native.tcp_layer import PATH_MTU_LIFETIME
+
+    data = random.Random(9).randbytes(300_000)
+
+    async def connected(a, server):
+        accepted = asyncio.ensure_future(server.accept())
+        client = await a.connect((B_IP, 8000))
+        conn, _ = await accepted
+        return client, conn
+
+    async def main():
+        async with two_stacks() as (a, b, clock):
+            server = b.listen(("", 8000))
+            client, conn = await connected(a, server)
+            full = client.tcp.snd_mss
+            reader = asyncio.ensure_future(read_all(conn))
+            await client.write(data[:100_000])
+            a.receive_frames([fragmentation_needed(a, b, client, 1200)])
+            assert client.tcp.snd_mss == 1200 - 40 - 12 < full and client.tcp.df
+            assert a.tcp.path_mtus[int(ipaddress.IPv4Address(B_IP))][:2] == (1200, True)
+            await write_all(client, data[100_000:])
+            client.shutdown_output()
+            assert await reader == (len(data), hashlib.sha256(data).hexdigest())
+            assert client.tcp.counters["pmtu-reduced"] == 1
+            second, _ = await connected(a, server)
+            assert second.tcp.snd_mss == 1200 - 40 - 12
+            clock.now += PATH_MTU_LIFETIME
+            third, _ = await connected(a, server)
+            assert third.tcp.snd_mss == full
             server.close()
 
     run(main())

@@ -1,5 +1,5 @@
 """Path MTU discovery (RFC 1191): ICMP "fragmentation needed" as the path's answer to DF."""
-from tcp_harness import ACK, IRS, ISS, T0, State, established, pull, send_seg, seg, syn_sent
+from tcp_harness import ACK, IRS, ISS, SYN, T0, State, established, pull, send_seg, seg, syn_sent
 from shoal.net.native.tcp.connection import Event
 
 BASE = ISS + 1
@@ -81,3 +81,20 @@ def test_without_path_mtu_discovery_no_df_and_fragmentation_needed_is_a_hard_err
     assert not conn.df
     conn.icmp_arrived(*FRAG_NEEDED, T0, next_hop_mtu=1280, quoted_len=1500)
     assert conn.take_events()[0] is Event.UNREACHABLE and conn.state is State.CLOSED  # SHLD-26
+
+
+def test_a_known_path_mtu_given_before_the_handshake_sets_the_first_mss():
+    conn, _syn = syn_sent()
+    conn.set_path_mtu(1200, True, T0)  # from the owner's memory of an earlier report
+    assert conn.path_mtu == 1200 and conn.state is State.SYN_SENT and not pull(conn)  # the SYN is not resent
+    send_seg(conn, seg(IRS, ISS + 1, SYN | ACK, mss=1460))
+    assert conn.state is State.ESTABLISHED and conn.snd_mss == 1160 and conn.df
+
+
+def test_a_known_path_mtu_below_the_floor_keeps_df_off_and_is_ignored_without_discovery():
+    conn = established()
+    conn.set_path_mtu(552, False, T0)
+    assert conn.snd_mss == 512 and not conn.df
+    off = established(path_mtu_discovery=False)
+    off.set_path_mtu(1200, True, T0)
+    assert off.snd_mss == 1460 and off.path_mtu is None and not off.df

@@ -278,6 +278,7 @@ class Connection:
         self.rcv_mss = config.receive_mss()
         self.snd_mss = min(DEFAULT_MSS_IPV4, config.mtu - IPV4_TCP_HEADERS)
         self.df = config.path_mtu_discovery  # set DF on our segments (RFC 1191)
+        self.path_mtu = None                 # the path's MTU, once a router has told (RFC 1191)
         # negotiated options (RFC 7323, RFC 2018)
         self.ws_ok = False
         self.ts_ok = False
@@ -432,8 +433,10 @@ class Connection:
         self._set_snd_mss(syn.mss if syn.mss is not None else DEFAULT_MSS_IPV4)
 
     def _set_snd_mss(self, peer_mss):
-        """Effective send MSS (RFC 9293 3.7.1, MUST-16): MSS option vs our MTU, minus options."""
-        mss = min(peer_mss, self.config.mtu - IPV4_TCP_HEADERS)
+        """Effective send MSS (RFC 9293 3.7.1, MUST-16): MSS option vs our MTU (or the path's,
+        when known: `set_path_mtu`), minus options."""
+        mtu = self.config.mtu if self.path_mtu is None else min(self.config.mtu, self.path_mtu)
+        mss = min(peer_mss, mtu - IPV4_TCP_HEADERS)
         if self.ts_ok:
             mss -= TS_OPTION_LEN
         self.snd_mss = max(mss, 64)
@@ -658,10 +661,26 @@ class Connection:
         if mtu < MIN_PATH_MTU:
             mtu = MIN_PATH_MTU
             self.df = False
-        mss = mtu - IPV4_TCP_HEADERS - (TS_OPTION_LEN if self.ts_ok else 0)
-        if mss >= self.snd_mss:
-            return  # (reports about segments sent before the last reduction)
-        self.counters["pmtu-reduced"] += 1
+        if self._use_path_mtu(mtu, now):
+            self.counters["pmtu-reduced"] += 1
+        # (else a report about a segment sent before the last reduction)
+
+    def set_path_mtu(self, mtu, df, now):
+        """Start from a path MTU the owner learned before, from another connection's
+        report (RFC 1191 section 5: the estimate belongs to the path); `df` False if that
+        report went below `MIN_PATH_MTU`. Without path MTU discovery, nothing changes."""
+        if self.config.path_mtu_discovery:
+            self.df = self.df and df
+            self._use_path_mtu(mtu, now)
+
+    def _use_path_mtu(self, mtu, now):
+        """The path's MTU is at most `mtu`: shrink the MSS to it, and if it shrank with
+        segments in flight, send them again (see `_path_mtu_reported`). True if it shrank.
+        Before the handshake ends only the MTU is kept (`_set_snd_mss` applies it)."""
+        self.path_mtu = mtu if self.path_mtu is None else min(self.path_mtu, mtu)
+        mss = self.path_mtu - IPV4_TCP_HEADERS - (TS_OPTION_LEN if self.ts_ok else 0)
+        if self.state not in _SYNCHRONIZED or mss >= self.snd_mss:
+            return False
         self.snd_mss = mss
         self.cc.set_mss(mss)
         if self.snd_max != self.snd_una:
@@ -676,6 +695,7 @@ class Connection:
             self._undo_marker = self._undo_state = None  # a go-back is no spurious episode to undo
             self._rtt_seq = None
         self._update_timers(now)
+        return True
 
     def take_events(self):
         ev = self._events
