@@ -5,8 +5,10 @@ they move; the connection owns loss *detection* and the recovery mechanics (dupa
 counting, NewReno partial acks, RFC 6675 pipe), and tells the controller what
 happened:
 
-* `on_ack(acked, now, srtt)` - `acked` new bytes were cumulatively acknowledged
-  outside recovery: grow cwnd (slow start or congestion avoidance).
+* `on_ack(acked, now, srtt, rtt, ack, snd_max)` - `acked` new bytes were cumulatively
+  acknowledged outside recovery: grow cwnd (slow start or congestion avoidance). `rtt` is
+  this ACK's RTT sample (None if it gave none), `ack` and `snd_max` the acknowledgment and
+  the highest sequence number sent, which mark HyStart++'s rounds.
 * `on_congestion(now, flight)` - a loss was detected by duplicate ACKs or SACK:
   set ssthresh and cwnd for fast recovery (a multiplicative decrease).
 * `on_timeout(now, flight)` - the retransmission timer expired: ssthresh as for a
@@ -26,8 +28,13 @@ section 5.8 for CUBIC), which would later let it send a burst the path never car
 
 Both controllers start from the initial window given by the connection (RFC 5681
 3.1 or RFC 6928) and use byte counting in slow start: cwnd += min(acked, L * SMSS) with
-L = `SLOW_START_L` (see there). `make(name, ...)` picks one by name ("cubic" or "newreno").
+L = `SLOW_START_L` (see there). The initial slow start runs under HyStart++ (RFC 9406,
+`HyStartPlusPlus`), which leaves it when the round trip grows, before the queue it is
+filling overflows. `make(name, ...)` picks one by name ("cubic" or "newreno").
 """
+import math
+
+from .seq import HALF, MASK
 
 SLOW_START_L = 8
 """Slow start's per-ACK limit in SMSS: RFC 9406 section 4.3's value for a sender that
@@ -40,8 +47,90 @@ download from a shard ran at 1.2-1.45 GB/s with L = 1 and 1.56-1.67 with L = 8.
 (Linux has no such limit.)"""
 
 
+class HyStartPlusPlus:
+    """HyStart++ (RFC 9406 section 4): slow start that watches the round trip.
+
+    Slow start doubles cwnd each round until a loss, and on a path with a deep
+    queue that loss comes a whole window late: the queue overflows by up to
+    half a window at once. HyStart++ takes the smallest of the first RTT samples
+    of each round (rounds end when SND.MAX at their start is acknowledged); once a
+    round's minimum exceeds the last one's by `rtt_threshold` (the queue is
+    growing), it enters Conservative Slow Start, growing a quarter as fast. If a
+    later round's minimum falls below the one that started CSS, the rise was jitter
+    and slow start resumes; after `CSS_ROUNDS` rounds of CSS slow start ends
+    (ssthresh = cwnd) and congestion avoidance takes over. It runs in the initial
+    slow start only (4.2: SHOULD); a loss or an RTO ends it, as they end slow start.
+
+    `on_ack` returns the divisor of this ACK's slow start increase (1, or
+    `CSS_GROWTH_DIVISOR`), or 0 when slow start is over.
+    """
+
+    MIN_RTT_THRESH = 0.004
+    MAX_RTT_THRESH = 0.016
+    MIN_RTT_DIVISOR = 8
+    N_RTT_SAMPLE = 8
+    CSS_GROWTH_DIVISOR = 4
+    CSS_ROUNDS = 5
+
+    def __init__(self):
+        self.window_end = None          # SND.MAX when this round began
+        self.last_round_min = math.inf
+        self.round_min = math.inf
+        self.samples = 0
+        self.css_baseline = None        # the round minimum that started CSS; None outside CSS
+        self.css_rounds = 0
+
+    def __eq__(self, other):
+        return type(other) is HyStartPlusPlus and vars(self) == vars(other)
+
+    @classmethod
+    def rtt_threshold(cls, last_round_min):
+        """How much a round's minimum RTT must grow to leave slow start (RFC 9406 4.2)."""
+        return max(cls.MIN_RTT_THRESH, min(last_round_min / cls.MIN_RTT_DIVISOR, cls.MAX_RTT_THRESH))
+
+    def on_ack(self, rtt, ack, snd_max):
+        if self.window_end is None or (ack - self.window_end) & MASK < HALF:
+            # a new round: the data sent when the last one began is acknowledged
+            if self.css_baseline is not None:
+                self.css_rounds += 1
+                if self.css_rounds >= self.CSS_ROUNDS:
+                    return 0
+            self.last_round_min = self.round_min
+            self.round_min = math.inf
+            self.samples = 0
+            self.window_end = snd_max
+        if rtt is not None:
+            self.samples += 1
+            if rtt < self.round_min:
+                self.round_min = rtt
+        if self.samples >= self.N_RTT_SAMPLE and self.last_round_min < math.inf:
+            if self.css_baseline is None:
+                if self.round_min >= self.last_round_min + self.rtt_threshold(self.last_round_min):
+                    self.css_baseline = self.round_min
+                    self.css_rounds = 0
+            elif self.round_min < self.css_baseline:
+                self.css_baseline = None  # the rise was jitter: back to slow start
+        return 1 if self.css_baseline is None else self.CSS_GROWTH_DIVISOR
+
+
 class _Controller:
-    """What both controllers share: the undo of a spurious reduction (see the module docstring)."""
+    """What both controllers share: slow start (with HyStart++ in the initial one) and the
+    undo of a spurious reduction (see the module docstring)."""
+
+    def _slow_start(self, acked, rtt, ack, snd_max):
+        """RFC 5681 slow start with byte counting up to L SMSS per ACK (`SLOW_START_L`),
+        under HyStart++ while `hystart` runs: a quarter of that in CSS, and ssthresh set
+        to cwnd when CSS is over (RFC 9406 4.2)."""
+        increase = min(acked, SLOW_START_L * self.mss)
+        hystart = self.hystart
+        if hystart is not None and ack is not None:
+            divisor = hystart.on_ack(rtt, ack, snd_max)
+            if not divisor:
+                self.ssthresh = self.cwnd
+                self.hystart = None
+                return
+            increase //= divisor
+        self.cwnd += increase
 
     def snapshot(self):
         return dict(vars(self))
@@ -58,18 +147,19 @@ class NewReno(_Controller):
 
     name = "newreno"
 
-    def __init__(self, mss, initial_window):
+    def __init__(self, mss, initial_window, hystart=True):
         self.mss = mss
         self.cwnd = initial_window
         self.ssthresh = 1 << 30  # RFC 5681 3.1: arbitrarily high initially
+        self.hystart = HyStartPlusPlus() if hystart else None
         self._acc = 0
 
     def set_mss(self, mss):
         self.mss = mss
 
-    def on_ack(self, acked, now, srtt):
+    def on_ack(self, acked, now, srtt, rtt=None, ack=None, snd_max=None):
         if self.cwnd < self.ssthresh:
-            self.cwnd += min(acked, SLOW_START_L * self.mss)  # RFC 5681 eq. 2 with L (above)
+            self._slow_start(acked, rtt, ack, snd_max)  # RFC 5681 eq. 2 with L (above)
             return
         # Congestion avoidance, byte counting (RFC 5681 3.1, RFC 3465): +1 SMSS per cwnd acked.
         self._acc += acked
@@ -80,6 +170,7 @@ class NewReno(_Controller):
     def on_congestion(self, now, flight):
         self.ssthresh = max(flight // 2, 2 * self.mss)  # RFC 5681 eq. 4
         self.cwnd = self.ssthresh
+        self.hystart = None
         self._acc = 0
 
     def restart(self, window):
@@ -90,6 +181,7 @@ class NewReno(_Controller):
     def on_timeout(self, now, flight):
         self.ssthresh = max(flight // 2, 2 * self.mss)
         self.cwnd = self.mss  # loss window
+        self.hystart = None
         self._acc = 0
 
 
@@ -98,8 +190,8 @@ class Cubic(_Controller):
 
     Windows inside the cubic formulas are in segments (section 4.1); `cwnd` and
     `ssthresh` are exposed in bytes like NewReno's. Fast convergence (4.7) and the
-    Reno-friendly region (4.3) are implemented; HyStart++ is not (slow start is
-    standard RFC 5681 byte counting).
+    Reno-friendly region (4.3) are implemented; slow start is NewReno's, with
+    HyStart++ in the initial one (RFC 9438 4.10 allows it; `_Controller._slow_start`).
     """
 
     name = "cubic"
@@ -107,10 +199,11 @@ class Cubic(_Controller):
     BETA = 0.7
     ALPHA = 3 * (1 - BETA) / (1 + BETA)  # RFC 9438 4.3
 
-    def __init__(self, mss, initial_window):
+    def __init__(self, mss, initial_window, hystart=True):
         self.mss = mss
         self.cwnd = initial_window
         self.ssthresh = 1 << 30
+        self.hystart = HyStartPlusPlus() if hystart else None
         self.w_max = None       # segments, window before the last reduction
         self.w_last_max = None  # for fast convergence
         self.k = 0.0
@@ -124,9 +217,9 @@ class Cubic(_Controller):
         """W_cubic(t) = C*(t-K)^3 + W_max, in segments (RFC 9438 eq. 1)."""
         return self.C * (t - self.k) ** 3 + self.w_max
 
-    def on_ack(self, acked, now, srtt):
+    def on_ack(self, acked, now, srtt, rtt=None, ack=None, snd_max=None):
         if self.cwnd < self.ssthresh:
-            self.cwnd += min(acked, SLOW_START_L * self.mss)
+            self._slow_start(acked, rtt, ack, snd_max)
             return
         mss = self.mss
         cwnd_seg = self.cwnd / mss
@@ -150,6 +243,7 @@ class Cubic(_Controller):
         self.cwnd = max(int(new * mss), self.cwnd)
 
     def _reduce(self, now):
+        self.hystart = None
         cwnd_seg = self.cwnd / self.mss
         if self.w_last_max is not None and cwnd_seg < self.w_last_max:
             self.w_last_max = cwnd_seg
@@ -182,10 +276,11 @@ class Cubic(_Controller):
 ALGORITHMS = {"cubic": Cubic, "newreno": NewReno}
 
 
-def make(name, mss, initial_window):
-    """A congestion controller by name; ValueError for unknown names."""
+def make(name, mss, initial_window, hystart=True):
+    """A congestion controller by name (`hystart`: HyStart++ in its initial slow start);
+    ValueError for unknown names."""
     try:
         cls = ALGORITHMS[name]
     except KeyError:
         raise ValueError(f"unknown congestion control {name!r} (have {sorted(ALGORITHMS)})") from None
-    return cls(mss, initial_window)
+    return cls(mss, initial_window, hystart)

@@ -155,6 +155,8 @@ class TcpConfig:
     buffer starts at `recv_buffer` and doubles, up to `recv_buffer_max`, while the peer
     is held back by the window and not by the application (`Connection._grow_receive_buffer`).
     `tail_loss_probe` turns on RFC 8985's tail loss probes on connections with SACK.
+    `hystart` runs the initial slow start under HyStart++ (RFC 9406,
+    `congestion.HyStartPlusPlus`): it ends when the round trip grows, not at the first loss.
     `path_mtu_discovery` sends every segment with DF and takes ICMP "fragmentation
     needed" as the path's MTU (RFC 1191, see `Connection.icmp_arrived`); off, routers
     on a narrower path fragment the segments, and that ICMP message is a hard error.
@@ -197,6 +199,7 @@ class TcpConfig:
     tso: bool = True  # let the owner use its device's TSO (--tcp-tso off: MSS-sized segments only)
     tail_loss_probe: bool = True  # RFC 8985 section 7 (with SACK only)
     path_mtu_discovery: bool = True  # RFC 1191: DF on every segment, "fragmentation needed" shrinks the MSS
+    hystart: bool = True  # HyStart++ (RFC 9406) in the initial slow start
 
     def __post_init__(self):
         if not 0 <= self.delayed_ack < 0.5:
@@ -310,7 +313,8 @@ class Connection:
         self._eof = False
         # machinery
         self.rtt = RttEstimator(config.initial_rto, config.min_rto, config.max_rto)
-        self.cc = congestion.make(config.congestion, self.snd_mss, config.initial_window * self.snd_mss)
+        self.cc = congestion.make(config.congestion, self.snd_mss, config.initial_window * self.snd_mss,
+                                  config.hystart)
         self.scoreboard = Scoreboard()
         self._rtt_seq = None
         self._rtt_time = 0.0
@@ -1027,6 +1031,7 @@ class Connection:
             self.scoreboard.advance(ack)
         # RTT: timestamps (RFC 7323 4.1) or the timed segment, skipped if retransmitted (Karn).
         ts = seg.timestamp
+        sample = None
         if self.ts_ok and ts is not None and ts[1]:
             # An echo older than our last retransmission may be the receiver's
             # TS.Recent held across a loss (RFC 7323 4.3), not this data's timestamp:
@@ -1035,8 +1040,10 @@ class Connection:
                 r = ((int(now * 1000) + self._ts_offset - ts[1]) & MASK) / 1000.0  # (`_ts_now` inline)
                 if r < self.config.max_rto:
                     self.rtt.sample(r)
+                    sample = r
         elif self._rtt_seq is not None and (a - self._rtt_seq.real) & MASK < HALF:
-            self.rtt.sample(now - self._rtt_time)
+            sample = now - self._rtt_time
+            self.rtt.sample(sample)
             self._rtt_seq = None
         st = self.state
         if st is SYN_SENT or st is SYN_RECEIVED:
@@ -1047,7 +1054,7 @@ class Connection:
                 # The window was in use: grow it. An application-limited connection (less
                 # than half of cwnd in flight) keeps its window, so it cannot later send
                 # a burst the path never carried (RFC 7661 4.1's test; RFC 9438 5.8).
-                self.cc.on_ack(acked, now, self.rtt.srtt)
+                self.cc.on_ack(acked, now, self.rtt.srtt, sample, a, self.snd_max.real)
             else:
                 self.counters["cwnd-app-limited"] += 1
         else:
