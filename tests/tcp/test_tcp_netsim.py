@@ -151,11 +151,13 @@ def test_transfer_across_sequence_wrap(sack):
 
 def test_spurious_fast_retransmits_under_reordering_are_undone():
     """10 % reordering and no loss: fast retransmits are mostly spurious; the peer's D-SACKs
-    show it (RFC 3708) and their reductions are undone (`dsack-undo`)."""
+    show it (RFC 3708), their reductions are undone (`dsack-undo`), and DupThresh grows."""
     sim = Sim(seed=2, reorder=0.1)
     client, _srv = transfer(sim, 1_000_000, 100_000, TcpConfig(msl=1.0, min_rto=0.2))
     assert client.counters["fast-retransmit"] > 0 and client.counters["dsack-received"] > 0
     assert client.counters["dsack-undo"] > 0
+    # and the reordering they showed raised the duplicate threshold (fewer spurious ones after)
+    assert client.counters["reordering-raised"] > 0 and client.scoreboard.dup_thresh > 3
 
 
 def test_clean_transfer_uses_no_retransmissions():

@@ -210,6 +210,26 @@ def test_dsack_of_every_retransmission_undoes_the_reduction():
     assert conn.cc.cwnd >= cwnd
 
 
+def test_a_spurious_fast_retransmit_raises_the_duplicate_threshold():
+    """The undone episode shows the path reorders by four segments: DupThresh becomes five
+    (`Scoreboard.dup_thresh`), so the same reordering in the next flight costs neither a
+    retransmission nor a reduction, while a deeper hole still starts recovery."""
+    conn = sack_conn()
+    reordered_first_segment(conn)
+    send_seg(conn, seg(IRS + 1, BASE + 5000, ACK))
+    send_seg(conn, seg(IRS + 1, BASE + 5000, ACK, sack=((BASE, BASE + 1000),)))
+    assert conn.counters["dsack-undo"] == 1 and conn.counters["reordering-raised"] == 1
+    assert conn.scoreboard.dup_thresh == 5
+    conn.send(b"y" * 6000)
+    assert len(pull(conn)) == 6
+    cwnd = conn.cc.cwnd
+    for n in (2, 3, 4, 5):  # four duplicate ACKs, four segments SACKed above the late one
+        send_seg(conn, seg(IRS + 1, BASE + 5000, ACK, sack=((BASE + 6000, BASE + 5000 + n * 1000),)))
+    assert conn.recovery is None and not pull(conn) and conn.cc.cwnd == cwnd
+    send_seg(conn, seg(IRS + 1, BASE + 5000, ACK, sack=((BASE + 6000, BASE + 11000),)))  # a fifth
+    assert conn.recovery == "sack" and pull(conn)[0].seq == BASE + 5000
+
+
 def test_no_undo_after_a_real_loss():
     conn = sack_conn()
     cwnd = reordered_first_segment(conn)

@@ -49,7 +49,7 @@ from ..wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, TcpSegment
 from . import congestion
 from .recvbuf import ReceiveBuffer
 from .rtt import RttEstimator
-from .sack import Scoreboard, dsack_block, receive_blocks
+from .sack import MAX_DUP_THRESH, Scoreboard, dsack_block, receive_blocks
 from .sendbuf import SendBuffer
 from .seq import HALF, MASK, Seq, as_seq, seq_max, seq_min, signed_distance
 
@@ -330,6 +330,7 @@ class Connection:
         self._undo_dsacked = False
         self._undo_state = None   # the congestion controller's `snapshot` from before it
         self._undo_until = None   # SND.MAX when it ended: D-SACKs for it come within a flight
+        self._undo_span = 0       # octets received beyond SND.UNA when it began (`_loss_episode`)
         self.retries = 0
         self._probes = 0
         self._persist_backoff = 0
@@ -1099,7 +1100,7 @@ class Connection:
         if self.recovery is None:
             lost = self.sack_ok and self.scoreboard.is_lost(self.snd_una, self.snd_mss)
             # RFC 6582 3.2 step 2: no new recovery for losses from before the last one.
-            if (self.dupacks >= 3 or lost) and self.snd_una >= self.recover:
+            if (self.dupacks >= self.scoreboard.dup_thresh or lost) and self.snd_una >= self.recover:
                 self._enter_recovery(now)
         elif self.recovery == "newreno":
             cc.cwnd += self.snd_mss  # RFC 6582 3.2 step 3 (inflation)
@@ -1148,12 +1149,17 @@ class Connection:
                 self._undo_retrans += 1  # the probe's own D-SACK, if its original arrived, cancels this
 
     def _loss_episode(self):
-        """A fast retransmit or a first RTO reduces cwnd: keep what to undo it to (RFC 3708)."""
+        """A fast retransmit or a first RTO reduces cwnd: keep what to undo it to (RFC 3708),
+        and how far beyond SND.UNA the peer had already received (SACKed, else one segment
+        per duplicate ACK): if the episode proves spurious, the text at SND.UNA was that far
+        out of order."""
         self._undo_marker = self.snd_una
         self._undo_retrans = 0
         self._undo_dsacked = False
         self._undo_state = self.cc.snapshot()
         self._undo_until = None
+        high = self.scoreboard.high_sacked()
+        self._undo_span = high - self.snd_una if high is not None else self.dupacks * self.snd_mss
 
     def _dsack_arrived(self, block):
         """The peer reports octets it received twice (RFC 2883). Those at or above the open
@@ -1175,10 +1181,24 @@ class Connection:
             self.cc.restore(self._undo_state)
             self._undo_marker = self._undo_state = None
             self.counters["dsack-undo"] += 1
+            self._reordering_seen(self._undo_span)
         elif self._undo_until is None:
             self._undo_until = self.snd_max
         elif self.snd_una > self._undo_until:
             self._undo_marker = self._undo_state = None
+
+    def _reordering_seen(self, span):
+        """A fast retransmit was spurious: the text at SND.UNA came after `span` octets sent
+        behind it. Loss detection waits for one segment more than that from now on
+        (`Scoreboard.dup_thresh`, at most `MAX_DUP_THRESH`), so the same reordering does
+        not cost a retransmission and a window reduction again (RFC 4653 section 1; Linux
+        raises its reordering metric the same way); an RTO or the tail loss probe still
+        find real losses (RFC 8985 7)."""
+        degree = -(-span // self.snd_mss) + 1
+        board = self.scoreboard
+        if degree > board.dup_thresh:
+            board.dup_thresh = min(degree, MAX_DUP_THRESH)
+            self.counters["reordering-raised"] += 1
 
     def _enter_recovery(self, now):
         """Fast retransmit (RFC 5681 3.2) into NewReno (RFC 6582) or SACK (RFC 6675) recovery."""

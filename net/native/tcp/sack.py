@@ -16,15 +16,26 @@ section 8: SACK information is advisory and the receiver may renege).
 from .seq import Seq, seq_max, seq_min
 
 DUP_THRESH = 3
+MAX_DUP_THRESH = 300
+"""The most a connection raises its DupThresh to for the reordering it has seen (Linux's
+tcp_max_reordering): beyond a window of that many segments, the RTO and the tail loss
+probe detect losses anyway."""
 
 
 class Scoreboard:
-    """SACKed ranges above SND.UNA for one connection."""
+    """SACKed ranges above SND.UNA for one connection, and the connection's DupThresh.
 
-    __slots__ = ("blocks",)
+    `dup_thresh` starts at RFC 6675's 3 and is raised by the connection when a fast
+    retransmit proves spurious (see `Connection._episode_over`): the reordering the
+    path showed then becomes what loss detection tolerates (RFC 4653's idea, Linux's
+    reordering metric).
+    """
+
+    __slots__ = ("blocks", "dup_thresh")
 
     def __init__(self):
         self.blocks = []
+        self.dup_thresh = DUP_THRESH
 
     def __bool__(self):
         return bool(self.blocks)
@@ -94,12 +105,13 @@ class Scoreboard:
         """HighACK's counterpart: the end of the highest SACKed range, or None."""
         return self.blocks[-1][1] if self.blocks else None
 
-    def is_lost(self, seq, mss, dup_thresh=DUP_THRESH):
+    def is_lost(self, seq, mss):
         """IsLost(SeqNum) of RFC 6675 section 4.
 
         True if at least `dup_thresh` discontiguous SACKed ranges lie above `seq`
         or more than (dup_thresh - 1) * SMSS octets above it are SACKed.
         """
+        dup_thresh = self.dup_thresh
         ranges = 0
         octets = 0
         for a, b in self.blocks:
