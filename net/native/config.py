@@ -32,9 +32,9 @@
                             Off by default because negotiation is per connection and needs
                             the peer to take part, which Linux's default ``tcp_ecn=2`` does
                             only as a responder (it accepts but never asks), and because a
-                            middlebox that resets an ECN-setup SYN fails the connection (one
-                            that drops it costs a SYN timeout: the retransmitted SYN goes
-                            without ECN, section 6.1.1.1): ask only on paths known to carry it.
+                            middlebox that drops an ECN-setup SYN costs a SYN timeout, one that
+                            resets it a round trip (the SYN that follows goes without ECN,
+                            section 6.1.1.1): ask only on paths known to carry it.
 
 Seastar lets ``--host-ipv4-addr`` silently switch ``--dhcp`` off; shoal refuses
 every contradictory or impossible combination with a message naming the options,

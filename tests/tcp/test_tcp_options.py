@@ -1,8 +1,9 @@
 """Option negotiation: window scaling and timestamps (RFC 7323), SACK (RFC 2018), MSS."""
 import pytest
 
-from tcp_harness import (ACK, IRS, ISS, LOCAL, REMOTE, SYN, T0, Connection, State, config,
+from tcp_harness import (ACK, IRS, ISS, LOCAL, REMOTE, RST, SYN, T0, Connection, State, config,
                          established, pull, send_seg, seg, syn_sent, wire_roundtrip)
+from shoal.net.native.tcp.connection import Event
 from shoal.net.native.wire.tcp import CWR, ECE
 
 BASE = ISS + 1  # the first octet of data after the SYN
@@ -285,6 +286,28 @@ def test_ecn_setup_only_on_the_first_syn():
     assert again.flags == SYN
     send_seg(conn, seg(IRS, ISS + 1, SYN | ACK | ECE, mss=1460), t)
     assert conn.state is State.ESTABLISHED and not conn.ecn_ok
+
+
+def test_a_reset_ecn_setup_syn_is_followed_by_a_plain_one_then_refused():
+    """RFC 3168 6.1.1.1: a reset answering an ECN-setup SYN may come from a middlebox that
+    rejects ECE and CWR, so one plain SYN goes at once; a reset of that one is final. With
+    ECN off, the first reset refuses the connection as before."""
+    conn, syn = syn_sent(ecn=True)
+    assert syn.flags == SYN | ECE | CWR
+    send_seg(conn, seg(0, ISS + 1, RST | ACK))
+    assert conn.state is State.SYN_SENT and conn.take_events() == [] and conn.counters["ecn-syn-reset"] == 1
+    [plain] = pull(conn)
+    assert plain.flags == SYN and plain.seq == ISS
+    send_seg(conn, seg(IRS, ISS + 1, SYN | ACK | ECE, mss=1460))  # a peer behind it answers
+    assert conn.state is State.ESTABLISHED and not conn.ecn_ok
+    conn, _ = syn_sent(ecn=True)
+    send_seg(conn, seg(0, ISS + 1, RST | ACK))
+    pull(conn)
+    send_seg(conn, seg(0, ISS + 1, RST | ACK))
+    assert conn.state is State.CLOSED and Event.REFUSED in conn.take_events()
+    conn, _ = syn_sent()
+    send_seg(conn, seg(0, ISS + 1, RST | ACK))
+    assert conn.state is State.CLOSED and Event.REFUSED in conn.take_events()
 
 
 def test_ecn_not_negotiated_without_ece_in_syn_ack():

@@ -288,6 +288,7 @@ class Connection:
         self.sack_ok = False
         self.ecn_ok = False             # RFC 3168
         self._ecn_syn = False           # the last SYN we sent asked for ECN
+        self._ecn_syn_reset = False     # a reset answered it: SYNs go plain from then on
         self._ece_pending = False       # receiver: echo ECE until the sender's CWR
         self._cwr_due = False           # sender: mark the next new data with CWR
         self._ecn_recover = self.iss
@@ -838,7 +839,15 @@ class Connection:
                 return
         # second: the RST bit
         if flags & RST:
-            if flags & ACK:
+            if flags & ACK and self._ecn_syn:
+                # RFC 3168 6.1.1.1: a middlebox may reset what it takes for a malformed SYN
+                # (ECE and CWR set); the MAY of a plain SYN at once, once. A reset for that
+                # one is the peer's answer (a genuinely closed port costs one round trip more).
+                self._ecn_syn_reset = True
+                self.counters["ecn-syn-reset"] += 1
+                self.snd_nxt = self.snd_una
+                self._rtt_seq = None
+            elif flags & ACK:
                 self._error(Event.REFUSED)
             else:
                 self.drops["rst-without-ack"] += 1
@@ -1790,8 +1799,9 @@ class Connection:
             self._ack_sent()
         else:
             # RFC 3168 6.1.1.1: a SYN that goes unanswered may have been dropped for its ECN
-            # bits by a middlebox; retransmissions go without them (as Linux's tcp_ecn_fallback)
-            self._ecn_syn = cfg.ecn and not self.retries
+            # bits by a middlebox; retransmissions go without them (as Linux's tcp_ecn_fallback),
+            # and so does the SYN that follows a reset of an ECN-setup SYN (`_syn_sent_arrival`)
+            self._ecn_syn = cfg.ecn and not self.retries and not self._ecn_syn_reset
             if self._ecn_syn:
                 flags |= ECE | CWR
             if cfg.window_scaling:
