@@ -116,12 +116,13 @@ def test_udp_frame_reaches_a_kernel_socket():
         listener.wait(10)
 
 
-def _udp_checksum_ok(frame):
+def _checksum_ok(frame):
+    """The frame's TCP or UDP checksum verifies (RFC 768 / RFC 9293 3.1: over the pseudo-header)."""
     ihl = (frame[14] & 0x0F) * 4
     total = struct.unpack_from("!H", frame, 16)[0]
-    udp = bytes(frame[14 + ihl:14 + total])
-    pseudo = bytes(frame[26:34]) + struct.pack("!BBH", 0, 17, len(udp))
-    return inet_checksum(pseudo + udp) == 0
+    segment = bytes(frame[14 + ihl:14 + total])
+    pseudo = bytes(frame[26:34]) + struct.pack("!BBH", 0, frame[23], len(segment))
+    return inet_checksum(pseudo + segment) == 0
 
 
 def test_only_frames_the_kernel_vouches_for_come_up_verified():
@@ -138,7 +139,7 @@ def test_only_frames_the_kernel_vouches_for_come_up_verified():
         sender.wait(30)
         is_udp = lambda f: f[12:14] == b"\x08\x00" and f[23] == 17  # noqa: E731
         kernel_built = wait_frames(dev, is_udp)
-        assert type(kernel_built) is VerifiedFrame and _udp_checksum_ok(kernel_built)
+        assert type(kernel_built) is VerifiedFrame and _checksum_ok(kernel_built)
         assert dev.stats["rx_checksum_completed"] >= 1
         corrupt = bytearray(kernel_built)
         corrupt[-1] ^= 0x40
@@ -147,15 +148,7 @@ def test_only_frames_the_kernel_vouches_for_come_up_verified():
                           f"s.bind(('{peer.ifname}',0)); s.send(bytes.fromhex(sys.argv[1]))", corrupt.hex()])
         raw.wait(30)
         unvouched = wait_frames(dev, is_udp)
-        assert type(unvouched) is bytes and unvouched == corrupt and not _udp_checksum_ok(unvouched)
-
-
-def _tcp_checksum_ok(frame):
-    ihl = (frame[14] & 0x0F) * 4
-    total = struct.unpack_from("!H", frame, 16)[0]
-    tcp = bytes(frame[14 + ihl:14 + total])
-    pseudo = bytes(frame[26:34]) + struct.pack("!BBH", 0, 6, len(tcp))
-    return inet_checksum(pseudo + tcp) == 0
+        assert type(unvouched) is bytes and unvouched == corrupt and not _checksum_ok(unvouched)
 
 
 def test_a_kernel_tcp_segment_stays_partial_until_a_copy_leaves_the_device():
@@ -176,7 +169,7 @@ def test_a_kernel_tcp_segment_stays_partial_until_a_copy_leaves_the_device():
             copy = wait_frames(wrapped, is_syn)
         finally:
             connector.wait(30)
-        assert type(copy) is bytes and _tcp_checksum_ok(copy)
+        assert type(copy) is bytes and _checksum_ok(copy)
         assert dev.stats["rx_checksum_partial"] >= 1
         syn = PartialFrame(copy)  # what the device handed the wrappers: the field left partial
         syn[50:52] = b"\0\0"
@@ -185,10 +178,10 @@ def test_a_kernel_tcp_segment_stays_partial_until_a_copy_leaves_the_device():
         pseudo_sum = ~inet_checksum(bytes(copy[26:34]) + struct.pack("!BBH", 0, 6, tcp_len)) & 0xFFFF
         syn[50:52] = struct.pack("!H", pseudo_sum)
         syn.csum_start, syn.csum_offset = 34, 16
-        assert not _tcp_checksum_ok(syn) and frame_copy(syn) == copy and type(frame_copy(syn)) is bytes
+        assert not _checksum_ok(syn) and frame_copy(syn) == copy and type(frame_copy(syn)) is bytes
         wrapped.inner.flush()
         records = read_pcap(capture.getvalue())
-        assert records and all(_tcp_checksum_ok(frame) for _, frame in records if is_syn(frame))
+        assert records and all(_checksum_ok(frame) for _, frame in records if is_syn(frame))
 
 
 def test_mtu_and_malformed_frames():

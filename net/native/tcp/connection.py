@@ -690,16 +690,8 @@ class Connection:
         self.snd_mss = mss
         self.cc.set_mss(mss)
         if self.snd_max != self.snd_una:
-            self.snd_nxt = self.snd_una
-            self.scoreboard.clear()
-            self.recovery = None
-            self.high_rxt = None
-            self.dupacks = 0
-            self._rexmit_una = False
-            self._tlp_due = False
-            self._tlp_end = None
+            self._go_back_to_una()
             self._undo_marker = self._undo_state = None  # a go-back is no spurious episode to undo
-            self._rtt_seq = None
         self._update_timers(now)
         return True
 
@@ -1581,16 +1573,22 @@ class Connection:
             else:
                 self.cc.cwnd = self.snd_mss
             self.rtt.backoff()
+        self._go_back_to_una()
+        self.recover = self.snd_max  # RFC 6582 section 4
+
+    def _go_back_to_una(self):
+        """Send everything outstanding again from SND.UNA (go-back-N, after an RTO or a
+        smaller path MTU): the SACK scoreboard (RFC 2018 8: advisory), any recovery and
+        probe are dropped, and what goes again gives no RTT sample (Karn)."""
         self.snd_nxt = self.snd_una
         self.scoreboard.clear()
         self.recovery = None
         self._tlp_due = False
         self._tlp_end = None
-        self.recover = self.snd_max  # RFC 6582 section 4
         self.high_rxt = None
         self.dupacks = 0
         self._rexmit_una = False
-        self._rtt_seq = None  # Karn: no sample from retransmitted data
+        self._rtt_seq = None
 
     def _zero_window_probe_due(self, now):
         """Persist timer (RFC 9293 3.8.6.1, MUST-36): probe; give up only if probes go unanswered."""
