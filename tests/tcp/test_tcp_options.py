@@ -185,18 +185,48 @@ def test_sack_recovery_retransmits_only_holes():
     assert conn.recovery is None and conn.snd_una == base + 6000
 
 
+def test_a_tail_lost_inside_recovery_gets_one_rescue_retransmission():
+    """RFC 6675 NextSeg rule (4): segments 2 and 9-10 of ten are lost. The SACKs of 3-8
+    start recovery for 2; nothing above 9-10 can be SACKed to show them lost (rules 1
+    and 3 never pick them), so one segment ending at the highest octet sent goes at
+    once, without moving HighRxt, instead of waiting for the RTO; one per recovery."""
+    conn = sack_conn()
+    conn.send(b"z" * 10_000)
+    assert len(pull(conn)) == 10
+    for n in range(3, 9):
+        send_seg(conn, seg(IRS + 1, BASE + 1000, ACK, sack=((BASE + 2000, BASE + n * 1000),)))
+    assert conn.recovery == "sack"
+    out = pull(conn)
+    assert [(s.seq, len(s.payload)) for s in out] == [(BASE + 1000, 1000), (BASE + 9000, 1000)]
+    assert conn.high_rxt == BASE + 2000 and conn.counters["rescue-retransmit"] == 1
+    send_seg(conn, seg(IRS + 1, BASE + 8000, ACK, sack=((BASE + 9000, BASE + 10_000),)))  # 2 and 10 arrived
+    assert conn.recovery == "sack"
+    assert [(s.seq, len(s.payload)) for s in pull(conn)] == [(BASE + 8000, 1000)]  # rule 3: 9, no second rescue
+    assert conn.counters["rescue-retransmit"] == 1
+    send_seg(conn, seg(IRS + 1, BASE + 10_000, ACK))
+    assert conn.recovery is None and conn.snd_una == BASE + 10_000
+
+
 def reordered_first_segment(conn):
-    """Five segments out; the first is late: the peer SACKs 2-5, and the third duplicate
-    ACK starts a fast retransmit of the first. Returns cwnd from before the reduction."""
+    """Five segments out; the first is late: the peer SACKs 2-4, and the third duplicate
+    ACK starts a fast retransmit of the first, followed by RFC 6675's rescue retransmission
+    of the fifth (nothing above it was SACKed). Returns cwnd from before the reduction."""
     conn.send(b"z" * 5000)
     pull(conn)
     cwnd = conn.cc.cwnd
     for n in (2, 3, 4):
         send_seg(conn, seg(IRS + 1, BASE + 0, ACK, sack=((BASE + 1000, BASE + n * 1000),)))
     assert conn.recovery == "sack" and conn.cc.cwnd < cwnd
-    [rexmit] = pull(conn)
-    assert rexmit.seq == BASE and conn.counters["retransmit"] == 1
+    rexmits = pull(conn)
+    assert [(s.seq, len(s.payload)) for s in rexmits] == [(BASE, 1000), (BASE + 4000, 1000)]
+    assert conn.counters["retransmit"] == 2 and conn.counters["rescue-retransmit"] == 1
     return cwnd
+
+
+def dsack_both_retransmissions(conn, ack):
+    """The peer had the originals: each retransmission comes back as a D-SACK (RFC 2883)."""
+    for block in ((BASE, BASE + 1000), (BASE + 4000, BASE + 5000)):
+        send_seg(conn, seg(IRS + 1, ack, ACK, sack=(block,)))
 
 
 def test_dsack_of_every_retransmission_undoes_the_reduction():
@@ -206,8 +236,10 @@ def test_dsack_of_every_retransmission_undoes_the_reduction():
     cwnd = reordered_first_segment(conn)
     send_seg(conn, seg(IRS + 1, BASE + 5000, ACK))  # the late original: recovery ends
     assert conn.recovery is None and conn.cc.cwnd < cwnd
-    send_seg(conn, seg(IRS + 1, BASE + 5000, ACK, sack=((BASE, BASE + 1000),)))  # D-SACK
-    assert conn.counters["dsack-received"] == 1 and conn.counters["dsack-undo"] == 1
+    send_seg(conn, seg(IRS + 1, BASE + 5000, ACK, sack=((BASE, BASE + 1000),)))  # one D-SACK
+    assert conn.counters["dsack-undo"] == 0  # the rescue's is still to come
+    send_seg(conn, seg(IRS + 1, BASE + 5000, ACK, sack=((BASE + 4000, BASE + 5000),)))
+    assert conn.counters["dsack-received"] == 2 and conn.counters["dsack-undo"] == 1
     assert conn.cc.cwnd >= cwnd
 
 
@@ -218,7 +250,7 @@ def test_a_spurious_fast_retransmit_raises_the_duplicate_threshold():
     conn = sack_conn()
     reordered_first_segment(conn)
     send_seg(conn, seg(IRS + 1, BASE + 5000, ACK))
-    send_seg(conn, seg(IRS + 1, BASE + 5000, ACK, sack=((BASE, BASE + 1000),)))
+    dsack_both_retransmissions(conn, BASE + 5000)
     assert conn.counters["dsack-undo"] == 1 and conn.counters["reordering-raised"] == 1
     assert conn.scoreboard.dup_thresh == 5
     conn.send(b"y" * 6000)

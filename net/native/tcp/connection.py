@@ -324,6 +324,7 @@ class Connection:
         self.recovery = None            # None, "newreno" or "sack"
         self.recover = self.iss         # RFC 6582 "recover" / RFC 6675 RecoveryPoint
         self.high_rxt = None
+        self._rescue_rxt = None           # RFC 6675's RescueRxt (`_rescue_range`)
         self._rexmit_una = False
         # undo of a spurious reduction (RFC 3708): the open loss episode, if any
         self._undo_marker = None  # SND.UNA when it began
@@ -1210,6 +1211,7 @@ class Connection:
         self.cc.on_congestion(now, flight)
         self._rexmit_una = True
         self.high_rxt = None
+        self._rescue_rxt = None
         self.counters["fast-retransmit"] += 1
         if self.sack_ok:
             self.recovery = "sack"
@@ -1950,7 +1952,32 @@ class Connection:
             if rule == 3:
                 out.append(self._retransmit_range(rng[0], rng[1], now))
                 continue
+            rescue = self._rescue_range()
+            if rescue is not None:
+                high_rxt = self.high_rxt
+                out.append(self._retransmit_range(rescue[0], rescue[1], now))
+                self.high_rxt = high_rxt  # (4): "HighRxt MUST NOT be updated"
+                continue
             return
+
+    def _rescue_range(self):
+        """NextSeg rule (4) of RFC 6675 section 4: the rescue retransmission.
+
+        When rules (1)-(3) give nothing but text above the highest SACKed octet is still
+        outstanding, nothing above it can ever be SACKed to show it lost: a tail lost
+        inside recovery would wait for the RTO. Once per entry into recovery (while
+        SND.UNA has not passed RescueRxt), one segment ending with the highest outstanding
+        octet goes, and RescueRxt becomes the RecoveryPoint. None when it does not apply.
+        """
+        if self._rescue_rxt is not None and self.snd_una <= self._rescue_rxt:
+            return None
+        high = self.scoreboard.high_sacked()
+        if high is not None and high >= self.snd_max:
+            return None  # the highest octet sent is SACKed: nothing unSACKed at the top
+        start = seq_max(self.snd_max - self.snd_mss, high if high is not None else self.snd_una)
+        self._rescue_rxt = self.recover
+        self.counters["rescue-retransmit"] += 1
+        return start, self.snd_max
 
     def _retransmit_from(self, start, now):
         """Retransmit one segment from `start` (fast retransmit / partial ACK)."""
