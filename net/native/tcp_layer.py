@@ -551,7 +551,7 @@ class TcpLayer:
             return
         self.stats["icmp-errors"] += 1
         conn.icmp_error(exc, inner.total_len, now)
-        if tcp.path_mtu is not None:
+        if exc.next_hop_mtu is not None and tcp.path_mtu is not None:  # a path MTU report it took
             if len(self.path_mtus) >= PATH_MTUS_KEPT:
                 self.path_mtus.clear()
             self.path_mtus[inner.dst] = (tcp.path_mtu, tcp.df, now + PATH_MTU_LIFETIME)
