@@ -22,8 +22,9 @@
                             what they give, `bench/tail_loss.py`).
 ``--tcp-pmtud on|off``      path MTU discovery (RFC 1191), default ``on``: every TCP segment
                             carries DF, and a router's "fragmentation needed" shrinks the
-                            connection's MSS to the path's MTU. ``off``: segments go without DF
-                            and a narrower hop fragments them (as before, and as Linux's
+                            connection's MSS to the path's MTU; where that ICMP is filtered,
+                            a connection drops DF after two timeouts in a row. ``off``: segments
+                            go without DF and a narrower hop fragments them (as Linux's
                             ``ip_no_pmtu_disc=1``).
 ``--tcp-ecn on|off``        Explicit Congestion Notification (RFC 3168), default ``off``.
                             With ``on`` every connection asks for ECN in its SYN and accepts

@@ -175,17 +175,21 @@ def narrow_hop(peer, mtu):
 
 
 @needs_curl
-@pytest.mark.parametrize("pmtud", ["on", "off"])
+@needs_iptables
+@pytest.mark.parametrize("pmtud", ["on", "off", "black hole"])
 def test_path_mtu_discovery_through_a_narrower_hop(root_dir, pmtud):
     """httpd on the native stack, curl two hops away, the kernel routing between them onto
     a link of MTU 1280 while both ends announce an MSS of 1460. With path MTU discovery
     (RFC 1191, the default) shoal's segments carry DF: the router drops them and answers
     "fragmentation needed", shoal shrinks its MSS and resends, and the router never
     fragments. With ``--tcp-pmtud off`` the router fragments every full segment instead.
-    Either way the file arrives whole."""
+    In the "black hole" case the router's ICMP is filtered (iptables): after two timeouts
+    shoal drops DF and the router fragments (RFC 2923 2.1). Each way the file arrives whole."""
     with KernelPeer(open_device=False) as peer, narrow_hop(peer, 1280) as (far, _far_ip):
+        if pmtud == "black hole":
+            peer.run(["iptables", "-A", "OUTPUT", "-p", "icmp", "--icmp-type", "fragmentation-needed", "-j", "DROP"])
         app = start_app(peer, "shoal.apps.httpd", "--root", str(root_dir), "--gw-ipv4-addr", peer.kernel_ip,
-                        "--tcp-pmtud", pmtud)
+                        "--tcp-pmtud", "off" if pmtud == "off" else "on")
         try:
             url = f"http://{peer.shoal_ip}:10000/big.bin"
             r = subprocess.run([*far, "sh", "-c", f"curl -sS --fail --max-time 120 {url} | sha256sum"],
@@ -196,8 +200,10 @@ def test_path_mtu_discovery_through_a_narrower_hop(root_dir, pmtud):
             if pmtud == "on":
                 assert router["FragCreates"] == 0 and router["FragFails"] >= 1, router
                 assert router["OutDestUnreachs"] >= 1, router  # "fragmentation needed" sent to shoal
-            else:
+            elif pmtud == "off":
                 assert router["FragCreates"] > 0 and router["FragFails"] == 0, router
+            else:  # DF segments dropped (and no ICMP got through), then fragments
+                assert router["FragFails"] >= 1 and router["FragCreates"] > 0, router
         except AssertionError as e:
             raise AssertionError(f"{e}\n--- app output ---\n{stop_process(app)[-4000:]}") from None
         finally:

@@ -66,6 +66,9 @@ MIN_PATH_MTU = 552
 """The smallest path MTU a "fragmentation needed" report may set (Linux's min_pmtu, an MSS
 of 512): a forged report naming 68 would otherwise cut a connection to 28-octet segments
 (RFC 5927 section 7). A hop reporting less makes the connection send without DF instead."""
+PMTU_BLACK_HOLE_RTOS = 2
+"""Consecutive timeouts of data sent with DF after which the connection stops setting DF
+(`_retransmission_timeout`): the path may drop the ICMP that path MTU discovery needs."""
 MTU_PLATEAUS = (32000, 17914, 8166, 4352, 2002, 1492, 1006, 508, 296, 68)
 """RFC 1191 section 7's table: for a report from a router that names no MTU (section 5),
 the path MTU becomes the largest plateau below the quoted datagram's length."""
@@ -1575,6 +1578,13 @@ class Connection:
             else:
                 self.cc.cwnd = self.snd_mss
             self.rtt.backoff()
+            if self.df and self.retries == PMTU_BLACK_HOLE_RTOS and flight > DEFAULT_MSS_IPV4:
+                # A path MTU black hole (RFC 2923 2.1): a router that cannot forward our
+                # segments and whose "fragmentation needed" is filtered on the way back.
+                # Without DF, it fragments them instead (what every segment got before
+                # path MTU discovery); after an outage, the only cost is the lost DF.
+                self.df = False
+                self.counters["pmtu-black-hole"] += 1
         self._go_back_to_una()
         self.recover = self.snd_max  # RFC 6582 section 4
 
