@@ -263,6 +263,27 @@ def test_a_spurious_fast_retransmit_raises_the_duplicate_threshold():
     assert conn.recovery == "sack" and pull(conn)[0].seq == BASE + 5000
 
 
+def test_a_timeout_the_standard_threshold_would_have_spared_resets_it():
+    """DupThresh raised to 5 by a spurious episode; then a real loss with three segments
+    SACKed above it waits (three would have been enough before) until the RTO fires, which
+    puts DupThresh back to 3 (`reordering-reset`). (No tail loss probe here: it would find
+    the loss first.)"""
+    conn = sack_conn(tail_loss_probe=False)
+    reordered_first_segment(conn)
+    send_seg(conn, seg(IRS + 1, BASE + 5000, ACK))
+    dsack_both_retransmissions(conn, BASE + 5000)
+    assert conn.scoreboard.dup_thresh == 5
+    conn.send(b"y" * 4000)
+    pull(conn)
+    for n in (2, 3, 4):
+        send_seg(conn, seg(IRS + 1, BASE + 5000, ACK, sack=((BASE + 6000, BASE + 5000 + n * 1000),)))
+    assert conn.recovery is None
+    t = conn.poll_at()
+    conn.poll(t)
+    assert conn.counters["rto"] == 1 and conn.counters["reordering-reset"] == 1
+    assert conn.scoreboard.dup_thresh == 3 and pull(conn, t)[0].seq == BASE + 5000
+
+
 def test_no_undo_after_a_real_loss():
     conn = sack_conn()
     cwnd = reordered_first_segment(conn)

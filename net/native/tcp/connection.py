@@ -49,7 +49,7 @@ from ..wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, TcpSegment
 from . import congestion
 from .recvbuf import ReceiveBuffer
 from .rtt import RttEstimator
-from .sack import MAX_DUP_THRESH, Scoreboard, dsack_block, receive_blocks
+from .sack import DUP_THRESH, MAX_DUP_THRESH, Scoreboard, dsack_block, receive_blocks
 from .sendbuf import SendBuffer
 from .seq import HALF, MASK, Seq, as_seq, seq_max, seq_min, signed_distance
 
@@ -1198,7 +1198,8 @@ class Connection:
         (`Scoreboard.dup_thresh`, at most `MAX_DUP_THRESH`), so the same reordering does
         not cost a retransmission and a window reduction again (RFC 4653 section 1; Linux
         raises its reordering metric the same way); an RTO or the tail loss probe still
-        find real losses (RFC 8985 7)."""
+        find real losses (RFC 8985 7), and an RTO that the standard threshold would have
+        spared puts it back to 3 (`_retransmission_timeout`)."""
         degree = -(-span // self.snd_mss) + 1
         board = self.scoreboard
         if degree > board.dup_thresh:
@@ -1578,6 +1579,14 @@ class Connection:
             else:
                 self.cc.cwnd = self.snd_mss
             self.rtt.backoff()
+            board = self.scoreboard
+            if board.dup_thresh > DUP_THRESH and (self.dupacks >= DUP_THRESH or board.sacked_bytes()
+                                                  > (DUP_THRESH - 1) * self.snd_mss):
+                # The raised threshold waited for a loss the standard one would have caught
+                # without this timeout: the reordering it was raised for is gone (as Linux
+                # resets its reordering metric when entering loss with enough SACKed).
+                board.dup_thresh = DUP_THRESH
+                self.counters["reordering-reset"] += 1
             if self.df and self.retries == PMTU_BLACK_HOLE_RTOS and flight > DEFAULT_MSS_IPV4:
                 # A path MTU black hole (RFC 2923 2.1): a router that cannot forward our
                 # segments and whose "fragmentation needed" is filtered on the way back.
