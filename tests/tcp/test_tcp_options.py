@@ -284,6 +284,26 @@ def test_a_timeout_the_standard_threshold_would_have_spared_resets_it():
     assert conn.scoreboard.dup_thresh == 3 and pull(conn, t)[0].seq == BASE + 5000
 
 
+def test_a_probe_finding_what_the_standard_threshold_would_have_found_resets_it():
+    """As above with tail loss probes: the probe (the last segment again) comes back SACKed
+    above the hole, which starts recovery (`tlp-recovery`) and puts DupThresh back to 3."""
+    conn = sack_conn()
+    reordered_first_segment(conn)
+    send_seg(conn, seg(IRS + 1, BASE + 5000, ACK))
+    dsack_both_retransmissions(conn, BASE + 5000)
+    conn.send(b"y" * 4000)
+    pull(conn)
+    for n in (2, 3, 4):
+        send_seg(conn, seg(IRS + 1, BASE + 5000, ACK, sack=((BASE + 6000, BASE + 5000 + n * 1000),)))
+    t = conn.poll_at()
+    conn.poll(t)
+    [probe] = pull(conn, t)
+    assert probe.seq == BASE + 8000 and conn.counters["tlp-probe"] == 1 and conn.scoreboard.dup_thresh == 5
+    send_seg(conn, seg(IRS + 1, BASE + 5000, ACK, sack=((BASE + 8000, BASE + 9000), (BASE + 6000, BASE + 9000))), t)
+    assert conn.counters["tlp-recovery"] == 1 and conn.counters["reordering-reset"] == 1
+    assert conn.recovery == "sack" and conn.scoreboard.dup_thresh == 3
+
+
 def test_no_undo_after_a_real_loss():
     conn = sack_conn()
     cwnd = reordered_first_segment(conn)

@@ -1148,6 +1148,7 @@ class Connection:
         if (self.snd_una < end - 1 and self.scoreboard.sacked_between(end - 1, end)
                 and self.snd_una >= self.recover):
             self.counters["tlp-recovery"] += 1
+            self._reordering_gone()
             probe_was_retransmission = self._tlp_retrans
             self._enter_recovery(now)
             if probe_was_retransmission:
@@ -1198,13 +1199,24 @@ class Connection:
         (`Scoreboard.dup_thresh`, at most `MAX_DUP_THRESH`), so the same reordering does
         not cost a retransmission and a window reduction again (RFC 4653 section 1; Linux
         raises its reordering metric the same way); an RTO or the tail loss probe still
-        find real losses (RFC 8985 7), and an RTO that the standard threshold would have
-        spared puts it back to 3 (`_retransmission_timeout`)."""
+        find real losses (RFC 8985 7), and one of them that the standard threshold would
+        have made unnecessary puts it back to 3 (`_reordering_gone`)."""
         degree = -(-span // self.snd_mss) + 1
         board = self.scoreboard
         if degree > board.dup_thresh:
             board.dup_thresh = min(degree, MAX_DUP_THRESH)
             self.counters["reordering-raised"] += 1
+
+    def _reordering_gone(self):
+        """A loss found late, by an RTO or a tail loss probe: if the standard DupThresh would
+        have caught it (three duplicate ACKs, or more than two segments SACKed), the
+        reordering the threshold was raised for is gone, and it goes back to 3 (as Linux
+        resets its reordering metric when entering loss with enough SACKed)."""
+        board = self.scoreboard
+        if board.dup_thresh > DUP_THRESH and (self.dupacks >= DUP_THRESH
+                                              or board.sacked_bytes() > (DUP_THRESH - 1) * self.snd_mss):
+            board.dup_thresh = DUP_THRESH
+            self.counters["reordering-reset"] += 1
 
     def _enter_recovery(self, now):
         """Fast retransmit (RFC 5681 3.2) into NewReno (RFC 6582) or SACK (RFC 6675) recovery."""
@@ -1579,14 +1591,7 @@ class Connection:
             else:
                 self.cc.cwnd = self.snd_mss
             self.rtt.backoff()
-            board = self.scoreboard
-            if board.dup_thresh > DUP_THRESH and (self.dupacks >= DUP_THRESH or board.sacked_bytes()
-                                                  > (DUP_THRESH - 1) * self.snd_mss):
-                # The raised threshold waited for a loss the standard one would have caught
-                # without this timeout: the reordering it was raised for is gone (as Linux
-                # resets its reordering metric when entering loss with enough SACKed).
-                board.dup_thresh = DUP_THRESH
-                self.counters["reordering-reset"] += 1
+            self._reordering_gone()
             if self.df and self.retries == PMTU_BLACK_HOLE_RTOS and flight > DEFAULT_MSS_IPV4:
                 # A path MTU black hole (RFC 2923 2.1): a router that cannot forward our
                 # segments and whose "fragmentation needed" is filtered on the way back.
