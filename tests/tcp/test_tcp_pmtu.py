@@ -102,7 +102,7 @@ def test_a_known_path_mtu_below_the_floor_keeps_df_off_and_is_ignored_without_di
 
 def test_two_timeouts_of_full_segments_with_df_suspect_a_black_hole_and_drop_df():
     """RFC 2923 2.1: the path may filter the ICMP path MTU discovery waits for. After
-    `PMTU_BLACK_HOLE_RTOS` timeouts in a row with more than a minimal segment in flight,
+    `PMTU_BLACK_HOLE_RTOS` timeouts in a row of a segment larger than a minimal one (536),
     the segments go without DF (a router then fragments them); the MSS stays."""
     conn = established()
     sent_flight(conn)
@@ -112,11 +112,11 @@ def test_two_timeouts_of_full_segments_with_df_suspect_a_black_hole_and_drop_df(
         pull(conn, now)
         assert conn.df is expected_df
     assert conn.counters["rto"] == 2 and conn.counters["pmtu-black-hole"] == 1 and conn.snd_mss == 1460
-    small = established()
-    small.send(b"x" * 100)  # a small segment is no sign of a black hole
-    pull(small)
-    for _ in range(3):
-        t = small.poll_at()
-        small.poll(t)
-        pull(small, t)
-    assert small.df and not small.counters["pmtu-black-hole"]
+    for small in (established(), established(peer_mss=500)):
+        small.send(b"x" * 100 if small.snd_mss > 500 else b"x" * 3000)  # small segments, however many
+        pull(small)
+        for _ in range(3):
+            t = small.poll_at()
+            small.poll(t)
+            pull(small, t)
+        assert small.df and not small.counters["pmtu-black-hole"]  # no sign of a black hole

@@ -1592,7 +1592,7 @@ class Connection:
                 self.cc.cwnd = self.snd_mss
             self.rtt.backoff()
             self._reordering_gone()
-            if self.df and self.retries == PMTU_BLACK_HOLE_RTOS and flight > DEFAULT_MSS_IPV4:
+            if self.df and self.retries == PMTU_BLACK_HOLE_RTOS and min(flight, self.snd_mss) > DEFAULT_MSS_IPV4:
                 # A path MTU black hole (RFC 2923 2.1): a router that cannot forward our
                 # segments and whose "fragmentation needed" is filtered on the way back.
                 # Without DF, it fragments them instead (what every segment got before
