@@ -126,13 +126,19 @@ def frame_bytes(frame):
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def frame_copy(frame):
-    """An ordinary copy of a frame, as bytes: a receiver verifies it in full, so the
-    checksum of a `PartialFrame` is finished first. For what keeps or hands on a received
-    frame beyond the device's word for it (a fault injector, a capture, another shard)."""
+def wire_bytes(frame):
+    """A frame as one bytes-like object, as it would cross a wire: `frame_bytes`, with the
+    checksum of a `PartialFrame` finished (a capture records this)."""
     if type(frame) is PartialFrame:
         return frame.finished()
-    return bytes(frame_bytes(frame))
+    return frame_bytes(frame)
+
+
+def frame_copy(frame):
+    """An ordinary copy of a frame, as bytes (`wire_bytes`): a receiver verifies it in full.
+    For what keeps or hands on a received frame beyond the device's word for it (a fault
+    injector, another shard)."""
+    return bytes(wire_bytes(frame))
 
 
 def format_mac(mac):

@@ -12,7 +12,7 @@ microseconds, captured length, original length) and the captured bytes.
 import struct
 import time
 
-from shoal.drivers.base import DeviceWrapper, PartialFrame, frame_bytes
+from shoal.drivers.base import DeviceWrapper, wire_bytes
 
 PCAP_MAGIC = 0xA1B2C3D4
 LINKTYPE_ETHERNET = 1
@@ -40,7 +40,7 @@ class PcapWriter(DeviceWrapper):
         self._file.write(_GLOBAL.pack(PCAP_MAGIC, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET))
 
     def _write(self, frame):
-        data = frame.finished() if type(frame) is PartialFrame else frame_bytes(frame)  # (as on the wire)
+        data = wire_bytes(frame)
         now = self._clock()
         sec = int(now)
         usec = int((now - sec) * 1_000_000)
