@@ -185,6 +185,21 @@ def test_sack_recovery_retransmits_only_holes():
     assert conn.recovery is None and conn.snd_una == base + 6000
 
 
+def test_a_retransmission_cut_short_by_our_sack_blocks_leaves_nothing_behind():
+    """Our own SACK block (the peer's text arrived out of order) takes 12 octets of the
+    retransmission's room: it carries 988 of the hole's 1000. HighRxt ends where the
+    retransmission did, so the last 12 go next instead of waiting for the RTO."""
+    conn = sack_conn()
+    conn.send(b"z" * 6000)
+    assert len(pull(conn)) == 6
+    send_seg(conn, seg(IRS + 101, BASE, ACK, payload=b"b" * 100))
+    for n in (2, 3, 4):
+        send_seg(conn, seg(IRS + 1, BASE, ACK, sack=((BASE + 1000, BASE + n * 1000),)))
+    out = pull(conn)
+    assert [(s.seq, len(s.payload)) for s in out][:2] == [(BASE, 988), (BASE + 988, 12)]
+    assert out[0].sack == ((IRS + 101, IRS + 201),)
+
+
 def test_a_tail_lost_inside_recovery_gets_one_rescue_retransmission():
     """RFC 6675 NextSeg rule (4): segments 2 and 9-10 of ten are lost. The SACKs of 3-8
     start recovery for 2; nothing above 9-10 can be SACKed to show them lost (rules 1

@@ -42,7 +42,9 @@ highest sequence number sent (RFC 9293's SND.NXT for acceptability tests), while
 after a retransmission timeout, RFC 5681 go-back-N with SACKed ranges skipped).
 """
 import enum
+from bisect import bisect_right
 from collections import Counter
+from operator import itemgetter
 from dataclasses import dataclass, replace
 
 from ..wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, TcpSegment
@@ -75,6 +77,9 @@ the path MTU becomes the largest plateau below the quoted datagram's length."""
 TSO_MAX_PAYLOAD = 0xFFFF - 20 - 60
 """The most payload one TSO segment may carry: an IPv4 datagram's 64 KiB less the IP
 header and the longest TCP header (RFC 791 total length; RFC 9293 3.1 data offset)."""
+
+
+_entry_start = itemgetter(0)  # of RACK's send records (`Connection._rack_detect`)
 
 
 class State(enum.Enum):
@@ -329,6 +334,12 @@ class Connection:
         self.high_rxt = None
         self._rescue_rxt = None           # RFC 6675's RescueRxt (`_rescue_range`)
         self._rexmit_una = False
+        # RACK's rule for retransmissions during SACK recovery (`_rack_detect`)
+        self._rack_new = []       # (start, end, time sent, serial): new text sent, in order
+        self._rack_rxt = []       # the same for retransmissions not yet delivered
+        self._rack_serial = 0
+        self._rack_point = None   # (time sent, serial, RACK.rtt) of the latest sent delivered one
+        self._rack_lost = []      # [start, end) retransmissions found lost, to go again
         # undo of a spurious reduction (RFC 3708): the open loss episode, if any
         self._undo_marker = None  # SND.UNA when it began
         self._undo_retrans = 0    # its retransmissions, less those D-SACK reported as duplicates
@@ -984,6 +995,8 @@ class Connection:
             self._new_ack(ack, seg, now)
         elif ack == self.snd_una:
             self._maybe_dupack(seg, old_wnd, now)
+        if self._rack_rxt and self.recovery == "sack":
+            self._rack_detect(now)
         if self._tlp_end is not None:
             self._tlp_ack(seg, ack, advanced, dsack, now)
             if self._tlp_end is not None and self.sack_ok and self.recovery is None:
@@ -1089,6 +1102,7 @@ class Connection:
                 cc.cwnd = min(cc.ssthresh, max(flight, self.snd_mss) + self.snd_mss)
             self.recovery = None
             self.high_rxt = None
+            self._rack_reset()
             return
         if self.recovery == "newreno":
             # Partial acknowledgment (RFC 6582 3.2 step 4): retransmit, deflate.
@@ -1228,6 +1242,7 @@ class Connection:
         self._rexmit_una = True
         self.high_rxt = None
         self._rescue_rxt = None
+        self._rack_reset()
         self.counters["fast-retransmit"] += 1
         if self.sack_ok:
             self.recovery = "sack"
@@ -1612,6 +1627,7 @@ class Connection:
         self._tlp_due = False
         self._tlp_end = None
         self.high_rxt = None
+        self._rack_reset()
         self.dupacks = 0
         self._rexmit_una = False
         self._rtt_seq = None
@@ -1697,9 +1713,8 @@ class Connection:
         if self.scoreboard.blocks:
             self._skip_sacked()
         if self.recovery == "sack":
-            pipe = self.scoreboard.pipe(self.snd_una, self.snd_max, self.high_rxt, self.snd_mss)
-            if self.cc.cwnd - pipe >= self.snd_mss and \
-                    self.scoreboard.next_seg(self.snd_una, self.snd_max, self.high_rxt, self.snd_mss)[1]:
+            if self.cc.cwnd - self._pipe() >= self.snd_mss and (self._rack_lost or self.scoreboard.next_seg(
+                    self.snd_una, self.snd_max, self.high_rxt, self.snd_mss)[1]):
                 return True
         return self._next_data_len() > 0 or self._fin_sendable()
 
@@ -1916,7 +1931,7 @@ class Connection:
 
     def _flight(self):
         if self.recovery == "sack":
-            return self.scoreboard.pipe(self.snd_una, self.snd_max, self.high_rxt, self.snd_mss)
+            return self._pipe()
         if self.snd_nxt <= self.snd_una:
             return 0
         # SACKed octets below SND.NXT have left the network (matters when going back after RTO)
@@ -1964,9 +1979,14 @@ class Connection:
         """RFC 6675 section 5 step (C): send while cwnd - pipe >= 1 SMSS, NextSeg's order."""
         mss = self.snd_mss
         while len(out) < limit:
-            pipe = self.scoreboard.pipe(self.snd_una, self.snd_max, self.high_rxt, mss)
-            if self.cc.cwnd - pipe < mss:
+            if self.cc.cwnd - self._pipe() < mss:
                 return
+            rng = self._rack_range()
+            if rng is not None:
+                seg = self._retransmit_range(rng[0], rng[1], now)
+                out.append(seg)
+                self._rack_resent(rng[0] + len(seg.payload) + (1 if seg.flags & FIN else 0))
+                continue
             rng, rule = self.scoreboard.next_seg(self.snd_una, self.snd_max, self.high_rxt, mss)
             if rule == 1:
                 out.append(self._retransmit_range(rng[0], rng[1], now))
@@ -2003,6 +2023,108 @@ class Connection:
         self.counters["rescue-retransmit"] += 1
         return start, self.snd_max
 
+    def _pipe(self):
+        """SetPipe (`Scoreboard.pipe`), less the retransmissions RACK found lost and not yet
+        sent again: they have left the network (RFC 8985 6.2 marks them lost)."""
+        una = self.snd_una
+        pipe = self.scoreboard.pipe(una, self.snd_max, self.high_rxt, self.snd_mss)
+        for start, end in self._rack_lost:
+            start = seq_max(start, una)
+            if end > start:
+                pipe -= (end - start) - self.scoreboard.sacked_between(start, end)
+        return max(pipe, 0)
+
+    def _rack_reset(self):
+        self._rack_new = []
+        self._rack_rxt = []
+        self._rack_point = None
+        self._rack_lost = []
+
+    def _rack_sent(self, start, end, now, retransmission):
+        self._rack_serial += 1
+        (self._rack_rxt if retransmission else self._rack_new).append((start, end, now, self._rack_serial))
+
+    def _rack_detect(self, now):
+        """RACK's loss rule (RFC 8985 6.2) for the retransmissions of a SACK recovery.
+
+        RFC 6675 retransmits a hole once (HighRxt passes it): a retransmission that is
+        lost too waits for the RTO, which goes back to SND.UNA with cwnd at one segment.
+        RACK orders by send time instead. What the recovery sends is kept with its time;
+        the latest sent of what is now delivered (ACKed or SACKed, in part) gives
+        RACK.xmit_ts and RACK.rtt (its time since sending); a retransmission sent before
+        it and still not delivered is lost once ``sent + RACK.rtt + reo_wnd <= now``, and
+        goes again (`_rack_range`) ahead of NextSeg. A retransmission delivered sooner
+        than min_RTT after it went was the original arriving and sets nothing (step 2).
+        The reordering window is 0 until reordering was seen (DupThresh raised), then
+        min_RTT/4 (6.2 step 4). Each ACK checks again; there is no timer of RACK's own:
+        without further ACKs, the RTO remains the backstop.
+
+        New text goes in sequence order, so the latest sent of it that was delivered
+        holds the highest delivered octet: a bisection, not a scan, per ACK.
+        """
+        una = self.snd_una
+        board = self.scoreboard
+        point = self._rack_point
+        new = self._rack_new
+        if new:
+            top = board.high_sacked()
+            top = una - 1 if top is None or top < una else top - 1  # the highest delivered octet
+            i = bisect_right(new, top, key=_entry_start) - 1
+            if i >= 0 and top < new[i][1] and (point is None or new[i][3] > point[1]):
+                start, end, sent, serial = new[i]
+                point = (sent, serial, now - sent)
+            if i >= 0:
+                del new[:i + 1]  # older than any point to come
+        min_rtt = self.rtt.min_rtt
+        waiting = []
+        for entry in self._rack_rxt:
+            start, end, sent, serial = entry
+            if start < una or board.sacked_between(start, end):
+                rtt = now - sent
+                if (point is None or serial > point[1]) and (min_rtt is None or rtt >= min_rtt):
+                    point = (sent, serial, rtt)
+            else:
+                waiting.append(entry)
+        self._rack_point = point
+        self._rack_rxt = waiting
+        if point is None:
+            return
+        reo_wnd = 0.0
+        if board.dup_thresh > DUP_THRESH and min_rtt is not None:
+            reo_wnd = min(min_rtt / 4, self.rtt.srtt)
+        _sent, last, rack_rtt = point
+        for entry in list(waiting):
+            start, end, sent, serial = entry
+            if serial < last and sent + rack_rtt + reo_wnd <= now:
+                waiting.remove(entry)
+                self._rack_lost.append((start, end))
+                self.counters["rack-lost-retransmit"] += 1
+
+    def _rack_range(self):
+        """The next piece (at most one MSS, not SACKed) of a retransmission RACK found
+        lost, or None; `_rack_resent` takes what went out of the list."""
+        lost = self._rack_lost
+        while lost:
+            start, end = lost[0]
+            start = seq_max(start, self.snd_una)
+            for a, b in self.scoreboard.blocks:
+                if a <= start < b:
+                    start = b
+                elif a > start:
+                    end = seq_min(end, a)
+                    break
+            if end > start:
+                return start, seq_min(end, start + self.snd_mss)
+            lost.pop(0)
+        return None
+
+    def _rack_resent(self, sent_end):
+        lost = self._rack_lost
+        if sent_end < lost[0][1]:
+            lost[0] = (sent_end, lost[0][1])
+        else:
+            lost.pop(0)
+
     def _retransmit_from(self, start, now):
         """Retransmit one segment from `start` (fast retransmit / partial ACK)."""
         end = self.snd_max
@@ -2016,17 +2138,24 @@ class Connection:
         return self._retransmit_range(start, end, now)
 
     def _retransmit_range(self, start, end, now):
+        """Retransmit from `start` towards `end`: one segment, which may carry less when
+        SACK blocks of our own take option room (`_build_data`). HighRxt moves to where
+        it ended, so NextSeg still finds the rest of the range."""
         self.counters["retransmit"] += 1
         if self._undo_marker is not None:
             self._undo_retrans += 1
         self._rexmit_ts = self._ts_now(now)
         if self._rtt_seq is not None and self._rtt_seq > start:
             self._rtt_seq = None  # Karn: the timed segment is (maybe) this one
-        self.high_rxt = end if self.high_rxt is None else seq_max(self.high_rxt, end)
         fin_seq = self._fin_seq() if self._fin_queued else None
         data_end = seq_min(end, self._sndbuf_seq + self._sndbuf.size)
         n = max(data_end - start, 0)
         seg = self._build_data(start, n, fin_seq is not None and start + n == fin_seq and end > fin_seq, now)
+        if seg.payload or seg.flags & FIN:
+            end = start + len(seg.payload) + (1 if seg.flags & FIN else 0)
+        self.high_rxt = end if self.high_rxt is None else seq_max(self.high_rxt, end)
+        if self.recovery == "sack":
+            self._rack_sent(start, end, now, True)
         if self.rto_at is None:
             self.rto_at = now + self.rtt.rto
         return seg
@@ -2058,6 +2187,8 @@ class Connection:
                 self._rtt_seq = None
         else:
             self.tlp_at = None  # new data restarts the PTO (RFC 8985 7.2)
+            if self.recovery == "sack":
+                self._rack_sent(start, new_nxt, now, False)
             if self._rtt_seq is None and self.retries == 0:
                 self._rtt_seq, self._rtt_time = new_nxt, now
         if self.rto_at is None:

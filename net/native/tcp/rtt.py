@@ -21,11 +21,12 @@ class RttEstimator:
     granularity G of section 2 (the owner's timer resolution).
     """
 
-    __slots__ = ("srtt", "rttvar", "rto", "min_rto", "max_rto", "granularity", "backoffs")
+    __slots__ = ("srtt", "rttvar", "rto", "min_rto", "max_rto", "granularity", "backoffs", "min_rtt")
 
     def __init__(self, initial_rto=1.0, min_rto=1.0, max_rto=60.0, granularity=0.001):
         self.srtt = None
         self.rttvar = None
+        self.min_rtt = None  # the smallest sample seen (RACK's min_RTT, RFC 8985 6.2)
         self.min_rto = min_rto
         self.max_rto = max_rto
         self.granularity = granularity
@@ -42,7 +43,10 @@ class RttEstimator:
         if self.srtt is None:
             self.srtt = r
             self.rttvar = r / 2
+            self.min_rtt = r
         else:
+            if r < self.min_rtt:
+                self.min_rtt = r
             self.rttvar = (1 - BETA) * self.rttvar + BETA * abs(self.srtt - r)
             self.srtt = (1 - ALPHA) * self.srtt + ALPHA * r
         rto = self.srtt + max(self.granularity, K * self.rttvar)
