@@ -1,0 +1,474 @@
+"""shoal iperf3: a server the iperf3 client (3.x) measures against, on either stack.
+
+    python -m shoal.apps.iperf3 [--port 5201] [--smp N] [--network-stack native ...]
+    iperf3 -c HOST [-t SECONDS] [-P STREAMS] [-R] [-l LENGTH] [-n BYTES] [-O SECONDS]
+
+Theory of operation. An iperf3 test is one control connection and N data
+connections ("streams"), all to the server's port, each opening with the client's
+37-octet cookie. The server drives the control connection with one-octet states:
+PARAM_EXCHANGE (the client answers with its parameters), CREATE_STREAMS (it
+connects the streams), TEST_START and TEST_RUNNING (data flows: client to server,
+or server to client with -R), then the client's TEST_END, EXCHANGE_RESULTS (each
+side sends its per-stream byte counts), DISPLAY_RESULTS, and the client's
+IPERF_DONE. Parameters and results are JSON after a 4-octet big-endian length. As
+with ``iperf3 -s``, one test runs at a time: another client is told ACCESS_DENIED.
+What this server does not do (UDP, SCTP, --bidir, -R with -n or -k, authentication)
+is refused with SERVER_ERROR and iperf3's IEUNIMP, which the client prints as "an
+option you are trying to set is not implemented yet".
+
+Sharding: every shard listens on the port, and the kernel (posix, SO_REUSEPORT) or
+the NIC queue (native) picks the shard of each connection, so the control
+connection and the streams of one test are usually on different shards. Shard 0
+keeps the registry of the running test (`_classify`): a new connection reads its
+cookie and asks shard 0 whether it starts a test (its shard then controls it), is a
+stream of the running test (it stays on its own shard, which counts its bytes), or
+is turned away. The controlling shard starts, stops and collects the streams with
+`smp.invoke_on_all`. Only cookies, counts and times cross shards.
+
+Streams are numbered as iperf3 numbers them (1, 3, 4, ...) in the order the client
+connected them, which it does one after the other. Their shards may accept them in
+any order, so the order comes from the client's ports instead (`connect_order`):
+Linux gives consecutive connections to one destination increasing ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import struct
+import sys
+import time
+
+from shoal import net
+from shoal.runtime import smp
+
+COOKIE_LEN = 37  # 36 characters and a NUL
+TEST_START, TEST_RUNNING, TEST_END = 1, 2, 4
+PARAM_EXCHANGE, CREATE_STREAMS, CLIENT_TERMINATE = 9, 10, 12
+EXCHANGE_RESULTS, DISPLAY_RESULTS, IPERF_DONE = 13, 14, 16
+ACCESS_DENIED, SERVER_ERROR = -1, -2
+IEUNIMP, IERECVPARAMS, IESTREAMCONNECT = 13, 114, 203  # iperf3's i_errno values the client explains
+MAX_JSON = 1 << 16
+MAX_STREAMS = 128  # iperf3's own limit for -P
+MAX_BLOCK = 1 << 20  # iperf3's largest -l for TCP
+MAX_TIME = 86400
+MAX_OMIT = 600
+COOKIE_S = 10.0  # a connection must name its test within this
+STREAMS_S = 10.0  # and a test's streams must all connect within this
+FINISH_S = 10.0  # a stream's last block and FIN must leave within this, or it is reset
+DRAIN_S = 2.0  # how long what the client says it sent may still be on its way
+PORT_WRAP_GAP = 16384  # (a connection's next port is a few above; Linux's range is 28232 wide)
+
+
+class Refused(Exception):
+    """A test the server will not run: iperf3's i_errno and a text for the log."""
+
+    def __init__(self, i_errno, text):
+        super().__init__(text)
+        self.i_errno = i_errno
+
+
+class _Reader:
+    """Exact-length reads over `net.Connection.read`, which returns what arrived."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.buf = bytearray()
+
+    async def exactly(self, n):
+        while len(self.buf) < n:
+            data = await self.conn.read()
+            if not data:
+                raise EOFError(f"end of stream after {len(self.buf)} of {n} octets")
+            self.buf += data
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    async def state(self):
+        return struct.unpack("!b", await self.exactly(1))[0]
+
+    async def json(self):
+        (length,) = struct.unpack("!I", await self.exactly(4))
+        if not 0 < length <= MAX_JSON:
+            raise Refused(IERECVPARAMS, f"a JSON message of {length} octets")
+        try:
+            value = json.loads(await self.exactly(length))
+        except ValueError as e:
+            raise Refused(IERECVPARAMS, f"malformed JSON: {e}") from None
+        if not isinstance(value, dict):
+            raise Refused(IERECVPARAMS, "the JSON message is not an object")
+        return value
+
+
+def parse_params(params):
+    """The client's parameters as this server runs them: (streams, reverse, block
+    length, omit seconds); `Refused` for what it does not do or cannot be right."""
+    if params.get("udp") or params.get("sctp") or not params.get("tcp", True):
+        raise Refused(IEUNIMP, "only TCP tests")
+    if params.get("bidirectional"):
+        raise Refused(IEUNIMP, "no --bidir")
+    if params.get("authtoken") is not None:
+        raise Refused(IEUNIMP, "no authentication")
+    fields = {}
+    for key, low, high, default in (("parallel", 1, MAX_STREAMS, 1), ("len", 1, MAX_BLOCK, 131072),
+                                    ("omit", 0, MAX_OMIT, 0), ("time", 0, MAX_TIME, 10),
+                                    ("num", 0, 1 << 62, 0), ("blockcount", 0, 1 << 62, 0)):
+        value = params.get(key, default)
+        if type(value) is not int or not low <= value <= high:
+            raise Refused(IERECVPARAMS, f"{key} {value!r} is not an integer in {low}..{high}")
+        fields[key] = value
+    reverse = bool(params.get("reverse"))
+    if reverse and (fields["num"] or fields["blockcount"] or not fields["time"]):
+        raise Refused(IEUNIMP, "-R needs a test of a set time (-t), not -n or -k")
+    return fields["parallel"], reverse, fields["len"], fields["omit"]
+
+
+# -- shard 0: the registry of the running test -----------------------------------------
+
+_test = None  # on shard 0: {"cookie", "controller", "expected", "joined": [(client port, shard, key)]}
+
+
+def connect_order(ports):
+    """Indices of `ports` (the client's, of connections it made one after the other)
+    in the order it made them: increasing, unless the client's port range wrapped
+    around between two of them, which shows as a gap of over `PORT_WRAP_GAP`."""
+    ranked = sorted(range(len(ports)), key=ports.__getitem__)
+    for i in range(1, len(ranked)):
+        if ports[ranked[i]] - ports[ranked[i - 1]] > PORT_WRAP_GAP:
+            return ranked[i:] + ranked[:i]
+    return ranked
+
+
+def _classify(cookie, shard, key, port):
+    """Shard 0: what a new connection that sent `cookie` is. ("control",) starts a
+    test controlled by `shard`; ("stream", controller) joins the running one;
+    ("busy",) is turned away."""
+    global _test
+    if _test is None:
+        _test = {"cookie": cookie, "controller": shard, "expected": None, "joined": []}
+        return ("control",)
+    if cookie == _test["cookie"] and _test["expected"] is not None \
+            and len(_test["joined"]) < _test["expected"]:
+        _test["joined"].append((port, shard, key))
+        return ("stream", _test["controller"])
+    return ("busy",)
+
+
+def _expect_streams(cookie, count):
+    if _test is not None and _test["cookie"] == cookie:
+        _test["expected"] = count
+
+
+def _stream_order(cookie):
+    """Shard 0: the streams as (shard, key), in the order the client connected them."""
+    if _test is None or _test["cookie"] != cookie:
+        return []
+    joined = _test["joined"]
+    return [joined[i][1:] for i in connect_order([port for port, _shard, _key in joined])]
+
+
+def _end_test(cookie):
+    global _test
+    if _test is not None and _test["cookie"] == cookie:
+        _test = None
+
+
+# -- every shard: its streams -------------------------------------------------------------
+
+class _Stream:
+    """One data connection on this shard: while the test runs it counts what it reads,
+    or (-R) sends blocks of the test's length from a task of its own.
+
+    At the test's end the server closes its streams, as iperf3's does when TEST_END
+    comes: the client reads whole blocks, and its read of a last block that will
+    never be complete ends at the FIN (without it, the client waits forever)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.id = None
+        self.octets = 0
+        self.base = 0  # octets at the end of the omitted seconds
+        self.running = False
+        self.reader = asyncio.current_task()
+        self.sender = None
+        self.closed = False
+        self.arrived = asyncio.Event()  # set by each read: `drain` waits on it
+
+    async def receive(self):
+        """Until the client closes the stream (with -R it sends nothing, but closes)."""
+        while True:
+            buffers = await self.conn.read_buffers()
+            if not buffers:
+                return
+            if self.running:
+                self.octets += sum(len(b) for b in buffers)
+                self.arrived.set()
+
+    async def drain(self, sent, deadline):
+        """Until the `sent` octets the client counted have arrived, or `deadline`."""
+        while self.octets - self.base < sent and time.monotonic() < deadline:
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), deadline - time.monotonic())
+            except asyncio.TimeoutError:
+                return
+
+    async def send(self, block):
+        while self.running:
+            self.octets += len(block)
+            await self.conn.write(block)
+            await asyncio.sleep(0)  # `write` waits only for a full buffer: let the control connection in
+
+    async def close(self):
+        """The last block (if sending), then FIN; a reset if that takes over `FINISH_S`."""
+        if self.closed:
+            return
+        self.closed = True
+        self.running = False
+        if self.sender is not None:
+            await asyncio.wait([self.sender], timeout=FINISH_S)
+        for task in (self.sender, self.reader):
+            if task is not None and not task.done() and task is not asyncio.current_task():
+                task.cancel()
+        try:
+            await asyncio.wait_for(self.conn.close(), FINISH_S)
+        except (asyncio.TimeoutError, ConnectionError):
+            self.conn.abort()
+
+
+_streams: dict = {}  # cookie -> {key: _Stream}, on every shard
+_controlled: dict = {}  # cookie -> [streams joined so far, asyncio.Event all joined], on the controller
+_cpu_at_start = None
+
+
+def _start_streams(cookie, ids, reverse, block_len, omit):
+    """Run this shard's streams of the test: `ids` maps each key to its stream id."""
+    global _cpu_at_start
+    loop = asyncio.get_running_loop()
+    _cpu_at_start = (os.times(), time.monotonic())
+    mine = _streams.get(cookie, {})
+    block = os.urandom(block_len) if reverse and mine else None
+    for key, stream in mine.items():
+        stream.id = ids[key]
+        stream.running = True
+        stream.octets = stream.base = 0
+        if reverse:
+            stream.sender = loop.create_task(stream.send(block))
+    if omit and mine:
+        def omitted():
+            for stream in mine.values():
+                stream.base = stream.octets
+        loop.call_later(omit, omitted)
+
+
+async def _stop_streams(cookie, ended_at, sent=None):
+    """End this shard's streams: their counts since the omitted seconds, the CPU time
+    this shard used and the time from the start to `ended_at` (the client's
+    TEST_END); then each is closed (`_Stream.close`). `sent`, when the client sent:
+    what it says each stream carried, which the streams first wait for (the text
+    behind TEST_END on other connections may still be arriving)."""
+    times, at = _cpu_at_start if _cpu_at_start else (os.times(), time.monotonic())
+    now_times = os.times()
+    mine = _streams.get(cookie, {})
+    if sent is not None:
+        deadline = time.monotonic() + DRAIN_S
+        await asyncio.gather(*(stream.drain(sent.get(stream.id, 0), deadline) for stream in mine.values()))
+    counts = []
+    for stream in mine.values():
+        stream.running = False
+        counts.append((stream.id, stream.octets - stream.base))
+    await asyncio.gather(*(stream.close() for stream in mine.values()))
+    return counts, now_times.user - times.user, now_times.system - times.system, ended_at - at
+
+
+def client_counts(results):
+    """The client's results: octets sent per stream id, for the streams to wait for."""
+    streams = results.get("streams")
+    if not isinstance(streams, list):
+        raise Refused(IERECVPARAMS, "results without streams")
+    out = {}
+    for entry in streams:
+        if not isinstance(entry, dict) or type(entry.get("id")) is not int or type(entry.get("bytes")) is not int:
+            raise Refused(IERECVPARAMS, f"a malformed stream result {entry!r}")
+        out[entry["id"]] = entry["bytes"]
+    return out
+
+
+async def _close_streams(cookie):
+    for stream in _streams.pop(cookie, {}).values():
+        await stream.close()
+
+
+def _stream_joined(cookie):
+    """On the controller: one more stream of its test connected (on some shard)."""
+    joined = _controlled.get(cookie)
+    if joined is not None:
+        joined[0] += 1
+        joined[1].set()
+
+
+# -- the control connection ---------------------------------------------------------------
+
+async def _send_state(conn, state):
+    await conn.write(struct.pack("!b", state))
+
+
+async def _send_json(conn, value):
+    data = json.dumps(value).encode()
+    await conn.write([struct.pack("!I", len(data)), data])
+
+
+async def _await_streams(cookie, count, reader):
+    """Until `count` streams joined. The client says nothing meanwhile: anything on
+    the control connection (its CLIENT_TERMINATE, or the end of it) ends the test."""
+    joined = _controlled[cookie]
+    deadline = time.monotonic() + STREAMS_S
+    control = asyncio.ensure_future(reader.state())
+    try:
+        while joined[0] < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Refused(IESTREAMCONNECT, f"{joined[0]} of {count} streams connected")
+            joined[1].clear()
+            waiter = asyncio.ensure_future(joined[1].wait())
+            await asyncio.wait([waiter, control], timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if control.done():
+                state = control.result()  # (EOFError at the end of the connection)
+                raise EOFError(f"the client sent state {state} while its streams connected")
+    finally:
+        control.cancel()
+
+
+async def run_test(conn, reader, cookie):
+    """Drive one test from its control connection (on the shard it arrived at)."""
+    streams = 0
+    _controlled[cookie] = [0, asyncio.Event()]
+    try:
+        host, port = conn.peer_address[:2]
+        peer = f"{host} port {port}"
+        conn.set_nodelay()  # one-octet states: none may wait for the ACK of the one before (Nagle)
+        await _send_state(conn, PARAM_EXCHANGE)
+        try:
+            streams, reverse, block_len, omit = parse_params(await reader.json())
+        except Refused as e:
+            print(f"iperf3: test from {peer} refused: {e}", flush=True)
+            await conn.write(struct.pack("!bii", SERVER_ERROR, e.i_errno, 0))
+            return
+        await smp.submit_to(0, _expect_streams, cookie, streams)
+        await _send_state(conn, CREATE_STREAMS)
+        try:
+            await _await_streams(cookie, streams, reader)
+        except Refused as e:
+            print(f"iperf3: test from {peer} failed: {e}", flush=True)
+            await conn.write(struct.pack("!bii", SERVER_ERROR, e.i_errno, 0))
+            return
+        order = await smp.submit_to(0, _stream_order, cookie)
+        ids = {}
+        for n, (shard, key) in enumerate(order):
+            ids.setdefault(shard, {})[key] = 1 if n == 0 else n + 2  # iperf3 skips id 2
+        await asyncio.gather(*(smp.submit_to(s, _start_streams, cookie, ids.get(s, {}), reverse, block_len, omit)
+                               for s in range(smp.count)))
+        await conn.write(struct.pack("!bb", TEST_START, TEST_RUNNING))
+        state = await reader.state()
+        ended_at = time.monotonic()
+        if state != TEST_END:
+            print(f"iperf3: test from {peer} ended by the client (state {state})", flush=True)
+            return
+        if reverse:  # stop sending first: the client's last read of a block ends at our FIN
+            stopped = await smp.invoke_on_all(_stop_streams, cookie, ended_at)
+            await _send_state(conn, EXCHANGE_RESULTS)
+            await reader.json()  # the client's own results, as it received them
+        else:
+            await _send_state(conn, EXCHANGE_RESULTS)
+            sent = client_counts(await reader.json())
+            stopped = await smp.invoke_on_all(_stop_streams, cookie, ended_at, sent)
+        elapsed = max(s[3] for s in stopped) - omit
+        user = sum(s[1] for s in stopped)
+        system = sum(s[2] for s in stopped)
+        counts = sorted(c for s in stopped for c in s[0])
+        await _send_json(conn, {
+            "cpu_util_total": 100.0 * (user + system) / max(elapsed, 1e-9),
+            "cpu_util_user": 100.0 * user / max(elapsed, 1e-9),
+            "cpu_util_system": 100.0 * system / max(elapsed, 1e-9),
+            # (as the receiver, -1 as iperf3 sends; as the sender, 0: the API has no retransmit count)
+            "sender_has_retransmits": 0 if reverse else -1,
+            "streams": [{"id": sid, "bytes": octets, "retransmits": -1, "jitter": 0, "errors": 0, "packets": 0,
+                         "start_time": 0, "end_time": elapsed} for sid, octets in counts],
+        })
+        await _send_state(conn, DISPLAY_RESULTS)
+        total = sum(octets for _sid, octets in counts)
+        print(f"iperf3: test from {peer}: {streams} stream(s), {'sent' if reverse else 'received'} {total} "
+              f"octets in {elapsed:.2f} s ({total / max(elapsed, 1e-9) / 1e6:.1f} MB/s)", flush=True)
+        try:
+            await reader.state()  # IPERF_DONE, or the client just closes
+        except EOFError:
+            pass
+    finally:
+        _controlled.pop(cookie, None)
+        await smp.invoke_on_all(_close_streams, cookie)
+        await smp.submit_to(0, _end_test, cookie)
+
+
+async def serve_connection(conn):
+    """A new connection: read its cookie, ask shard 0 what it is, and act on it."""
+    reader = _Reader(conn)
+    keep = False
+    try:
+        cookie = await asyncio.wait_for(reader.exactly(COOKIE_LEN), COOKIE_S)
+        key = id(conn)
+        verdict = await smp.submit_to(0, _classify, cookie, smp.this_shard(), key, conn.peer_address[1])
+        if verdict[0] == "control":
+            await run_test(conn, reader, cookie)
+        elif verdict[0] == "stream":
+            stream = _Stream(conn)
+            _streams.setdefault(cookie, {})[key] = stream
+            keep = True
+            await smp.submit_to(verdict[1], _stream_joined, cookie)
+            await stream.receive()  # (reads until the client closes; -R sends from its own task)
+        else:
+            await _send_state(conn, ACCESS_DENIED)
+    except (EOFError, asyncio.TimeoutError, ConnectionError, Refused):
+        pass  # a client that vanished or never named a test: nothing to answer
+    finally:
+        if not keep:
+            await conn.close()
+
+
+_running: list = []
+
+
+async def start_on_shard(args) -> None:
+    """Listen on this shard; every connection gets its own task."""
+    loop = asyncio.get_running_loop()
+    server = net.listen((args.address, args.port))
+    tasks: set[asyncio.Task] = set()
+
+    async def accept_loop():
+        async for conn in server:
+            task = loop.create_task(serve_connection(conn))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    _running.append((server, loop.create_task(accept_loop()), tasks))
+
+
+def main(argv=None) -> int:
+    app = net.AppTemplate("shoal iperf3 server (the iperf3 client's protocol, TCP)")
+    app.parser.add_argument("--port", type=int, default=5201)
+    app.parser.add_argument("--address", default="0.0.0.0", help="address to bind")
+    args = app.parse(argv)
+
+    async def serve():
+        await smp.invoke_on_all(start_on_shard, args)
+        print(f"iperf3: tcp on {args.address}:{args.port} with {smp.count} shard(s), {args.network_stack} stack",
+              flush=True)
+        await asyncio.get_running_loop().create_future()  # serve until stopped
+
+    return app.run(serve)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""shoal's iperf3 server driven by the real iperf3 client (Debian's 3.12), on both stacks.
+
+Posix tests run on loopback with 1 and 2 shards (the control connection and the
+streams of one test then land on different shards); the native test runs the
+server on a TAP whose far side is in a namespace the test creates, with the
+client there. Every run is checked from the client's ``--json`` report: what
+the server says it received or sent must be what the client counted.
+"""
+import json
+import shutil
+import socket
+import struct
+import subprocess
+import time
+
+import pytest
+from app_process import LOCAL, STARTUP_S, AppProcess, free_port
+
+from shoal.drivers.netns import KernelPeer, stop_process, unavailable
+
+pytestmark = pytest.mark.skipif(shutil.which("iperf3") is None, reason="iperf3 (the client) is not installed")
+RUN_S = 60
+COOKIE = b"shoaltestcookieshoaltestcookie123456\0"
+
+
+def iperf3(*argv, runner=None):
+    argv = ["iperf3", *argv, "--json"]
+    result = runner(argv) if runner else subprocess.run(argv, capture_output=True, text=True, timeout=RUN_S)
+    return result.returncode, json.loads(result.stdout)
+
+
+IN_FLIGHT = 16 << 20
+
+
+def check_counts(report, streams):
+    """The server's figures (the client's "receiver" side for an upload, "sender" for -R)
+    agree with the client's, per stream (so the server numbered the streams as the
+    client did). An upload's agree exactly; with -R the client stops counting at its
+    TEST_END, while what was on its way still arrives (so with iperf3's own server)."""
+    end = report["end"]
+    assert len(end["streams"]) == streams
+    for stream in end["streams"]:
+        sent, received = stream["sender"]["bytes"], stream["receiver"]["bytes"]
+        if report["start"]["test_start"]["reverse"]:
+            assert 0 < received <= sent <= received + IN_FLIGHT, stream
+        else:
+            assert 0 < received == sent, stream
+
+
+class Server(AppProcess):
+    def __init__(self, *options):
+        super().__init__("iperf3", free_port(), "--network-stack", "posix", *options)
+
+    def stop_cleanly(self):
+        code, out = self.stop()
+        assert code == 0, out
+        assert "Traceback" not in out, out
+        return out
+
+
+@pytest.fixture(params=[1, 2], ids=["smp1", "smp2"])
+def server(request):
+    srv = Server("--smp", str(request.param), "--overprovisioned")
+    try:
+        yield srv
+    finally:
+        srv.kill()
+
+
+def test_upload_and_download_with_several_streams(server):
+    port = str(server.port)
+    code, up = iperf3("-c", LOCAL, "-p", port, "-t", "1", "-P", "3")
+    assert code == 0, up.get("error")
+    check_counts(up, 3)  # (per stream: the server numbered them as the client did)
+    code, down = iperf3("-c", LOCAL, "-p", port, "-t", "1", "-P", "2", "-R")
+    assert code == 0, down.get("error")
+    check_counts(down, 2)
+    out = server.stop_cleanly()
+    assert "3 stream(s), received" in out and "2 stream(s), sent" in out
+
+
+def test_byte_count_tests_count_every_byte(server):
+    """-n: the client stops after exactly that many bytes and sends TEST_END at once,
+    while the last of them may still be on their way to the server: it waits for what
+    the client says it sent (a receiver short of it would show fewer bytes)."""
+    code, report = iperf3("-c", LOCAL, "-p", str(server.port), "-n", "20M", "-l", "64K")
+    assert code == 0, report.get("error")
+    check_counts(report, 1)
+    assert report["end"]["sum_received"]["bytes"] == 20 << 20
+
+
+@pytest.mark.parametrize("option, why", [("-u", "only TCP tests"), ("--bidir", "no --bidir")])
+def test_what_the_server_does_not_do_is_refused_with_iperf3s_error(server, option, why):
+    _code, report = iperf3("-c", LOCAL, "-p", str(server.port), "-t", "1", option)  # (3.12 exits 0 with -u)
+    assert report["error"] == "an option you are trying to set is not implemented yet"
+    code, report = iperf3("-c", LOCAL, "-p", str(server.port), "-n", "1M")  # and it goes on serving
+    assert code == 0, report.get("error")
+    assert f"refused: {why}" in server.stop_cleanly()
+
+
+def test_a_second_client_is_told_the_server_is_busy(server):
+    first = subprocess.Popen(["iperf3", "-c", LOCAL, "-p", str(server.port), "-t", "3", "--forceflush"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        for line in first.stdout:  # its streams are connected: its test is running
+            if "connected to" in line:
+                break
+        _code, report = iperf3("-c", LOCAL, "-p", str(server.port), "-t", "1")
+        assert report["error"] == "the server is busy running a test. try again later"
+        assert first.wait(RUN_S) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+
+
+@pytest.mark.parametrize("ports, order", [([40000, 40016, 40020], [0, 1, 2]), ([40016, 40000], [1, 0]),
+                                         ([60990, 32800, 60996, 32790], [0, 2, 3, 1]), ([5], [0])])
+def test_streams_are_numbered_in_the_order_of_the_clients_ports(ports, order):
+    from shoal.apps.iperf3 import connect_order
+    assert connect_order(ports) == order
+
+
+def test_parameters_the_server_runs_and_those_it_refuses():
+    from shoal.apps.iperf3 import IERECVPARAMS, IEUNIMP, Refused, parse_params
+    assert parse_params({"tcp": True}) == (1, False, 131072, 0)
+    assert parse_params({"tcp": True, "parallel": 4, "reverse": True, "len": 8192, "omit": 2, "time": 5}) == \
+        (4, True, 8192, 2)
+    for params, i_errno in (({"udp": True}, IEUNIMP), ({"tcp": True, "bidirectional": True}, IEUNIMP),
+                            ({"tcp": True, "authtoken": "x"}, IEUNIMP),
+                            ({"tcp": True, "reverse": True, "num": 1000}, IEUNIMP),
+                            ({"tcp": True, "parallel": 129}, IERECVPARAMS), ({"tcp": True, "len": 0}, IERECVPARAMS),
+                            ({"tcp": True, "time": "10"}, IERECVPARAMS), ({"tcp": True, "omit": -1}, IERECVPARAMS)):
+        with pytest.raises(Refused) as refused:
+            parse_params(params)
+        assert refused.value.i_errno == i_errno, params
+
+
+def control(port):
+    """A hand-driven control connection: the cookie sent, PARAM_EXCHANGE read."""
+    sock = socket.create_connection((LOCAL, port), timeout=RUN_S)
+    sock.sendall(COOKIE)
+    assert sock.recv(1) == struct.pack("!b", 9)
+    return sock
+
+
+def recv_exactly(sock, n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        assert chunk, f"closed after {data!r}"
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("message", [struct.pack("!I", 5) + b"notjs", struct.pack("!I", 1 << 30),
+                                     struct.pack("!I", 2) + b"[]",
+                                     struct.pack("!I", 30) + b'{"tcp": true, "parallel": 0}  '.ljust(30)])
+def test_bad_parameters_get_server_error_and_the_server_goes_on(server, message):
+    with control(server.port) as sock:
+        sock.sendall(message)
+        state, i_errno, _errno = struct.unpack("!bii", recv_exactly(sock, 9))
+        assert (state, i_errno) == (-2, 114)  # SERVER_ERROR, IERECVPARAMS
+        assert sock.recv(1) == b""
+    code, report = iperf3("-c", LOCAL, "-p", str(server.port), "-n", "1M")
+    assert code == 0, report.get("error")
+
+
+def test_a_client_that_leaves_while_its_streams_connect_frees_the_server(server):
+    with control(server.port) as sock:
+        params = json.dumps({"tcp": True, "parallel": 2, "time": 1}).encode()
+        sock.sendall(struct.pack("!I", len(params)) + params)
+        assert sock.recv(1) == struct.pack("!b", 10)  # CREATE_STREAMS
+        with socket.create_connection((LOCAL, server.port), timeout=RUN_S) as stream:
+            stream.sendall(COOKIE)  # one of the two streams, then the client goes
+    deadline = time.monotonic() + STARTUP_S
+    while True:  # (the server notices at once; the bound is for a loaded machine)
+        code, report = iperf3("-c", LOCAL, "-p", str(server.port), "-n", "1M")
+        if code == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert code == 0, report.get("error")
+
+
+@pytest.mark.root
+@pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
+@pytest.mark.parametrize("smp", [1, 2])
+def test_native_stack_with_the_kernel_as_client(smp):
+    with KernelPeer(open_device=False, subnet=f"10.213.{40 + smp}") as peer:
+        app = peer.start_shoal(["-m", "shoal.apps.iperf3", "--smp", str(smp), "--network-stack", "native",
+                                "--host-ipv4-addr", peer.shoal_ip, "--netmask-ipv4-addr", "255.255.255.0"])
+        try:
+            def in_namespace(argv):
+                return peer.run(argv, check=False, timeout=RUN_S)
+
+            deadline = time.monotonic() + STARTUP_S
+            while True:  # until the stack answers ARP and the server accepts
+                code, report = iperf3("-c", peer.shoal_ip, "-n", "1M", runner=in_namespace)
+                if code == 0 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert code == 0, report.get("error")
+            for extra in ([], ["-R"]):
+                code, report = iperf3("-c", peer.shoal_ip, "-t", "1", "-P", str(smp), *extra, runner=in_namespace)
+                assert code == 0, report.get("error")
+                check_counts(report, smp)
+        finally:
+            out = stop_process(app)
+        assert "native stack" in out and "Traceback" not in out, out
