@@ -58,6 +58,7 @@ COOKIE_S = 10.0  # a connection must name its test within this
 STREAMS_S = 10.0  # and a test's streams must all connect within this
 FINISH_S = 10.0  # a stream's last block and FIN must leave within this, or it is reset
 DRAIN_S = 2.0  # how long what the client says it sent may still be on its way
+YIELD_OCTETS = 1 << 20  # a sending stream lets the shard's other tasks run after each MiB
 PORT_WRAP_GAP = 16384  # (a connection's next port is a few above; Linux's range is 28232 wide)
 
 
@@ -216,10 +217,14 @@ class _Stream:
                 return
 
     async def send(self, block):
+        unyielded = 0
         while self.running:
             self.octets += len(block)
             await self.conn.write(block)
-            await asyncio.sleep(0)  # `write` waits only for a full buffer: let the control connection in
+            unyielded += len(block)
+            if unyielded >= YIELD_OCTETS:  # `write` waits only for a full buffer: let the others in
+                unyielded = 0
+                await asyncio.sleep(0)
 
     async def close(self):
         """The last block (if sending), then FIN; a reset if that takes over `FINISH_S`."""
