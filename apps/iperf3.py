@@ -58,7 +58,7 @@ COOKIE_S = 10.0  # a connection must name its test within this
 STREAMS_S = 10.0  # and a test's streams must all connect within this
 FINISH_S = 10.0  # a stream's last block and FIN must leave within this, or it is reset
 DRAIN_S = 2.0  # how long what the client says it sent may still be on its way
-YIELD_OCTETS = 1 << 20  # a sending stream lets the shard's other tasks run after each MiB
+WRITE_OCTETS = 1 << 20  # what a sending stream writes at once (`_Stream.send`)
 PORT_WRAP_GAP = 16384  # (a connection's next port is a few above; Linux's range is 28232 wide)
 
 
@@ -216,15 +216,15 @@ class _Stream:
             except asyncio.TimeoutError:
                 return
 
-    async def send(self, block):
-        unyielded = 0
+    async def send(self, blocks):
+        """Write `blocks` (whole blocks of the test's length, about a MiB: one write, and
+        TSO segments that seldom span two writes, which the send buffer would join)
+        until stopped, letting the shard's other tasks run after each (`write` waits
+        only for a full buffer)."""
         while self.running:
-            self.octets += len(block)
-            await self.conn.write(block)
-            unyielded += len(block)
-            if unyielded >= YIELD_OCTETS:  # `write` waits only for a full buffer: let the others in
-                unyielded = 0
-                await asyncio.sleep(0)
+            self.octets += len(blocks)
+            await self.conn.write(blocks)
+            await asyncio.sleep(0)
 
     async def close(self):
         """The last block (if sending), then FIN; a reset if that takes over `FINISH_S`."""
@@ -254,13 +254,13 @@ def _start_streams(cookie, ids, reverse, block_len, omit):
     loop = asyncio.get_running_loop()
     _cpu_at_start = (os.times(), time.monotonic())
     mine = _streams.get(cookie, {})
-    block = os.urandom(block_len) if reverse and mine else None
+    blocks = os.urandom(block_len) * max(1, WRITE_OCTETS // block_len) if reverse and mine else None
     for key, stream in mine.items():
         stream.id = ids[key]
         stream.running = True
         stream.octets = stream.base = 0
         if reverse:
-            stream.sender = loop.create_task(stream.send(block))
+            stream.sender = loop.create_task(stream.send(blocks))
     if omit and mine:
         def omitted():
             for stream in mine.values():
