@@ -1,7 +1,7 @@
 """Retransmission (RFC 6298), fast retransmit/NewReno (RFC 5681/6582), persist and keepalive timers."""
 import pytest
 
-from tcp_harness import ACK, IRS, ISS, RST, SYN, T0, State, drive, established, pull, send_seg, seg, syn_sent
+from tcp_harness import ACK, FIN, IRS, ISS, RST, SYN, T0, State, drive, established, pull, send_seg, seg, syn_sent
 from shoal.net.native.tcp.connection import Event
 
 BASE = ISS + 1
@@ -321,6 +321,61 @@ def test_a_probe_that_arrives_above_a_hole_starts_fast_recovery():
     pull(conn, t + 0.1)
     send_seg(conn, seg(IRS + 1, BASE + 4000, ACK), t + 0.15)
     assert conn.counters["dsack-received"] == 1 and conn.counters["dsack-undo"] == 0
+
+
+def test_a_probe_above_a_lost_burst_makes_the_whole_burst_lost():
+    """A whole flight but its last segment lost at once (a TSO super-frame dropped whole):
+    the probe is SACKed above seven missing segments. All of them were sent before it,
+    so RACK's rule makes all of them lost (`Scoreboard.lost_below`), not only the first
+    as RFC 6675's IsLost would with one segment SACKed above: they go at once, as cwnd
+    allows, instead of the first alone and the rest after the RTO (the pipe would count
+    them in flight)."""
+    conn, now = tlp_conn()
+    conn.send(b"x" * 8000)
+    assert len(pull(conn, now)) == 8
+    t = conn.tlp_at
+    conn.poll(t)
+    [probe] = pull(conn, t)
+    assert probe.seq == BASE + 7000
+    send_seg(conn, seg(IRS + 1, BASE, ACK, sack=((BASE + 7000, BASE + 8000),)), t + 0.05)
+    assert conn.recovery == "sack" and conn.scoreboard.lost_below == BASE + 7000
+    out = pull(conn, t + 0.05)
+    assert [(s.seq - BASE, len(s.payload)) for s in out] == [(n * 1000, 1000) for n in range(7)]
+    assert conn.cc.cwnd == 7000
+    send_seg(conn, seg(IRS + 1, BASE + 8000, ACK), t + 0.1)
+    assert conn.recovery is None and conn.scoreboard.lost_below is None and conn.counters["rto"] == 0
+
+
+def test_after_reordering_a_probe_leaves_the_burst_to_rfc_6675():
+    """With reordering seen (a raised DupThresh), the missing text may be late: the probe
+    still starts recovery, but only what IsLost finds is resent (the first segment)."""
+    conn, now = tlp_conn()
+    conn.scoreboard.dup_thresh = 5  # as after a spurious fast retransmit
+    conn.send(b"x" * 8000)
+    pull(conn, now)
+    t = conn.tlp_at
+    conn.poll(t)
+    pull(conn, t)
+    send_seg(conn, seg(IRS + 1, BASE, ACK, sack=((BASE + 7000, BASE + 8000),)), t + 0.05)
+    assert conn.recovery == "sack" and conn.scoreboard.lost_below is None
+    assert [(s.seq - BASE, len(s.payload)) for s in pull(conn, t + 0.05)] == [(0, 1000)]
+
+
+def test_a_probe_carrying_the_fin_shows_loss_by_its_text():
+    """The last segment carries FIN; the probe repeats it. SACK blocks cover text, never a
+    FIN: the probe's last octet of text SACKed is what shows it arrived."""
+    conn, now = tlp_conn()
+    conn.send(b"x" * 3000)
+    conn.close()
+    out = pull(conn, now)
+    assert out[-1].flags & FIN
+    t = conn.tlp_at
+    conn.poll(t)
+    [probe] = pull(conn, t)
+    assert probe.seq == BASE + 2001 and probe.flags & FIN  # (the last MSS of sequence space, FIN included)
+    send_seg(conn, seg(IRS + 1, BASE, ACK, sack=((BASE + 2000, BASE + 3000),)), t + 0.05)
+    assert conn.recovery == "sack" and conn.counters["tlp-recovery"] == 1
+    assert [(s.seq - BASE, len(s.payload)) for s in pull(conn, t + 0.05)][:2] == [(0, 1000), (1000, 1000)]
 
 
 def test_tail_loss_probe_found_spurious_by_a_dsack_keeps_cwnd():

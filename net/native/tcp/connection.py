@@ -1102,6 +1102,7 @@ class Connection:
                 cc.cwnd = min(cc.ssthresh, max(flight, self.snd_mss) + self.snd_mss)
             self.recovery = None
             self.high_rxt = None
+            self.scoreboard.lost_below = None
             self._rack_reset()
             return
         if self.recovery == "newreno":
@@ -1157,14 +1158,27 @@ class Connection:
         for three duplicate ACKs that a tail cannot produce. This is RFC 8985's RACK rule
         (6.2: a segment sent before one that was delivered, by more than the reordering
         window, is lost) applied to the probe alone, as 7.3 expects the probe's ACK to do;
-        RFC 6582's guard against recovering twice from one loss applies as for dupacks."""
+        RFC 6582's guard against recovering twice from one loss applies as for dupacks.
+
+        All of the missing text below the probe is lost (`Scoreboard.lost_below`), not only
+        what RFC 6675's IsLost finds with one SACKed segment above it: a lost burst (a TSO
+        super-frame dropped whole) would otherwise count as in flight, fill the pipe, and
+        wait for the RTO after its first segment was resent. Not once the connection has
+        seen reordering (a raised DupThresh): the missing text may then be late, and RFC
+        6675's rules decide (in the Sim with 5 % reordering, marking it cost RTOs)."""
         end = self._tlp_end
-        if (self.snd_una < end - 1 and self.scoreboard.sacked_between(end - 1, end)
+        last = end - 1  # the probe's last octet of text (a FIN's sequence number is never SACKed)
+        if self._fin_queued and end == self._fin_seq() + 1:
+            last = end - 2
+        if (self.snd_una < last and self.scoreboard.sacked_between(last, last + 1)
                 and self.snd_una >= self.recover):
             self.counters["tlp-recovery"] += 1
             self._reordering_gone()
             probe_was_retransmission = self._tlp_retrans
             self._enter_recovery(now)
+            board = self.scoreboard
+            if board.dup_thresh == DUP_THRESH:
+                board.lost_below = next(a for a, b in board.blocks if a <= last < b)
             if probe_was_retransmission:
                 self._undo_retrans += 1  # the probe's own D-SACK, if its original arrived, cancels this
 
@@ -1242,6 +1256,7 @@ class Connection:
         self._rexmit_una = True
         self.high_rxt = None
         self._rescue_rxt = None
+        self.scoreboard.lost_below = None
         self._rack_reset()
         self.counters["fast-retransmit"] += 1
         if self.sack_ok:

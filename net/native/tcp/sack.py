@@ -29,19 +29,26 @@ class Scoreboard:
     retransmit proves spurious (see `Connection._episode_over`): the reordering the
     path showed then becomes what loss detection tolerates (RFC 4653's idea, Linux's
     reordering metric).
+
+    `lost_below`, when set, is a sequence number below which every unSACKed octet is
+    lost whatever `dup_thresh` says: RACK's verdict (RFC 8985 6.2) when text sent
+    after all of it was delivered (`Connection._probe_shows_loss`). It holds for one
+    recovery.
     """
 
-    __slots__ = ("blocks", "dup_thresh")
+    __slots__ = ("blocks", "dup_thresh", "lost_below")
 
     def __init__(self):
         self.blocks = []
         self.dup_thresh = DUP_THRESH
+        self.lost_below = None
 
     def __bool__(self):
         return bool(self.blocks)
 
     def clear(self):
         self.blocks = []
+        self.lost_below = None
 
     def update(self, sack_blocks, snd_una, snd_max):
         """Merge received SACK blocks; return True if any octet became newly SACKed.
@@ -109,8 +116,11 @@ class Scoreboard:
         """IsLost(SeqNum) of RFC 6675 section 4.
 
         True if at least `dup_thresh` discontiguous SACKed ranges lie above `seq`
-        or more than (dup_thresh - 1) * SMSS octets above it are SACKed.
+        or more than (dup_thresh - 1) * SMSS octets above it are SACKed, or if `seq`
+        is below `lost_below`.
         """
+        if self.lost_below is not None and seq < self.lost_below:
+            return True
         dup_thresh = self.dup_thresh
         ranges = 0
         octets = 0
