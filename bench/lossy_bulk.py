@@ -1,6 +1,6 @@
 """Bulk download over a lossy link: shoal's TCP against the kernel's, the kernel as the client.
 
-    python bench/lossy_bulk.py [--loss 0.02] [--size-mb 100] [--runs 3] [--rounds 2]
+    python bench/lossy_bulk.py [--loss 0.02] [--size-mb 100] [--runs 3] [--rounds 2] [--min-rto S]
 
 ``python -m shoal.apps.httpd`` serves a ``--size-mb`` file; curl in a namespace this
 script creates downloads it, while iptables there drops ``--loss`` of the TCP packets
@@ -9,6 +9,7 @@ super-frame is one packet to iptables and goes whole). Measured on the native st
 over a TAP, and on the posix stack through a veth pair (the kernel's TCP sends), in
 turn, ``--rounds`` times; each download's time is printed, and the native shard's
 loss-recovery counters (from ``--prometheus-port``) after each round of ``--runs``.
+``--min-rto`` passes ``--tcp-min-rto`` to the native server (default: its own, 1 s).
 """
 import argparse
 import datetime
@@ -53,11 +54,12 @@ def _counters():
     return found
 
 
-def bench_native(root, size, runs, loss):
+def bench_native(root, size, runs, loss, min_rto):
     with KernelPeer(open_device=False, subnet="10.213.24") as peer:
         app = peer.start_shoal(["-m", "shoal.apps.httpd", "--smp", "1", "--network-stack", "native",
                                 "--host-ipv4-addr", peer.shoal_ip, "--root", root,
-                                "--prometheus-port", str(METRICS_PORT)])
+                                "--prometheus-port", str(METRICS_PORT)]
+                               + (["--tcp-min-rto", str(min_rto)] if min_rto else []))
         try:
             native.wait_banner(app)
             _impair(peer, loss)
@@ -67,7 +69,7 @@ def bench_native(root, size, runs, loss):
             stop_process(app)
 
 
-def bench_posix(root, size, runs, loss):
+def bench_posix(root, size, runs, loss, _min_rto):
     with native.VethPeer(subnet="10.213.25") as peer:
         app = native.start_httpd(["--network-stack", "posix", "--address", peer.server_ip, "--root", root])
         try:
@@ -84,17 +86,19 @@ def main(argv=None):
     ap.add_argument("--size-mb", type=int, default=100)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--min-rto", type=float, default=None)
     args = ap.parse_args(argv)
     size = args.size_mb << 20
     root = tempfile.mkdtemp()
     with open(os.path.join(root, "big.bin"), "wb") as f:
         f.write(os.urandom(size))
     print(f"# bulk download over {args.loss:.0%} loss each way ({datetime.datetime.now().isoformat(timespec='seconds')}, "
-          f"{args.size_mb} MB, {args.runs} downloads x {args.rounds} rounds)\n")
+          f"{args.size_mb} MB, {args.runs} downloads x {args.rounds} rounds"
+          + (f", native --tcp-min-rto {args.min_rto:g}" if args.min_rto else "") + ")\n")
     results = {"native": [], "posix": []}
     for _ in range(args.rounds):
         for name, bench in (("native", bench_native), ("posix", bench_posix)):
-            times, counters = bench(root, size, args.runs, args.loss)
+            times, counters = bench(root, size, args.runs, args.loss, args.min_rto)
             results[name] += times
             print(f"- {name}: " + ", ".join(f"{t:.1f}" for t in times) + " s"
                   + (f"; shard counters {counters}" if counters else ""), flush=True)
