@@ -34,6 +34,7 @@ Linux gives consecutive connections to one destination increasing ports.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import struct
@@ -244,7 +245,8 @@ class _Stream:
 
 
 _streams: dict = {}  # cookie -> {key: _Stream}, on every shard
-_controlled: dict = {}  # cookie -> [streams joined so far, asyncio.Event all joined], on the controller
+_ended = collections.deque(maxlen=16)  # tests this shard closed: a stream admitted just before is not kept
+_controlled: dict = {}  # cookie -> [streams joined so far, asyncio.Event set at each join], on the controller
 _cpu_at_start = None
 
 
@@ -302,6 +304,7 @@ def client_counts(results):
 
 
 async def _close_streams(cookie):
+    _ended.append(cookie)
     for stream in _streams.pop(cookie, {}).values():
         await stream.close()
 
@@ -427,7 +430,7 @@ async def serve_connection(conn):
         verdict = await smp.submit_to(0, _classify, cookie, smp.this_shard(), key, conn.peer_address[1])
         if verdict[0] == "control":
             await run_test(conn, reader, cookie)
-        elif verdict[0] == "stream":
+        elif verdict[0] == "stream" and cookie not in _ended:
             stream = _Stream(conn)
             _streams.setdefault(cookie, {})[key] = stream
             keep = True

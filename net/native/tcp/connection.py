@@ -44,8 +44,8 @@ after a retransmission timeout, RFC 5681 go-back-N with SACKed ranges skipped).
 import enum
 from bisect import bisect_right
 from collections import Counter
-from operator import itemgetter
 from dataclasses import dataclass, replace
+from operator import itemgetter
 
 from ..wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, TcpSegment
 from . import congestion
@@ -2086,7 +2086,7 @@ class Connection:
             top = una - 1 if top is None or top < una else top - 1  # the highest delivered octet
             i = bisect_right(new, top, key=_entry_start) - 1
             if i >= 0 and top < new[i][1] and (point is None or new[i][3] > point[1]):
-                start, end, sent, serial = new[i]
+                sent, serial = new[i][2], new[i][3]
                 point = (sent, serial, now - sent)
             if i >= 0:
                 del new[:i + 1]  # older than any point to come
