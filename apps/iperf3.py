@@ -14,7 +14,9 @@ IPERF_DONE. Parameters and results are JSON after a 4-octet big-endian length. A
 with ``iperf3 -s``, one test runs at a time: another client is told ACCESS_DENIED.
 What this server does not do (UDP, SCTP, --bidir, -R with -n or -k, authentication)
 is refused with SERVER_ERROR and iperf3's IEUNIMP, which the client prints as "an
-option you are trying to set is not implemented yet".
+option you are trying to set is not implemented yet". The socket settings a client
+asks of the server's side (-w, -M, -S, -C) are not applied there, and
+--get-server-output gets no text: the client runs and reports as usual.
 
 Sharding: every shard listens on the port, and the kernel (posix, SO_REUSEPORT) or
 the NIC queue (native) picks the shard of each connection, so the control
