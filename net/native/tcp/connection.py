@@ -2108,12 +2108,14 @@ class Connection:
         if board.dup_thresh > DUP_THRESH and min_rtt is not None:
             reo_wnd = min(min_rtt / 4, self.rtt.srtt)
         _sent, last, rack_rtt = point
-        for entry in list(waiting):
+        self._rack_rxt = []
+        for entry in waiting:
             start, end, sent, serial = entry
             if serial < last and sent + rack_rtt + reo_wnd <= now:
-                waiting.remove(entry)
                 self._rack_lost.append((start, end))
                 self.counters["rack-lost-retransmit"] += 1
+            else:
+                self._rack_rxt.append(entry)
 
     def _rack_range(self):
         """The next piece (at most one MSS, not SACKed) of a retransmission RACK found
