@@ -27,7 +27,9 @@ the sum; the split between driver and device is Linux's). The IP identifications
 the segments the kernel cuts count up from the first one's, as the stack's would.
 
 Frames that are not TCP/IPv4 data (ARP, ICMP, UDP, pure ACKs, fragments, SYN, FIN, RST)
-go out alone, behind an all-zero header ("nothing to do").
+go out alone, behind an all-zero header ("nothing to do"), and so does a frame whose
+``alone`` attribute is true (`Packet.alone`: TCP's retransmissions, which must not share
+one fate).
 
 On receive, the kernel's header says how far the frame is finished: ``NEEDS_CSUM``
 means the transport checksum holds only the pseudo-header sum, to be completed from
@@ -172,7 +174,8 @@ def coalesce(frames, buffers):
             continue
         first = bufs[0]
         # a run starts with a full segment without PSH: test its flags octet before the rest
-        info = _tcp_info(first) if i + 1 < n and len(first) > 47 and first[47] == _ACK else None
+        info = _tcp_info(first) if i + 1 < n and len(first) > 47 and first[47] == _ACK \
+            and not getattr(frame, "alone", False) else None
         if info is None:
             out.append(([PLAIN, *bufs], 1))
             i += 1
@@ -186,7 +189,7 @@ def coalesce(frames, buffers):
         last_flags = flags
         j = i + 1
         while j < n and last_flags == _ACK:
-            if getattr(frames[j], "gso_size", 0):
+            if getattr(frames[j], "gso_size", 0) or getattr(frames[j], "alone", False):
                 break
             nbufs = buffers(frames[j])
             nxt = nbufs[0]

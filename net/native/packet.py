@@ -24,7 +24,9 @@ how IPv4 fragmentation splits a payload without copying it.
 `gso_size` (0: none) marks a TCP segment larger than the path allows that the device
 is to cut (TSO, when ``device.offloads.tso``): the payload size of each segment it
 stands for. IPv4 then sends the packet whole instead of fragmenting it, and the
-driver describes it to the device (`shoal.drivers.vnet`).
+driver describes it to the device (`shoal.drivers.vnet`). `alone` asks a driver that
+merges consecutive segments into super-frames (`shoal.drivers.vnet.coalesce`) to send
+this one as a frame of its own: TCP marks its retransmissions so (`TcpLayer.send_segment`).
 """
 
 DEFAULT_HEADROOM = 128
@@ -37,7 +39,7 @@ _new = object.__new__
 class Packet:
     """A frame or datagram under construction or in flight (see the module docstring)."""
 
-    __slots__ = ("buf", "head", "frags", "_size", "_release", "_refs", "gso_size", "checksum_verified")
+    __slots__ = ("buf", "head", "frags", "_size", "_release", "_refs", "gso_size", "checksum_verified", "alone")
 
     def __init__(self, payload=None, headroom=DEFAULT_HEADROOM, release=None):
         self.buf = bytearray(headroom) if headroom else _EMPTY
@@ -53,6 +55,7 @@ class Packet:
         self._refs = 1
         self.gso_size = 0
         self.checksum_verified = False
+        self.alone = False
 
     @classmethod
     def wrap(cls, data, release=None, checksum_verified=False):
@@ -72,6 +75,7 @@ class Packet:
         p._refs = 1
         p.gso_size = 0
         p.checksum_verified = checksum_verified
+        p.alone = False
         return p
 
     def __len__(self):

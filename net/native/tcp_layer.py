@@ -655,6 +655,11 @@ class TcpLayer:
 
         A payload longer than `mss` (the sending connection's) is a TSO segment: the
         packet's ``gso_size`` tells the device to cut it into `mss`-sized segments.
+        A retransmission (``seg.resent``) goes as a frame of its own (``Packet.alone``):
+        merged with its neighbours into one super-frame, a burst of them shares one fate,
+        and one drop on the way (a queue, a filter: the receiving kernel sees one packet)
+        loses them all and leaves nothing to draw an ACK before the RTO (4 of 12 RTOs
+        traced in downloads by the kernel over a TAP with 2 % loss each way).
         `df`: the IPv4 Don't Fragment flag, for the connection's path MTU discovery.
         """
         self.stats["segments-sent"] += 1
@@ -665,6 +670,8 @@ class TcpLayer:
         if tso:
             pkt.gso_size = mss
             self.stats["tso-segments-sent"] += 1
+        elif seg.resent:
+            pkt.alone = True
         # the header into the headroom, its checksum over the payload, which stays a fragment
         # (for a TSO segment the device computes the checksum of each piece it cuts)
         wire_tcp.emit_header(pkt.buf, pkt.prepend(wire_tcp.header_len(seg)), seg, self.ipv4.address, dst,

@@ -127,6 +127,19 @@ def test_frames_that_cannot_be_segments_of_the_run_end_it(breaker):
         bytes(b) for b in odd)
 
 
+class _Alone(list):
+    """A frame the stack marked to go as a frame of its own (`Packet.alone`: a TCP retransmission)."""
+    alone = True
+
+
+def test_a_frame_marked_alone_neither_starts_nor_joins_a_run():
+    frames, _ = stream(6, last_flags=ACK)
+    frames[0], frames[3] = _Alone(frames[0]), _Alone(frames[3])
+    writes = vnet.coalesce(frames, buffers)
+    assert [n for _, n in writes] == [1, 2, 1, 2]
+    assert writes[0][0][0] == vnet.PLAIN and writes[2][0][0] == vnet.PLAIN
+
+
 def test_psh_or_a_short_segment_ends_a_run():
     a, _ = stream(3, last_flags=ACK | PSH)
     b, _ = stream(3, start=1000 + 3 * 1448, last_flags=ACK)

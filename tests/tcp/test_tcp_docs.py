@@ -15,11 +15,12 @@ def doc_text():
 
 
 def test_every_named_test_exists():
-    """Names are `file::function` of tests/tcp (the machine) or tests/native (the stack)."""
+    """Names are `file::function` of tests/tcp (the machine), tests/native (the stack) or
+    tests/drivers (what a device does with TCP's segments)."""
     refs = re.findall(r"`(test_\w+\.py)::(\w+)`", doc_text())
     assert len(refs) > 80
     for fname, name in refs:
-        paths = [ROOT / "tests" / layer / fname for layer in ("tcp", "native")]
+        paths = [ROOT / "tests" / layer / fname for layer in ("tcp", "native", "drivers")]
         assert any(p.exists() and f"def {name}(" in p.read_text() for p in paths), \
             f"docs/tcp.md names missing test {fname}::{name}"
 

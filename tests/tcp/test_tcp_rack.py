@@ -1,4 +1,5 @@
-"""RACK's loss rule for retransmissions in SACK recovery (RFC 8985 6.2, `Connection._rack_detect`)."""
+"""RACK's loss rule for retransmissions in SACK recovery and after an RTO (RFC 8985 6.2,
+`Connection._rack_detect`), and what counts as a duplicate ACK with SACK (RFC 6675 section 2)."""
 import pytest
 
 from tcp_harness import ACK, IRS, ISS, SYN, T0, Sim, TcpConfig, pull, send_seg, seg, syn_sent
@@ -19,8 +20,8 @@ def rack_conn(**kw):
     return conn
 
 
-def sacks(conn, blocks, now):
-    send_seg(conn, seg(IRS + 1, BASE, ACK, sack=tuple((BASE + a, BASE + b) for a, b in blocks)), now)
+def sacks(conn, blocks, now, ack=0, window=65535):
+    send_seg(conn, seg(IRS + 1, BASE + ack, ACK, window, sack=tuple((BASE + a, BASE + b) for a, b in blocks)), now)
 
 
 def sent(segs):
@@ -119,3 +120,87 @@ def test_no_retransmission_timeout_at_two_percent_loss(seed):
     sim = Sim(seed=seed, loss=0.02)
     client, server = transfer(sim, 300_000, 30_000, TcpConfig(msl=1.0))
     assert client.counters["rto"] + server.counters["rto"] == 0
+
+
+def test_sack_blocks_with_new_octets_are_duplicate_acks_whatever_the_window():
+    """RFC 6675 section 2: with SACK, an ACK is a duplicate when its blocks report octets not
+    SACKed before. A Linux receiver's window moves with nearly every ACK as its application
+    reads; under RFC 5681's rule (window unchanged) these three ACKs counted for nothing, and
+    the lost first segment waited for the RTO."""
+    conn = rack_conn()
+    t = T0 + 1
+    conn.send(b"z" * 6000)
+    assert len(pull(conn, t)) == 6
+    for n, window in ((2, 64000), (3, 62000), (4, 65000)):
+        sacks(conn, [(1000, n * 1000)], t + RTT, window=window)
+    assert conn.dupacks == 3 and conn.recovery == "sack"
+    assert sent(pull(conn, t + RTT))[0] == (0, 1000)
+
+
+def test_an_ack_repeating_known_sack_blocks_is_no_duplicate():
+    """The same blocks again (no new octets SACKed, as a window update or a duplicate of the
+    ACK would carry) are not a duplicate ACK under RFC 6675's definition."""
+    conn = rack_conn()
+    t = T0 + 1
+    conn.send(b"z" * 6000)
+    pull(conn, t)
+    for _ in range(4):
+        sacks(conn, [(1000, 2000)], t + RTT)
+    assert conn.dupacks == 1 and conn.recovery is None
+
+
+def test_after_an_rto_a_lost_retransmission_goes_again_when_later_ones_are_delivered():
+    """After an RTO no SACK recovery may start before everything then outstanding is
+    acknowledged (RFC 6675 5.1), and the text goes again from SND.UNA. When one of those
+    retransmissions is lost too and one sent after it is SACKed a round trip later, RACK
+    (RFC 8985 6.2) finds it lost and it goes again at once, not at the next, backed-off RTO."""
+    conn = rack_conn(tail_loss_probe=False)  # (the probe would come before the RTO)
+    t = T0 + 1
+    conn.send(b"z" * 6000)
+    assert len(pull(conn, t)) == 6
+    t_rto = conn.rto_at
+    conn.poll(t_rto)
+    assert conn.counters["rto"] == 1
+    assert sent(pull(conn, t_rto)) == [(0, 1000)]  # cwnd: one segment
+    t1 = t_rto + RTT
+    send_seg(conn, seg(IRS + 1, BASE + 1000, ACK), t1)
+    assert sent(pull(conn, t1)) == [(1000, 1000), (2000, 1000)]
+    t2 = t1 + RTT
+    sacks(conn, [(2000, 3000)], t2, ack=1000)  # 1000-2000 was lost again
+    assert conn.recovery is None and conn.counters["rack-lost-retransmit"] == 1
+    out = sent(pull(conn, t2))
+    assert out[0] == (1000, 1000)
+    assert conn.counters["rto"] == 1 and conn.retries == 0
+
+
+def test_after_an_rto_a_retransmission_still_in_flight_is_not_resent():
+    """Only what went before the delivered retransmission is lost: the one sent after it
+    (still in flight) does not go again."""
+    conn = rack_conn(tail_loss_probe=False)
+    t = T0 + 1
+    conn.send(b"z" * 6000)
+    pull(conn, t)
+    t_rto = conn.rto_at
+    conn.poll(t_rto)
+    pull(conn, t_rto)
+    t1 = t_rto + RTT
+    send_seg(conn, seg(IRS + 1, BASE + 1000, ACK), t1)
+    pull(conn, t1)
+    t2 = t1 + RTT
+    send_seg(conn, seg(IRS + 1, BASE + 2000, ACK), t2)  # 1000-2000 arrived, cwnd 3
+    assert sent(pull(conn, t2)) == [(3000, 1000), (4000, 1000)]
+    t3 = t2 + RTT
+    sacks(conn, [(3000, 4000)], t3, ack=2000)  # 2000-3000 (sent at t1) lost; 4000-5000 sent after 3000-4000
+    assert conn._rack_lost == [(BASE + 2000, BASE + 3000)]
+    out = sent(pull(conn, t3))
+    assert out[0] == (2000, 1000) and (4000, 1000) not in out
+
+
+def test_a_lost_retransmission_waiting_for_cwnd_after_an_rto_leaves_no_idle_pull():
+    """Sim seed 27 over 20 % loss: after an RTO, RACK found a retransmission lost while no
+    SACK block was left and cwnd was full. The predicted pull then ran and sent nothing
+    though `wants_transmit` said there was work; the Sim asserts that the two agree (a
+    device poller would spin). RACK's lists now keep the pull on the full path."""
+    sim = Sim(seed=27, loss=0.2, reorder=0.02, dup=0.02, corrupt=0.01, rate=1e9, queue=512)
+    client, server = transfer(sim, 300_000, 300_000, TcpConfig(msl=1.0, min_rto=0.2), max_time=1e5)
+    assert client.counters["rack-lost-retransmit"] + server.counters["rack-lost-retransmit"] > 0

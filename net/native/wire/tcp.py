@@ -79,11 +79,13 @@ class TcpSegment:
     `payload` is a memoryview (or bytes) of the data; it is not copied by `parse`.
     `ect` is not a header field: it is the connection's hint to the IP layer that
     this segment may carry the ECT(0) codepoint (RFC 3168 section 6.1.1); it takes
-    no part in comparisons.
+    no part in comparisons. Nor is `resent`: the connection's mark on text sent
+    before, for the device to send as a frame of its own (`Packet.alone`).
     """
 
     __slots__ = ("src_port", "dst_port", "seq", "ack", "flags", "window", "urgent",
-                 "mss", "wscale", "sack_permitted", "timestamp", "sack", "payload", "ect")
+                 "mss", "wscale", "sack_permitted", "timestamp", "sack", "payload", "ect",
+                 "resent")
 
     def __init__(self, src_port=0, dst_port=0, seq=0, ack=0, flags=0, window=0, urgent=0,
                  mss=None, wscale=None, sack_permitted=False, timestamp=None, sack=(),
@@ -102,6 +104,7 @@ class TcpSegment:
         self.sack = sack
         self.payload = payload
         self.ect = False
+        self.resent = False
 
     @property
     def seg_len(self):
@@ -131,7 +134,7 @@ class TcpSegment:
         if not isinstance(other, TcpSegment):
             return NotImplemented
         return all(getattr(self, a) == getattr(other, a) for a in self.__slots__
-                   if a != "payload" and a != "ect") \
+                   if a != "payload" and a != "ect" and a != "resent") \
             and bytes(self.payload) == bytes(other.payload)
 
     __hash__ = None
