@@ -126,6 +126,23 @@ def test_receiver_sends_sack_blocks_most_recent_first():
     assert a3.ack == IRS + 201 and a3.sack == ((IRS + 301, IRS + 401),)
 
 
+def test_receiver_repeats_the_blocks_it_reported_last_before_older_ones():
+    """RFC 2018 section 4: after the block of the segment that triggered the ACK come the
+    blocks that went first in the latest ACKs, so each block is reported in at least three
+    successive ACKs: the lowest ranges do not crowd out what the sender last heard of.
+    Six islands, each newer one higher; then a segment joins the lowest three."""
+    conn = sack_conn()
+    for start in (101, 301, 501, 701, 901, 1101):
+        send_seg(conn, seg(IRS + start, ISS + 1, ACK, payload=b"x" * 100))
+        [ack] = pull(conn)
+    assert ack.sack == ((IRS + 1101, IRS + 1201), (IRS + 901, IRS + 1001), (IRS + 701, IRS + 801),
+                        (IRS + 501, IRS + 601))
+    send_seg(conn, seg(IRS + 201, ISS + 1, ACK, payload=b"y" * 100))
+    [ack] = pull(conn)
+    assert ack.sack == ((IRS + 101, IRS + 401), (IRS + 1101, IRS + 1201), (IRS + 901, IRS + 1001),
+                        (IRS + 701, IRS + 801))
+
+
 def test_duplicate_text_is_reported_once_in_a_dsack_block():
     """RFC 2883: the first SACK block names the duplicate text of the segment just received
     (4.1.1: already acknowledged, wholly or in part), in that ACK only (rule 2)."""

@@ -230,6 +230,17 @@ def test_receive_blocks_order():
     assert receive_blocks(ranges, None, 2) == ((10, 20), (30, 40))
 
 
+def test_receive_blocks_repeat_the_latest_reported_then_go_in_sequence():
+    """RFC 2018 section 4: the triggering segment's block, then those holding the first blocks
+    of the latest earlier ACKs (latest first), then the rest in sequence order; a reported
+    sequence number no range holds any more (acknowledged), or one inside a block already
+    chosen (merged), adds nothing."""
+    ranges = [(Seq(10), Seq(20)), (Seq(30), Seq(40)), (Seq(50), Seq(60)), (Seq(70), Seq(80)), (Seq(90), Seq(100))]
+    assert receive_blocks(ranges, Seq(95), 3, [Seq(72), Seq(55)]) == ((90, 100), (70, 80), (50, 60))
+    assert receive_blocks(ranges, Seq(95), 4, [Seq(91), Seq(5), Seq(35)]) == ((90, 100), (30, 40), (10, 20),
+                                                                            (50, 60))
+
+
 # ------------------------------------------------------------------ ISN (RFC 6528)
 
 

@@ -317,6 +317,7 @@ class Connection:
         self._ofo = []                 # sorted [(Seq start, bytes)] disjoint, not adjacent
         self._ofo_fin = None
         self._recent_ofo = None
+        self._sack_reported = []       # inside the first SACK block of recent ACKs, latest first
         self._dsack = None  # (start, end): duplicate text of the latest segment, for the next ACK only
         self._rcv_unacked = 0
         self._eof = False
@@ -2321,14 +2322,16 @@ class Connection:
             ranges = [(s, s + len(d)) for s, d in self._ofo]
             dsack = self._dsack
             if dsack is None:
-                blocks = receive_blocks(ranges, self._recent_ofo, limit)
+                blocks = receive_blocks(ranges, self._recent_ofo, limit, self._sack_reported)
+                if blocks:
+                    self._sack_reported = [blocks[0][0], *self._sack_reported[:limit - 1]]
             else:
                 # RFC 2883 4: the D-SACK block first, then the out-of-order block holding the
                 # duplicate if there is one (rule 4), then the rest as RFC 2018 orders them;
                 # sent once (rule 2).
                 self._dsack = None
                 self.counters["dsack-sent"] += 1
-                blocks = (dsack,) + receive_blocks(ranges, dsack[0], limit - 1)
+                blocks = (dsack,) + receive_blocks(ranges, dsack[0], limit - 1, self._sack_reported)
             seg.sack = tuple((int(a), int(b)) for a, b in blocks)
         self._ack_sent()
         return seg

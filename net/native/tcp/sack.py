@@ -177,21 +177,33 @@ class Scoreboard:
         return (candidate, 3) if candidate is not None else (None, 0)
 
 
-def receive_blocks(ofo_ranges, recent, limit):
+def receive_blocks(ofo_ranges, recent, limit, reported=()):
     """SACK blocks for an outgoing ACK (RFC 2018 section 4).
 
-    `ofo_ranges` are the receiver's out-of-order ``(start, end)`` ranges; the one
-    containing `recent` (the start of the most recently received segment) goes
-    first, as the RFC requires, then the others up to `limit` blocks.
+    `ofo_ranges` are the receiver's out-of-order ``(start, end)`` ranges. The one
+    containing `recent` (the start of the most recently received segment) goes first,
+    as the RFC requires. Then come the blocks most recently reported: `reported` holds
+    a sequence number inside the first block of each earlier SACK option, the latest
+    first, and the ranges holding them follow in that order (the RFC's SHOULD: every
+    block is then reported in at least three successive ACKs, so a lost ACK does not
+    hide it from the sender, whose RACK would take text it never heard of as lost).
+    The others, in sequence order, fill the rest up to `limit` blocks.
     """
-    first = []
-    rest = []
-    for a, b in ofo_ranges:
-        if recent is not None and a <= recent < b and not first:
-            first.append((a, b))
-        else:
-            rest.append((a, b))
-    return tuple(first + rest)[:limit]
+    out = []
+    for x in (recent, *reported):
+        if x is None:
+            continue
+        for a, b in ofo_ranges:
+            if a <= x < b:
+                if (a, b) not in out:
+                    out.append((a, b))
+                break
+    for r in ofo_ranges:
+        if len(out) >= limit:
+            break
+        if r not in out:
+            out.append(r)
+    return tuple(out[:limit])
 
 
 def dsack_block(sack_blocks, ack):
