@@ -204,3 +204,32 @@ def test_a_lost_retransmission_waiting_for_cwnd_after_an_rto_leaves_no_idle_pull
     sim = Sim(seed=27, loss=0.2, reorder=0.02, dup=0.02, corrupt=0.01, rate=1e9, queue=512)
     client, server = transfer(sim, 300_000, 300_000, TcpConfig(msl=1.0, min_rto=0.2), max_time=1e5)
     assert client.counters["rack-lost-retransmit"] + server.counters["rack-lost-retransmit"] > 0
+
+
+def test_a_recovery_starting_behind_the_last_ones_retransmission_does_not_send_it_twice():
+    """Recovery E1 retransmits a hole (6000) and ends a moment later; the next duplicate ACK
+    starts E2 with that hole still missing, its retransmission less than a round trip on its
+    way. A second copy would come back as a D-SACK that undoes E2 and raises DupThresh for
+    reordering that never happened (RFC 3708's test counts it as this episode's); instead
+    E2 sends no fast retransmit and RACK watches the first copy (RFC 8985 6.2)."""
+    conn = rack_conn()
+    t = T0 + 1
+    conn.send(b"z" * 6000)
+    pull(conn, t - RTT)
+    for n in (2, 3, 4):
+        sacks(conn, [(1000, n * 1000)], t)  # segment 0 lost: E1, RecoveryPoint 6000
+    conn.send(b"y" * 6000)
+    assert sent(pull(conn, t)) == [(0, 1000), (6000, 1000), (7000, 1000), (8000, 1000), (9000, 1000)]
+    t2 = t + RTT
+    sacks(conn, [(1000, 6000), (7000, 8000)], t2)  # the retransmission of 0 is lost too: RACK resends it
+    assert sent(pull(conn, t2))[0] == (0, 1000)
+    sacks(conn, [(1000, 6000), (7000, 10000)], t2 + 0.001)  # 6000 is lost
+    assert sent(pull(conn, t2 + 0.001))[0] == (6000, 1000)
+    t3 = t2 + RTT
+    sacks(conn, [(7000, 10000)], t3, ack=6000)  # 0 arrived: E1 is over
+    assert conn.recovery is None
+    sacks(conn, [(7000, 11000)], t3 + 0.0005, ack=6000)  # E2, with 6000's retransmission on its way
+    assert conn.recovery == "sack" and conn.counters["retransmission-on-its-way"] == 1
+    assert (6000, 1000) not in sent(pull(conn, t3 + 0.0005))
+    send_seg(conn, seg(IRS + 1, BASE + 12000, ACK), t2 + 0.001 + RTT)  # it arrives: everything is in
+    assert conn.recovery is None and conn.counters["dsack-undo"] == 0 and conn.scoreboard.dup_thresh == 3
