@@ -1774,7 +1774,7 @@ class Connection:
             return False  # nothing queued, nothing to retransmit: the request/response idle case
         if self.scoreboard.blocks:
             self._skip_sacked()
-        if self._rack_lost and self.recovery is None and self._in_rto_recovery() and self._rto_resend_room():
+        if self._rack_lost and self._in_rto_recovery() and self._rto_resend_room():
             return True
         if self.recovery == "sack":
             if self.cc.cwnd - self._pipe() >= self.snd_mss and (self._rack_lost or self.scoreboard.next_seg(
