@@ -2,7 +2,8 @@
 import pytest
 
 from tcp_harness import ACK, FIN, IRS, ISS, RST, SYN, T0, State, drive, established, pull, send_seg, seg, syn_sent
-from shoal.net.native.tcp.connection import Event
+from shoal.net.native.tcp.connection import TSO_MAX_PAYLOAD, Event
+from shoal.net.native.wire.tcp import ECE
 
 BASE = ISS + 1
 
@@ -472,3 +473,47 @@ def test_each_response_gets_a_probe_though_the_last_episode_awaits_its_verdict()
     conn.poll(t)
     [probe] = pull(conn, t)
     assert probe.seq == BASE + 500 and conn.counters["tlp-loss-repaired"] == 1
+
+
+def acknowledge_two_gib(conn, now):
+    """Send and acknowledge 2 GiB as 64 KB TSO segments, each ACKed as it goes; returns
+    (the time after, the offset from ISS + 1 reached)."""
+    chunk = memoryview(bytes(1 << 20))
+    end = 0
+    while end < 1 << 31:
+        conn.send(chunk)
+        end = max((s.seq - ISS - 1) % (1 << 32) + len(s.payload) for s in conn.transmit(now, 64))
+        now += 0.001
+        send_seg(conn, seg(IRS + 1, ISS + 1 + end, ACK, 65535), now)
+    return now, end
+
+
+def test_fast_retransmit_still_starts_after_two_gib_without_a_loss():
+    """RecoveryPoint is set at a loss only; left at the ISS, after 2 GiB acknowledged without
+    one it compares as ahead of SND.UNA (sequence numbers wrap, RFC 9293 3.4), and RFC 6582's
+    guard (no recovery before SND.UNA passes it) would then refuse every fast retransmit. It
+    follows SND.UNA once a quarter of the space behind. Then the first segment of the next
+    megabyte is lost."""
+    conn = established(tso_max=TSO_MAX_PAYLOAD, sack=True, window_scaling=True, send_buffer=1 << 20,
+                       peer_window=65535, peer_opts={"sack_permitted": True, "wscale": 7})
+    now, end = acknowledge_two_gib(conn, T0)
+    conn.send(memoryview(bytes(1 << 20)))
+    first, *rest = conn.transmit(now, 64)
+    base = ISS + 1 + end
+    lost = len(first.payload)
+    for n in (1, 2, 3):
+        send_seg(conn, seg(IRS + 1, base, ACK, 65535, sack=((base + lost, base + lost + n * 1460),)), now + 0.01)
+    assert conn.recovery == "sack" and conn.counters["fast-retransmit"] == 1
+
+
+def test_ecn_still_reacts_after_two_gib_without_a_congestion_signal():
+    """The same for ECN's once-per-window point (RFC 3168 6.1.2): after 2 GiB, ECE still
+    reduces cwnd."""
+    conn, _syn = syn_sent(ecn=True, tso_max=TSO_MAX_PAYLOAD, window_scaling=True, send_buffer=1 << 20)
+    send_seg(conn, seg(IRS, ISS + 1, SYN | ACK | ECE, mss=1460, wscale=7))
+    pull(conn)
+    now, end = acknowledge_two_gib(conn, T0)
+    conn.send(memoryview(bytes(1 << 20)))
+    conn.transmit(now, 64)
+    send_seg(conn, seg(IRS + 1, ISS + 1 + end + 1460, ACK | ECE, 65535), now + 0.01)
+    assert conn.counters["ecn-reduction"] == 1

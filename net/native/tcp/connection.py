@@ -55,6 +55,8 @@ from .sack import DUP_THRESH, MAX_DUP_THRESH, Scoreboard, dsack_block, receive_b
 from .sendbuf import SendBuffer
 from .seq import HALF, MASK, Seq, as_seq, seq_max, seq_min, signed_distance
 
+QUARTER = HALF >> 1  # (of the sequence space: `_new_ack`)
+
 DEFAULT_MSS_IPV4 = 536  # MUST-15: assumed when the peer sends no MSS option
 TLP_MIN_PTO = 0.01
 """Floor of the probe timeout: 2*SRTT of a TAP or a LAN is far below the jitter of a busy
@@ -1056,6 +1058,14 @@ class Connection:
             self.snd_nxt = ack
         if self.scoreboard.blocks:
             self.scoreboard.advance(ack)
+        if QUARTER <= (a - self.recover.real) & MASK < HALF and self.recovery is None:
+            # RecoveryPoint (and ECN's) only move at a loss (a congestion signal): left at the
+            # ISS, after 2 GiB acknowledged without one they would compare as ahead of SND.UNA
+            # (sequence space wraps, RFC 9293 3.4), and no fast retransmit, tail loss probe
+            # (or ECN reaction) could start. Once a quarter of the space behind, they follow.
+            self.recover = ack
+        if self.ecn_ok and QUARTER <= (a - self._ecn_recover.real) & MASK < HALF:
+            self._ecn_recover = ack
         # RTT: timestamps (RFC 7323 4.1) or the timed segment, skipped if retransmitted (Karn).
         ts = seg.timestamp
         sample = None
