@@ -2060,9 +2060,7 @@ class Connection:
                 return
             rng = self._rack_range()
             if rng is not None:
-                seg = self._retransmit_range(rng[0], rng[1], now)
-                out.append(seg)
-                self._rack_resent(rng[0] + len(seg.payload) + (1 if seg.flags & FIN else 0))
+                out.append(self._rack_resend(rng, now))
                 continue
             rng, rule = self.scoreboard.next_seg(self.snd_una, self.snd_max, self.high_rxt, mss)
             if rule == 1:
@@ -2115,12 +2113,9 @@ class Connection:
         waits for the next, backed-off RTO while the peer SACKs everything around it.
         The lost ranges have left the network: they do not count as in flight."""
         while len(out) < limit and self._rto_resend_room():
-            rng = self._rack_range()
             high_rxt = self.high_rxt  # (RFC 6675's HighRxt belongs to SACK recovery)
-            seg = self._retransmit_range(rng[0], rng[1], now)
+            out.append(self._rack_resend(self._rack_range(), now))
             self.high_rxt = high_rxt
-            out.append(seg)
-            self._rack_resent(rng[0] + len(seg.payload) + (1 if seg.flags & FIN else 0))
 
     def _rto_resend_room(self):
         """Is there a lost retransmission to send again after an RTO, and cwnd room for it?"""
@@ -2214,7 +2209,7 @@ class Connection:
 
     def _rack_range(self):
         """The next piece (at most one MSS, not SACKed) of a retransmission RACK found
-        lost, or None; `_rack_resent` takes what went out of the list."""
+        lost, or None; `_rack_resend` sends it."""
         lost = self._rack_lost
         while lost:
             start, end = lost[0]
@@ -2230,12 +2225,16 @@ class Connection:
             lost.pop(0)
         return None
 
-    def _rack_resent(self, sent_end):
+    def _rack_resend(self, rng, now):
+        """Retransmit `rng`, from `_rack_range`, and take what went out of RACK's list."""
+        seg = self._retransmit_range(rng[0], rng[1], now)
+        sent_end = rng[0] + len(seg.payload) + (1 if seg.flags & FIN else 0)
         lost = self._rack_lost
         if sent_end < lost[0][1]:
             lost[0] = (sent_end, lost[0][1])
         else:
             lost.pop(0)
+        return seg
 
     def _retransmit_from(self, start, now):
         """Retransmit one segment from `start` (fast retransmit / partial ACK)."""
