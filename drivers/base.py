@@ -128,9 +128,13 @@ def frame_bytes(frame):
 
 def wire_bytes(frame):
     """A frame as one bytes-like object, as it would cross a wire: `frame_bytes`, with the
-    checksum of a `PartialFrame` finished (a capture records this)."""
+    checksum of a `PartialFrame` finished (a capture records this), and that of a transmit
+    frame the stack left to the device (``checksum_partial``: a TCP/IPv4 frame, TCP from
+    offset 34, `shoal.drivers.vnet.PARTIAL_TCP4`)."""
     if type(frame) is PartialFrame:
         return frame.finished()
+    if getattr(frame, "checksum_partial", False):
+        return vnet.complete_checksum(frame_bytes(frame), 34, vnet.TCP_CSUM_OFFSET)
     return frame_bytes(frame)
 
 

@@ -27,7 +27,9 @@ TCP flow as one super-frame (`shoal.drivers.vnet.coalesce`), so the kernel's rec
 path and the wake-up of its reader are paid once per run, not once per segment. The
 device then also offers TSO (``offloads.tso``): a TCP segment the stack built larger
 than the MTU, with the packet's ``gso_size`` set, goes out as one super-frame the
-kernel cuts (`shoal.drivers.vnet.tso`).
+kernel cuts (`shoal.drivers.vnet.tso`). And it finishes TCP checksums
+(``offloads.tx_checksum``): the stack leaves the payload unsummed, and the kernel
+delivers such a frame (``NEEDS_CSUM``: CHECKSUM_PARTIAL) to its TCP as checked.
 With ``rx_offload=True`` (the default, with ``vnet_hdr``) the driver also tells the
 kernel (``TUNSETOFFLOAD``: ``TUN_F_CSUM | TUN_F_TSO4``) that it takes TCP/IPv4
 super-frames and partial checksums, so a bulk transfer towards shoal arrives in
@@ -119,7 +121,7 @@ class TapDevice(Device):
             raise
         self.mac = mac or random_mac(randbytes)
         self.vnet_hdr = vnet_hdr
-        self.offloads = Offloads(rx_checksum=vnet_hdr, tso=vnet_hdr, lro=rx_offload)
+        self.offloads = Offloads(rx_checksum=vnet_hdr, tx_checksum=vnet_hdr, tso=vnet_hdr, lro=rx_offload)
         frame = MAX_GSO_FRAME if rx_offload else ETH_HEADER_LEN + VLAN_TAG_LEN + self.mtu
         self._read_size = frame + (vnet.VNET_HDR_LEN if vnet_hdr else 0)
         self.stats = collections.Counter()
@@ -202,7 +204,7 @@ class TapDevice(Device):
             gso_size = getattr(frame, "gso_size", 0)
             if gso_size:
                 return self._write_each((vnet.tso(frame_buffers(frame), gso_size),))
-            return self._write_each((((vnet.PLAIN, *frame_buffers(frame)), 1),))
+            return self._write_each(((vnet.lone(frame, frame_buffers(frame)), 1),))
         return self._write_each(vnet.coalesce(frames, frame_buffers))
 
     def _write_each(self, writes):
@@ -225,8 +227,12 @@ class TapDevice(Device):
                 stats["tx_frames"] += n
                 if n > 1:
                     stats["tx_super_frames"] += 1
-                elif bufs[0] is not vnet.PLAIN and self.vnet_hdr:
-                    stats["tx_tso_frames"] += 1
+                elif self.vnet_hdr:
+                    head = bufs[0]
+                    if head is vnet.PARTIAL_TCP4:
+                        stats["tx_checksum_partial"] += 1
+                    elif head is not vnet.PLAIN:
+                        stats["tx_tso_frames"] += 1
             taken += n
         return taken
 

@@ -29,7 +29,10 @@ the segments the kernel cuts count up from the first one's, as the stack's would
 Frames that are not TCP/IPv4 data (ARP, ICMP, UDP, pure ACKs, fragments, SYN, FIN, RST)
 go out alone, behind an all-zero header ("nothing to do"), and so does a frame whose
 ``alone`` attribute is true (`Packet.alone`: TCP's retransmissions, which must not share
-one fate).
+one fate). A TCP frame that goes alone with its checksum left partial
+(``checksum_partial``, the stack's segments when the device offers ``tx_checksum``) goes
+behind `PARTIAL_TCP4` instead: ``NEEDS_CSUM`` from the TCP header on, and the kernel,
+which delivers it to its own TCP as already checked (CHECKSUM_PARTIAL), never sums it.
 
 On receive, the kernel's header says how far the frame is finished: ``NEEDS_CSUM``
 means the transport checksum holds only the pseudo-header sum, to be completed from
@@ -55,6 +58,10 @@ PLAIN = bytes(VNET_HDR_LEN)
 
 TCP_CSUM_OFFSET = 16
 """``csum_offset`` of a TCP segment: its checksum field's place in the TCP header (UDP's is 6)."""
+
+PARTIAL_TCP4 = VNET_HDR.pack(F_NEEDS_CSUM, GSO_NONE, 34 + TCP_CSUM_OFFSET + 2, 0, 34, TCP_CSUM_OFFSET)
+"""The header of one TCP/IPv4 frame (untagged, no IP options: TCP from offset 34) whose
+checksum field holds the pseudo-header sum, for the kernel to finish."""
 
 MAX_IP_LEN = 0xFFFF
 _ACK = 0x10
@@ -134,6 +141,11 @@ def _super_header(first, thl, total_payload, last_flags):
     return hdr
 
 
+def lone(frame, bufs):
+    """The iovecs that write `frame` (its buffers `bufs`) as one frame of its own."""
+    return [PARTIAL_TCP4 if getattr(frame, "checksum_partial", False) else PLAIN, *bufs]
+
+
 def tso(bufs, gso_size):
     """The write for one frame the stack built larger than the MTU (``gso_size`` set).
 
@@ -177,7 +189,7 @@ def coalesce(frames, buffers):
         info = _tcp_info(first) if i + 1 < n and len(first) > 47 and first[47] == _ACK \
             and not getattr(frame, "alone", False) else None
         if info is None:
-            out.append(([PLAIN, *bufs], 1))
+            out.append((lone(frame, bufs), 1))
             i += 1
             continue
         thl, gso_size, seq, flags = info
@@ -208,7 +220,7 @@ def coalesce(frames, buffers):
             if plen < gso_size:
                 break
         if j == i + 1:
-            out.append(([PLAIN, *bufs], 1))
+            out.append((lone(frame, bufs), 1))
             i += 1
             continue
         vnet = VNET_HDR.pack(F_NEEDS_CSUM, GSO_TCPV4, hl, gso_size, 34, 16)

@@ -45,12 +45,13 @@ from .arp import BROADCAST_IP
 from .packet import Packet
 from .wire import WireError
 from .wire import ipv4 as wire_ipv4
-from .wire.checksum import checksum
+from .wire.checksum import checksum, sum_chunks
 
 _FRAGMENT_OVERHEAD = 64  # bytes charged per stored fragment on top of its data
 _NEXT_HOPS_KEPT = 4096
 """Destinations whose next hop `Ipv4.send` remembers; the memo is emptied when full."""
 _U16 = struct.Struct("!H")
+_TCP_CHECKSUM_FIELD = 16  # the checksum's offset in a TCP header (RFC 9293 3.1)
 
 
 def _is_multicast(addr):
@@ -69,6 +70,16 @@ class _Reassembly:
         self.head = None  # its bytes, for the reassembled datagram and ICMP quotes
         self.poisoned = False
         self.size = 0  # bytes charged against the memory cap
+
+
+
+def _finish_tcp_checksum(packet):
+    """Complete the TCP checksum of a `Packet.checksum_partial` segment (its header region is
+    the TCP header): the field holds the pseudo-header sum, so the sum of the segment with
+    it in place is the sum the checksum complements (RFC 9293 3.1)."""
+    at = packet.head + _TCP_CHECKSUM_FIELD
+    packet.buf[at:at + 2] = (~sum_chunks(packet.views()) & 0xFFFF).to_bytes(2, "big")
+    packet.checksum_partial = False
 
 
 class Ipv4:
@@ -132,7 +143,7 @@ class Ipv4:
 
     # -- output ----------------------------------------------------------------------
 
-    def send(self, packet, dst, proto, now, *, ttl=None, df=False, tos=0, on_error=None):
+    def send(self, packet, dst, proto, now, ttl=None, df=False, tos=0, on_error=None):
         """Send `packet` (the transport header and data) to `dst`; takes ownership of it.
 
         Failures that are known at once (no route, too big with DF) and later ones (ARP
@@ -169,6 +180,8 @@ class Ipv4:
             return self._fail(packet, "too-big", on_error, errno.EMSGSIZE, "message too long")
         if on_error is not None:
             on_error = _once(on_error)
+        if packet.checksum_partial:
+            _finish_tcp_checksum(packet)  # no device finishes a checksum cut across fragments
         chunk = (self.mtu - wire_ipv4.HEADER_LEN) & ~7  # RFC 791: offsets count 8-octet blocks
         all_queued = True
         for off in range(0, size, chunk):

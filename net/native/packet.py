@@ -27,6 +27,9 @@ stands for. IPv4 then sends the packet whole instead of fragmenting it, and the
 driver describes it to the device (`shoal.drivers.vnet`). `alone` asks a driver that
 merges consecutive segments into super-frames (`shoal.drivers.vnet.coalesce`) to send
 this one as a frame of its own: TCP marks its retransmissions so (`TcpLayer.send_segment`).
+`checksum_partial` marks a TCP segment (no `gso_size`: a TSO segment's checksum is always
+the device's) whose checksum field holds only the pseudo-header sum, for the device to
+finish (``device.offloads.tx_checksum``).
 """
 
 DEFAULT_HEADROOM = 128
@@ -39,7 +42,8 @@ _new = object.__new__
 class Packet:
     """A frame or datagram under construction or in flight (see the module docstring)."""
 
-    __slots__ = ("buf", "head", "frags", "_size", "_release", "_refs", "gso_size", "checksum_verified", "alone")
+    __slots__ = ("buf", "head", "frags", "_size", "_release", "_refs", "gso_size", "checksum_verified", "alone",
+                 "checksum_partial")
 
     def __init__(self, payload=None, headroom=DEFAULT_HEADROOM, release=None):
         self.buf = bytearray(headroom) if headroom else _EMPTY
@@ -56,6 +60,7 @@ class Packet:
         self.gso_size = 0
         self.checksum_verified = False
         self.alone = False
+        self.checksum_partial = False
 
     @classmethod
     def wrap(cls, data, release=None, checksum_verified=False):
@@ -76,6 +81,7 @@ class Packet:
         p.gso_size = 0
         p.checksum_verified = checksum_verified
         p.alone = False
+        p.checksum_partial = False
         return p
 
     def __len__(self):

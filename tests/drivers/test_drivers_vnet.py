@@ -212,3 +212,52 @@ def test_a_tso_syn_or_non_tcp_frame_is_written_plain():
     for frame in (syn, arp):
         iovecs, n = vnet.tso(frame, 1448)
         assert (iovecs[0], n, iovecs[1:]) == (vnet.PLAIN, 1, list(frame))
+
+
+class Partial(list):
+    """A scatter-list frame whose TCP checksum the stack left to the device (`Packet.checksum_partial`)."""
+
+    checksum_partial = True
+
+
+def partial_frame(seq, payload, flags=ACK | PSH):
+    """`tcp_frame` with only the pseudo-header sum in its checksum field, as the stack
+    builds it for a device that finishes checksums (``offloads.tx_checksum``)."""
+    header, *rest = tcp_frame(seq, payload, flags)
+    header = bytearray(header)
+    seg_len = len(header) - 34 + len(payload)
+    struct.pack_into("!H", header, 50, inet_sum(SRC_IP + DST_IP + struct.pack("!BBH", 0, 6, seg_len)))
+    return Partial([bytes(header), *rest])
+
+
+def test_a_partial_frame_that_goes_alone_asks_the_kernel_to_finish_its_checksum():
+    """An ACK, a lone short segment and a retransmission: each goes behind `PARTIAL_TCP4`,
+    and the kernel's completion gives the checksum a whole-frame sum gives."""
+    ack = partial_frame(9, b"", ACK)
+    short = partial_frame(10, b"r" * 77)
+    resent = partial_frame(3000, b"x" * 1448, ACK)
+    resent.alone = True
+    for frame in (ack, short, resent):
+        (iovecs, n), = vnet.coalesce([frame], buffers)
+        assert n == 1 and iovecs[0] is vnet.PARTIAL_TCP4 and iovecs[1:] == list(frame)
+        hdr, finished = kernel_view(iovecs)
+        assert hdr == (vnet.F_NEEDS_CSUM, vnet.GSO_NONE, 34 + 16 + 2, 0, 34, 16)
+        assert finished == b"".join(bytes(b) for b in tcp_frame(*_fields(frame)))
+    assert vnet.lone(short, list(short))[0] is vnet.PARTIAL_TCP4
+    assert vnet.lone(tcp_frame(10, b"r"), [])[0] is vnet.PLAIN
+
+
+def _fields(frame):
+    header = bytes(frame[0])
+    payload = b"".join(bytes(b) for b in frame[1:])
+    return struct.unpack_from("!I", header, 38)[0], payload, header[47]
+
+
+def test_partial_frames_of_one_flow_still_merge_into_a_super_frame():
+    plain, data = stream(4, last_flags=ACK | PSH)
+    frames = [partial_frame(*_fields(f)) for f in plain]
+    (iovecs, n), = vnet.coalesce(frames, buffers)
+    assert n == 4
+    hdr, frame = kernel_view(iovecs)
+    assert hdr[:2] == (vnet.F_NEEDS_CSUM, vnet.GSO_TCPV4)
+    assert check_valid(frame) == (20 + 32 + len(data), 1000, ACK | PSH, data)

@@ -10,7 +10,9 @@ from shoal.net.native.icmp import Icmp
 from shoal.net.native.ipv4 import Ipv4
 from shoal.net.native.packet import Packet
 from shoal.net.native.wire import icmp as wire_icmp
+from shoal.net.native.wire import WireError
 from shoal.net.native.wire import ipv4 as wire_ipv4
+from shoal.net.native.wire import tcp as wire_tcp
 
 US, PEER, GW, FAR = 0x0A000001, 0x0A000002, 0x0A0000FE, 0x08080808
 MASK = 0xFFFFFF00
@@ -108,6 +110,36 @@ def test_fragmentation_shares_payload_and_reassembles():
         _rx(rx, raw)
     (h, data), = got
     assert data == payload and h.total_len == 4020 and not h.mf and rx.memory_used == 0 and rx.reassemblies == 0
+
+
+def test_a_segment_left_to_the_device_to_checksum_is_finished_before_it_is_fragmented():
+    """A TCP segment whose checksum field holds the pseudo-header sum (`Packet.checksum_partial`,
+    for a device with ``tx_checksum``) cannot be finished by the device once cut into
+    fragments: IPv4 finishes it first, and the reassembled segment verifies."""
+    payload = bytes(random.Random(2).randbytes(3000))
+    seg = wire_tcp.TcpSegment(40000, 80, 1, 2, wire_tcp.ACK, 100, timestamp=(3, 4), payload=payload)
+    ip, _ = _ip(mtu=1500)
+    pkt = Packet(payload)
+    pkt.checksum_partial = True
+    wire_tcp.emit_header(pkt.buf, pkt.prepend(32), seg, US, PEER, None, True)
+    assert not _tcp_ok(bytes(pkt.linearize()), US, PEER)  # partial: no receiver would take it
+    ip.send(pkt, PEER, 6, 0.0)
+    assert len(ip.l2.out) == 3
+    rx, got = _ip(address=PEER)
+    rx.handlers[6] = rx.handlers[17]
+    for raw, _ in ip.l2.out:
+        _rx(rx, raw)
+    (h, data), = got
+    assert h.proto == 6 and _tcp_ok(bytes(data), US, PEER)
+    assert bytes(wire_tcp.parse(bytes(data), US, PEER).payload) == payload
+
+
+def _tcp_ok(segment, src, dst):
+    try:
+        wire_tcp.parse(segment, src, dst)
+    except WireError:
+        return False
+    return True
 
 
 def test_tso_super_segment_goes_whole_and_reserves_one_ident_per_segment():

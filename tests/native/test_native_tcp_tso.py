@@ -1,6 +1,8 @@
 """TSO through the whole native stack, on the virtual clock: the layer turns it on for a
 device that offers it, marks super-segments with ``gso_size``, and the data arrives intact
-through a device that cuts them (as the TAP's kernel does) even over a faulty wire.
+through a device that cuts them (as the TAP's kernel does) even over a faulty wire. The
+same device finishes the checksums of the other segments (``tx_checksum``), which the
+stack then leaves partial (`Packet.checksum_partial`).
 
 The virtual wire itself offers no TSO, so there every segment stays within one MSS.
 """
@@ -8,7 +10,7 @@ import asyncio
 import random
 import struct
 
-from shoal.drivers.base import DeviceWrapper, Offloads, frame_bytes
+from shoal.drivers.base import DeviceWrapper, Offloads, frame_bytes, wire_bytes
 from shoal.drivers.faults import FaultInjector, Faults
 from shoal.drivers.virtual import VirtualWire
 from shoal.net.native.stack import NativeStack
@@ -53,15 +55,30 @@ def cut_frame(frame, gso_size):
 
 
 class CuttingDevice(DeviceWrapper):
-    """Offers TSO and cuts super-frames before they reach the wrapped device."""
+    """Offers TSO and cuts super-frames before they reach the wrapped device; offers
+    ``tx_checksum`` and finishes the TCP checksums the stack left partial."""
 
-    offloads = Offloads(tso=True)
+    offloads = Offloads(tso=True, tx_checksum=True)
 
     def __init__(self, inner):
         super().__init__(inner)
         self.super_frames = 0
         self.sizes = []
         self.alone = 0  # frames marked to go alone (`Packet.alone`: retransmissions)
+        self.finished = 0  # TCP frames whose checksum the stack left to the device
+        self.summed_tcp = 0  # TCP frames the stack summed itself
+
+    def _finish(self, frame):
+        data = bytes(frame_bytes(frame))
+        if data[12:14] != b"\x08\x00" or data[ETH + 9] != 6:
+            return frame
+        if not getattr(frame, "checksum_partial", False):
+            self.summed_tcp += 1
+            return frame
+        ip, segment = wire_ipv4.parse(data[ETH:])
+        assert struct.unpack_from("!H", segment, 16)[0] == pseudo_header_sum(ip.src, ip.dst, 6, len(segment))
+        self.finished += 1
+        return wire_bytes(frame)
 
     def tx_burst(self, frames):
         if not frames:
@@ -75,7 +92,7 @@ class CuttingDevice(DeviceWrapper):
                 self.super_frames += 1
                 self.sizes.append(len(frame) - ETH)
                 self.inner.tx_burst(pieces)  # a full queue drops the rest, like a NIC ring
-            elif not self.inner.tx_burst([frame]):
+            elif not self.inner.tx_burst([self._finish(frame)]):
                 break
             self.alone += bool(getattr(frame, "alone", False))
             taken += 1
@@ -118,6 +135,7 @@ def check_transfer(faults):
             for stack, dev in zip((a, b), devices):
                 stats = stack.counters()["tcp"]["stats"]
                 assert dev.super_frames > 0 and stats["tso-segments-sent"] == dev.super_frames
+                assert dev.finished > 0 and dev.summed_tcp == 0  # every other segment left to the device
                 assert all(n <= 0xFFFF for n in dev.sizes)  # an IPv4 datagram at most
             return a.counters()["tcp"]["stats"], devices[0].sizes, devices[0].alone
         finally:
@@ -132,7 +150,7 @@ def test_super_segments_cut_by_the_device_arrive_intact():
 
 
 def test_super_segments_over_a_lossy_reordering_wire():
-    stats, _sizes, alone = check_transfer(Faults(loss=0.02, reorder=0.02, duplicate=0.01))
+    stats, _sizes, alone = check_transfer(Faults(loss=0.02, reorder=0.02, duplicate=0.01, corrupt=0.01))
     assert stats["retransmit"] > 0
     # each retransmission left as a frame of its own, for a device that merges segments
     # into super-frames (`vnet.coalesce`); nothing else did

@@ -799,9 +799,10 @@ class Connection:
         self._seg_ce = ce
         self._last_rx = now
         self._ka_probes = 0
-        if ts is not None and self.ts_ok and ((seq - self._last_ack_sent.real) & MASK == 0
-                                              or (seq - self._last_ack_sent.real) & MASK >= HALF):
-            self.ts_recent = ts[0]  # RFC 7323 4.3: SEG.SEQ <= Last.ACK.sent
+        if ts is not None and self.ts_ok:
+            d = (seq - self._last_ack_sent.real) & MASK
+            if d == 0 or d >= HALF:
+                self.ts_recent = ts[0]  # RFC 7323 4.3: SEG.SEQ <= Last.ACK.sent
         if acked:
             self._new_ack(as_seq(ack), seg, now)
         wl1 = self.snd_wl1.real
@@ -810,8 +811,8 @@ class Connection:
             self.snd_wnd = wnd = seg.window << self.snd_wscale
             if wnd > self.max_snd_wnd:
                 self.max_snd_wnd = wnd
-            self.snd_wl1 = as_seq(seq)
-            self.snd_wl2 = as_seq(ack)
+            self.snd_wl1 = self.rcv_nxt  # (= SEG.SEQ, the Seq already made: no new one per segment)
+            self.snd_wl2 = self.snd_una if acked else as_seq(ack)  # (`_new_ack` stored SEG.ACK)
             if wnd:
                 self._persist_backoff = 0
         self._probes = 0
@@ -1980,7 +1981,13 @@ class Connection:
         tso = self.config.tso_max
         if (tso >= 2 * mss and at_max and not self._cwr_due
                 and (self.snd_up is None or self.snd_up <= self.snd_nxt)):
-            n = min(tso - tso % mss, avail, wnd_left, cwnd_left)
+            n = tso - tso % mss  # min(that, avail, wnd_left, cwnd_left), without the call
+            if avail < n:
+                n = avail
+            if wnd_left < n:
+                n = wnd_left
+            if cwnd_left < n:
+                n = cwnd_left
             if n > mss:
                 tail = n % mss
                 if tail and not self._small_ok(tail, n == avail, n == wnd_left, False):
@@ -2395,12 +2402,13 @@ class Connection:
         cur = (adv - nxt) & MASK  # RCV.ADV - RCV.NXT, 0 when the edge is behind
         if cur >= HALF:
             cur = 0
-        if avail - cur >= min(buffer // 2, self.rcv_mss):
-            wnd = avail
-        else:
-            wnd = cur
+        step = buffer >> 1  # (no `min`: a builtin's call costs more than the test, per segment)
+        mss = self.rcv_mss
+        wnd = avail if avail - cur >= (step if step < mss else mss) else cur
         shift = self.rcv_wscale
-        value = min((wnd + (1 << shift) - 1) >> shift, 0xFFFF)
+        value = (wnd + (1 << shift) - 1) >> shift
+        if value > 0xFFFF:
+            value = 0xFFFF
         edge = (nxt + (value << shift)) & MASK
         if 0 < (edge - adv) & MASK < HALF:
             self.rcv_adv = as_seq(edge)

@@ -47,10 +47,15 @@ class RttEstimator:
         else:
             if r < self.min_rtt:
                 self.min_rtt = r
-            self.rttvar = (1 - BETA) * self.rttvar + BETA * abs(self.srtt - r)
-            self.srtt = (1 - ALPHA) * self.srtt + ALPHA * r
-        rto = self.srtt + max(self.granularity, K * self.rttvar)
-        self.rto = min(max(rto, self.min_rto), self.max_rto)  # (`_clamp` inline: a sample per ACK)
+            srtt = self.srtt
+            self.rttvar = (1 - BETA) * self.rttvar + BETA * (srtt - r if srtt > r else r - srtt)
+            self.srtt = (1 - ALPHA) * srtt + ALPHA * r
+        # (`_clamp` and `max`, inline without builtin calls: a sample per ACK)
+        var = K * self.rttvar
+        rto = self.srtt + (var if var > self.granularity else self.granularity)
+        if rto < self.min_rto:
+            rto = self.min_rto
+        self.rto = rto if rto < self.max_rto else self.max_rto
         self.backoffs = 0
 
     def backoff(self):
