@@ -275,8 +275,10 @@ class NativeTcpConnection(api.Connection):
                     data = tcp.recv()
                     size = len(data)
                 self._layer.stats["bytes-received"] += size  # (as the posix stack counts them)
-                if tcp.wants_transmit():
-                    self._layer.transmit_due(self)  # the window opened enough for an update
+                if tcp.ack_now:
+                    # the window opened enough for an update (`recv`'s only news: what else
+                    # there was to send, `_changed` saw when it came)
+                    self._layer.transmit_due(self)
                 return data
             if self._exc is not None:
                 raise self._exc
@@ -291,10 +293,15 @@ class NativeTcpConnection(api.Connection):
                 self._reader = None
 
     async def write(self, data):
-        for part in data if type(data) is list or type(data) is tuple else (data,):
-            rest = self._send(part, False)
-            if rest is not None:
-                await self._send_when_writable(rest, False)
+        if type(data) is list or type(data) is tuple:
+            for part in data:
+                rest = self._send(part, False)
+                if rest is not None:
+                    await self._send_when_writable(rest, False)
+            return
+        rest = self._send(data, False)  # (one buffer, the common write: no loop)
+        if rest is not None:
+            await self._send_when_writable(rest, False)
 
     async def _send_when_writable(self, data, borrowed):
         """Queue the rest of a write as the send buffer frees room (back-pressure)."""

@@ -361,7 +361,7 @@ class Connection:
         self._ka_probes = 0
         self._ka_due = False
         self._last_rx = now
-        self._ack_now = False
+        self.ack_now = False  # an ACK is due at the next pull (the layer reads it after a `recv`)
         self._rst_due = None
         self._replies = []
         self._challenge_window = (0.0, 0)
@@ -571,7 +571,7 @@ class Connection:
             cur = (self.rcv_adv.real - self.rcv_nxt.real) & MASK  # RCV.ADV - RCV.NXT, if ahead
             increase = buffer - self._rcvbuf.size - (cur if 0 < cur < HALF else 0)
             if increase >= min(buffer // 2, 2 * self.rcv_mss):
-                self._ack_now = True
+                self.ack_now = True
 
     def close(self):
         """CLOSE (RFC 9293 3.10.4): the application will neither send nor read any more.
@@ -826,7 +826,7 @@ class Connection:
             if 4 * (rcv_wnd - plen) < self.rcv_buffer:
                 self._grow_receive_buffer()
             if self._rcv_unacked >= 2 * self.rcv_mss:
-                self._ack_now = True  # SHLD-19: at least every second full segment
+                self.ack_now = True  # SHLD-19: at least every second full segment
             elif self.delack_at is None:
                 self.delack_at = now + self.config.delayed_ack  # MUST-40
             if _READABLE not in self._events:  # (`_emit`, inline)
@@ -877,7 +877,7 @@ class Connection:
             self._new_ack(Seq(seg.ack), seg, now)
             self.state = ESTABLISHED
             self._emit(Event.CONNECTED)
-            self._ack_now = True
+            self.ack_now = True
             self._last_rx = now
             if self._fin_queued:
                 self.state = FIN_WAIT_1
@@ -897,7 +897,7 @@ class Connection:
         if st is SYN_RECEIVED and flags & SYN and seq == self.irs and not flags & RST:
             if flags & ACK and self.snd_una < Seq(seg.ack) <= self.snd_max:
                 self._established_from_syn_received(seg, now)
-                self._ack_now = True
+                self.ack_now = True
             else:
                 self.snd_nxt = self.snd_una
                 self.counters["syn-ack-retransmit"] += 1
@@ -968,7 +968,7 @@ class Connection:
                 return
         if zero_window_probe:
             self._urgent(seg, seq)
-            self._ack_now = True
+            self.ack_now = True
             if seg.payload:
                 self.drops["zero-window"] += 1
             return
@@ -1332,7 +1332,7 @@ class Connection:
             cut = min(self.rcv_nxt - dseq, len(payload))
             if cut and self.sack_ok:
                 self._dsack = (dseq, dseq + cut)  # RFC 2883 4.1.1: the part already received
-                self._ack_now = True
+                self.ack_now = True
             payload = payload[cut:]
             dseq = dseq + cut
         room = self.rcv_adv - dseq
@@ -1348,7 +1348,7 @@ class Connection:
                 self._dsack_queued(dseq, dseq + len(payload))
             if self._seg_ce and self.ecn_ok:
                 self._ece_pending = True  # RFC 3168 6.1.3
-                self._ack_now = True
+                self.ack_now = True
                 self.counters["ce-received"] += 1
             if dseq == self.rcv_nxt:
                 had_hole = bool(self._ofo)
@@ -1359,18 +1359,18 @@ class Connection:
                     self._grow_receive_buffer()
                 if had_hole:
                     self._drain_ofo()
-                    self._ack_now = True  # RFC 5681 4.2: ACK at once when a hole fills
+                    self.ack_now = True  # RFC 5681 4.2: ACK at once when a hole fills
                 else:
                     self._rcv_unacked += len(payload)
                     if self._rcv_unacked >= 2 * self.rcv_mss:
-                        self._ack_now = True  # SHLD-19: at least every second full segment
+                        self.ack_now = True  # SHLD-19: at least every second full segment
                     elif self.delack_at is None:
                         self.delack_at = now + self.config.delayed_ack  # MUST-40
                 self._emit(Event.READABLE)
             else:
                 self._ofo_insert(dseq, bytes(payload))
                 self._recent_ofo = dseq
-                self._ack_now = True  # RFC 5681 4.2: out-of-order data gets an immediate ACK
+                self.ack_now = True  # RFC 5681 4.2: out-of-order data gets an immediate ACK
                 self.counters["out-of-order"] += 1
         if fin:
             fin_seq = dseq + len(payload)
@@ -1397,7 +1397,7 @@ class Connection:
             lo, hi = seq_max(s, start), seq_min(s + len(d), end)
             if lo < hi:
                 self._dsack = (lo, hi)
-                self._ack_now = True
+                self.ack_now = True
                 return
 
     def _ofo_insert(self, start, data):
@@ -1455,7 +1455,7 @@ class Connection:
         """Eighth step: the FIN (RFC 9293 3.10.7.4)."""
         self.rcv_nxt = self.rcv_nxt + 1
         self._eof = True
-        self._ack_now = True
+        self.ack_now = True
         self._emit(Event.EOF)
         st = self.state
         if st in (SYN_RECEIVED, ESTABLISHED):
@@ -1537,7 +1537,7 @@ class Connection:
                 self.counters["unacceptable-ack-suppressed"] += 1
                 return
             self._unacceptable_ack_at = now
-        self._ack_now = True
+        self.ack_now = True
         self.counters["unacceptable-ack"] += 1
 
     def _challenge_ack(self, now):
@@ -1549,7 +1549,7 @@ class Connection:
             self.drops["challenge-ack-limited"] += 1
             return
         self._challenge_window = (start, count + 1)
-        self._ack_now = True
+        self.ack_now = True
         self.counters["challenge-ack"] += 1
 
     def _queue_reply(self, seg):
@@ -1594,7 +1594,7 @@ class Connection:
             self._retransmission_timeout(now)
         if self.delack_at is not None and now >= self.delack_at:
             self.delack_at = None
-            self._ack_now = True
+            self.ack_now = True
         if self.persist_at is not None and now >= self.persist_at:
             self.persist_at = None
             self._zero_window_probe_due(now)
@@ -1773,7 +1773,7 @@ class Connection:
         st = self.state
         if self._replies or self._rst_due is not None or self._probe_due or self._ka_due:
             return True
-        if self._ack_now and st is not SYN_SENT and st is not CLOSED:
+        if self.ack_now and st is not SYN_SENT and st is not CLOSED:
             return True
         if st in (SYN_SENT, SYN_RECEIVED):
             return self.snd_nxt == self.iss
@@ -1840,7 +1840,7 @@ class Connection:
                              ((int(now * 1000) + self._ts_offset) & MASK, self.ts_recent) if self.ts_ok else None,
                              (), sndbuf.view(off, n))
             # (`_ack_sent`, inline)
-            self._ack_now = False
+            self.ack_now = False
             self.delack_at = None
             self._rcv_unacked = 0
             self._last_ack_sent = self.rcv_nxt
@@ -1854,7 +1854,7 @@ class Connection:
             out.append(seg)
             if flags & PSH:
                 break
-        if self._ack_now and len(out) < limit:
+        if self.ack_now and len(out) < limit:
             out.append(self._segment(self.snd_max, ACK, b"", now))
         self._update_timers(now)
         return out
@@ -1892,7 +1892,7 @@ class Connection:
                 self._ka_due = False
                 # SHLD-12: no data; SEQ = SND.NXT - 1 makes the peer answer with an ACK.
                 out.append(self._segment(self.snd_max - 1, ACK, b"", now))
-        if self._ack_now and len(out) < limit and st is not SYN_SENT:
+        if self.ack_now and len(out) < limit and st is not SYN_SENT:
             out.append(self._segment(self.snd_max, ACK, b"", now))
         self._update_timers(now)
         return out
@@ -2379,7 +2379,7 @@ class Connection:
         return seg
 
     def _ack_sent(self):
-        self._ack_now = False
+        self.ack_now = False
         self.delack_at = None
         self._rcv_unacked = 0
         self._last_ack_sent = self.rcv_nxt

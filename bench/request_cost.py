@@ -1,0 +1,144 @@
+"""What one small request and its response cost the native stack, in CPU instructions.
+
+    python bench/request_cost.py [--requests 1280,3840] [--connections 64]
+
+This machine's timings of the same run vary by up to 2x, which hides a change of a few
+percent. An instruction count does not vary: each row runs a workload under valgrind
+(``--tool=callgrind``, ``PYTHONHASHSEED=0``) at two sizes and divides the difference in
+instructions by the difference in requests, so start-up and imports cancel out.
+
+- ``stacks``: two native stacks on the virtual wire in one process, on the virtual clock
+  of the test suite (`tests/native/test_native_tcp_virtual.two_stacks`); ``--connections``
+  connections take turns sending a 40-octet request and reading a 72-octet response.
+  Everything a request costs both ends is in it: the wire formats, IPv4, ARP, TCP, the
+  connection objects, the application's reads and writes and their futures, the event
+  loop. Half of it is about what one end spends.
+- ``machine``: the TCP state machine alone (`tests/tcp/tcp_harness.established`), one
+  end: the request's segment arrives, the application reads it and writes the
+  response, the response's segment is pulled.
+
+The stack comes from the tree that `shoal` is imported from, so ``PYTHONPATH`` naming
+another checkout (as a folder holding a ``shoal`` link to it) measures that tree.
+Needs valgrind (Debian's ``valgrind`` package).
+"""
+import argparse
+import asyncio
+import datetime
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]  # (bench/http.py)
+
+import shoal.net.native.tcp.connection  # noqa: E402  (the tree's root is three folders up)
+
+ROOT = pathlib.Path(shoal.net.native.tcp.connection.__file__).parents[3]
+REQUEST = b"GET / HTTP/1.1\r\nHost: 10.9.0.2:8000\r\n\r\n"
+RESPONSE = b"HTTP/1.1 200 OK\r\nServer: shoal\r\nContent-Length: 14\r\n\r\nhello, world!\n"
+
+
+def stacks(requests, connections):
+    """`requests` request/response exchanges over `connections` connections."""
+    sys.path.insert(0, str(ROOT / "tests" / "native"))
+    from test_native_tcp_virtual import B_IP, run, two_stacks
+
+    async def main():
+        async with two_stacks() as (a, b, _clock):
+            server = b.listen(("", 8000))
+            serving = []
+
+            async def serve(conn):
+                while await conn.read():
+                    await conn.write(RESPONSE)
+
+            async def accept():
+                while True:
+                    conn, _ = await server.accept()
+                    serving.append(asyncio.ensure_future(serve(conn)))
+
+            acceptor = asyncio.ensure_future(accept())
+            clients = [await a.connect((B_IP, 8000)) for _ in range(connections)]
+
+            async def client(conn, n):
+                for _ in range(n):
+                    await conn.write(REQUEST)
+                    got = 0
+                    while got < len(RESPONSE):
+                        got += len(await conn.read())
+
+            share, extra = divmod(requests, connections)
+            await asyncio.gather(*(client(c, share + (i < extra)) for i, c in enumerate(clients)))
+            for conn in clients:
+                await conn.close()
+            acceptor.cancel()
+            for task in serving:
+                task.cancel()
+    run(main())
+
+
+def machine(requests):
+    """`requests` request/response exchanges through one `tcp.Connection`."""
+    sys.path.insert(0, str(ROOT / "tests" / "tcp"))
+    from tcp_harness import ACK, IRS, LOCAL, PSH, REMOTE, T0, TcpSegment, established
+    conn = established(T0, peer_opts={"timestamp": (1, 0), "sack_permitted": True, "wscale": 7},
+                       timestamps=True, sack=True, window_scaling=True, recv_buffer=1 << 20, send_buffer=1 << 20)
+    now, seq, tsval = T0, IRS + 1, 2
+    for _ in range(requests):
+        now += 0.0001
+        conn.segment_arrived(TcpSegment(REMOTE[1], LOCAL[1], seq, conn.snd_max.real, ACK | PSH, 1000, 0, None,
+                                        None, False, (tsval, (int(now * 1000)) & 0xFFFFFFFF), (),
+                                        memoryview(REQUEST)), now)
+        seq += len(REQUEST)
+        tsval += 1
+        conn.take_events()
+        assert conn.recv() == REQUEST
+        conn.send(RESPONSE)
+        out = conn.transmit(now)
+        assert len(out) == 1 and len(out[0].payload) == len(RESPONSE)
+
+
+def instructions(workload, requests, connections):
+    """Instructions valgrind counts for one run of `workload`."""
+    cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
+           "--worker", workload, "--requests", str(requests), "--connections", str(connections)]
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+    found = re.search(r"Collected : (\d+)", out.stderr)
+    if out.returncode or found is None:
+        raise SystemExit(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", default="1280,3840", help="the two run sizes, small,large")
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--worker", choices=("stacks", "machine"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker is not None:  # one run, under valgrind
+        (stacks(int(args.requests), args.connections) if args.worker == "stacks" else machine(int(args.requests)))
+        return
+    try:
+        small, large = (int(n) for n in args.requests.split(","))
+        if not 0 < small < large or args.connections < 1:
+            raise ValueError
+    except ValueError:
+        ap.error(f"--requests {args.requests!r}: want two sizes, the first smaller; --connections at least 1")
+    if shutil.which("valgrind") is None:
+        ap.error("valgrind is not installed (apt-get install valgrind)")
+    print(f"# Instructions per request ({datetime.datetime.now().isoformat(timespec='seconds')}, tree {ROOT}, "
+          f"{small} and {large} requests, {args.connections} connections)\n")
+    print("| workload | instructions per request |")
+    print("|---|---:|")
+    for workload in ("stacks", "machine"):
+        a = instructions(workload, small, args.connections)
+        b = instructions(workload, large, args.connections)
+        print(f"| {workload} | {(b - a) / (large - small):,.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
