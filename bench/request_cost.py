@@ -1,6 +1,6 @@
 """What one small request and its response cost the native stack, in CPU instructions.
 
-    python bench/request_cost.py [--requests 1280,3840] [--connections 64]
+    python bench/request_cost.py [--requests 1280,3840] [--connections 64] [--loop uvloop]
 
 This machine's timings of the same run vary by up to 2x, which hides a change of a few
 percent. An instruction count does not vary: each row runs a workload under valgrind
@@ -12,7 +12,8 @@ instructions by the difference in requests, so start-up and imports cancel out.
   connections take turns sending a 40-octet request and reading a 72-octet response.
   Everything a request costs both ends is in it: the wire formats, IPv4, ARP, TCP, the
   connection objects, the application's reads and writes and their futures, the event
-  loop. Half of it is about what one end spends.
+  loop (``--loop``: uvloop, as under a shard's reactor by default, where installed, or
+  asyncio's own). Half of it is about what one end spends.
 - ``machine``: the TCP state machine alone (`tests/tcp/tcp_harness.established`), one
   end: the request's segment arrives, the application reads it and writes the
   response, the response's segment is pulled.
@@ -41,10 +42,10 @@ REQUEST = b"GET / HTTP/1.1\r\nHost: 10.9.0.2:8000\r\n\r\n"
 RESPONSE = b"HTTP/1.1 200 OK\r\nServer: shoal\r\nContent-Length: 14\r\n\r\nhello, world!\n"
 
 
-def stacks(requests, connections):
-    """`requests` request/response exchanges over `connections` connections."""
+def stacks(requests, connections, loop):
+    """`requests` request/response exchanges over `connections` connections, on `loop`."""
     sys.path.insert(0, str(ROOT / "tests" / "native"))
-    from test_native_tcp_virtual import B_IP, run, two_stacks
+    from test_native_tcp_virtual import B_IP, two_stacks
 
     async def main():
         async with two_stacks() as (a, b, _clock):
@@ -77,7 +78,12 @@ def stacks(requests, connections):
             acceptor.cancel()
             for task in serving:
                 task.cancel()
-    run(main())
+    factory = None
+    if loop == "uvloop":
+        import uvloop
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())
 
 
 def machine(requests):
@@ -101,10 +107,18 @@ def machine(requests):
         assert len(out) == 1 and len(out[0].payload) == len(RESPONSE)
 
 
-def instructions(workload, requests, connections):
+def _loop_default():
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def instructions(workload, requests, connections, loop):
     """Instructions valgrind counts for one run of `workload`."""
     cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
-           "--worker", workload, "--requests", str(requests), "--connections", str(connections)]
+           "--worker", workload, "--requests", str(requests), "--connections", str(connections), "--loop", loop]
     env = dict(os.environ, PYTHONHASHSEED="0")
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
     found = re.search(r"Collected : (\d+)", out.stderr)
@@ -117,10 +131,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", default="1280,3840", help="the two run sizes, small,large")
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--loop", choices=("asyncio", "uvloop"), default=_loop_default(),
+                    help="event loop of the stacks workload (default: uvloop where installed)")
     ap.add_argument("--worker", choices=("stacks", "machine"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker is not None:  # one run, under valgrind
-        (stacks(int(args.requests), args.connections) if args.worker == "stacks" else machine(int(args.requests)))
+        (stacks(int(args.requests), args.connections, args.loop) if args.worker == "stacks"
+         else machine(int(args.requests)))
         return
     try:
         small, large = (int(n) for n in args.requests.split(","))
@@ -131,12 +148,12 @@ def main(argv=None):
     if shutil.which("valgrind") is None:
         ap.error("valgrind is not installed (apt-get install valgrind)")
     print(f"# Instructions per request ({datetime.datetime.now().isoformat(timespec='seconds')}, tree {ROOT}, "
-          f"{small} and {large} requests, {args.connections} connections)\n")
+          f"{small} and {large} requests, {args.connections} connections, {args.loop})\n")
     print("| workload | instructions per request |")
     print("|---|---:|")
     for workload in ("stacks", "machine"):
-        a = instructions(workload, small, args.connections)
-        b = instructions(workload, large, args.connections)
+        a = instructions(workload, small, args.connections, args.loop)
+        b = instructions(workload, large, args.connections, args.loop)
         print(f"| {workload} | {(b - a) / (large - small):,.0f} |", flush=True)
 
 

@@ -72,7 +72,6 @@ class _Reassembly:
         self.size = 0  # bytes charged against the memory cap
 
 
-
 def _finish_tcp_checksum(packet):
     """Complete the TCP checksum of a `Packet.checksum_partial` segment (its header region is
     the TCP header): the field holds the pseudo-header sum, so the sum of the segment with
