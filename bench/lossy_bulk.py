@@ -88,6 +88,10 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--min-rto", type=float, default=None)
     args = ap.parse_args(argv)
+    if not 0 <= args.loss < 1:
+        ap.error("--loss must be a fraction in [0, 1)")
+    if min(args.size_mb, args.runs, args.rounds) < 1:
+        ap.error("--size-mb, --runs and --rounds must be at least 1")
     size = args.size_mb << 20
     root = tempfile.mkdtemp()
     with open(os.path.join(root, "big.bin"), "wb") as f:
