@@ -73,6 +73,14 @@ class Arp:
 
     # -- cache -----------------------------------------------------------------------
 
+    def fresh(self, ip, now):
+        """The MAC for `ip` while its entry is confirmed and outside its refresh window,
+        else None: what `lookup` would return, without its refresh work (hot path)."""
+        entry = self.cache.get(ip)
+        if entry is not None and not entry[2] and now < entry[1] - self.refresh_window:
+            return entry[0]
+        return None
+
     def lookup(self, ip, now):
         """The MAC for `ip`, or None when unknown or expired; may queue a refresh request."""
         entry = self.cache.get(ip)
@@ -114,10 +122,8 @@ class Arp:
             ethernet.push(packet, ethernet.BROADCAST, self.mac, ethertype)
             self.tx.append(packet)
             return True
-        entry = self.cache.get(next_hop)
-        if entry is not None and not entry[2] and now < entry[1] - self.refresh_window:
-            mac = entry[0]  # fresh: what `lookup` would return, without its refresh work
-        else:
+        mac = self.fresh(next_hop, now)
+        if mac is None:
             mac = self.lookup(next_hop, now)
         if mac is not None:
             _ETH_HEADER.pack_into(packet.buf, packet.prepend(ethernet.HEADER_LEN), mac, self.mac, ethertype)

@@ -45,6 +45,7 @@ from .arp import BROADCAST_IP
 from .packet import Packet
 from .wire import WireError
 from .wire import ipv4 as wire_ipv4
+from .wire import tcp_frame
 from .wire.checksum import checksum, sum_chunks
 
 _FRAGMENT_OVERHEAD = 64  # bytes charged per stored fragment on top of its data
@@ -191,6 +192,28 @@ class Ipv4:
         self.stats["fragmented"] += 1
         packet.release()
         return all_queued
+
+    def send_tcp(self, packet, seg, dst, now, ttl, df, tos, device_checksum):
+        """`send` for the segment of an established connection, with all three headers in one
+        pack (`wire.tcp_frame.emit`): `packet` holds `seg`'s payload, `seg` carries the
+        timestamp option alone, `ttl` is valid (`TcpConfig` checks it). True once the frame
+        is queued for the driver. False, with nothing done, when it must go the long way
+        (`tcp.emit_header`, then `send`): `dst` not yet routed by `send`, its next hop's MAC
+        not fresh (`Arp.fresh`: unknown, or due for a refresh), or the datagram over the MTU.
+        """
+        next_hop = self._next_hops.get(dst)
+        if next_hop is None or len(seg.payload) + tcp_frame.HEADER_LEN - 14 > self.mtu:
+            return False
+        l2 = self.l2
+        mac = l2.fresh(next_hop, now)
+        if mac is None:
+            return False
+        ident = self._ident
+        self._ident = (ident + 1) & 0xFFFF
+        tcp_frame.emit(packet.buf, packet.prepend(tcp_frame.HEADER_LEN), mac, l2.mac, self.address, dst, ident, ttl,
+                       df, tos, seg, device_checksum)
+        l2.tx.append(packet)
+        return True
 
     def _fail(self, packet, reason, on_error, code, text):
         self.tx_drops[reason] += 1

@@ -461,12 +461,15 @@ class NativeStack(api.NetworkStack):
         mac = self.mac
         drops = self.drops
         self.stats["rx-frames"] += len(frames)
-        ipv4_receive = self.ipv4.receive
+        ipv4_receive, tcp_receive_frame = self.ipv4.receive, self.tcp.receive_frame
         wrap, unpack_header = Packet.wrap, ethernet.HEADER.unpack_from
         for frame in frames:
-            packet = wrap(frame, None, isinstance(frame, VerifiedFrame))
+            verified = isinstance(frame, VerifiedFrame)
+            view = frame if type(frame) is memoryview else memoryview(frame)
+            if tcp_receive_frame(view, verified, now):
+                continue  # an established connection's segment (`TcpLayer.receive_frame`): no Packet
+            packet = wrap(view, None, verified)
             try:
-                view = packet.frags[0]
                 if len(view) >= ethernet.HEADER_LEN:
                     # the common frame, decided from one unpack: untagged IPv4 from another
                     # host to our MAC (what `ethernet.parse` and the checks below would pass)

@@ -5,7 +5,11 @@ Theory of operation
 `TcpLayer` joins the sans-I/O machines of `shoal.net.native.tcp` (a `Connection`
 per 4-tuple, a `Listener` per listening port) to one `NativeStack`:
 
-* **Receive.** IPv4 hands every protocol-6 datagram to `receive`. The segment is
+* **Receive.** The stack offers every received frame to `receive_frame` first: an
+  established connection's segment in the common layout (`wire.tcp_frame`) is parsed
+  there with one unpack for its three headers, with the same checks, and goes straight
+  to its connection. Every other frame goes up through Ethernet and IPv4, which hands
+  each protocol-6 datagram to `receive`. The segment is
   parsed with its checksum verified against the pseudo-header (RFC 9293 3.1,
   MUST-3), unless the device already did or vouches for it (the packet's
   ``checksum_verified``: a TAP frame the kernel built); a bad one is counted in
@@ -28,7 +32,10 @@ per 4-tuple, a `Listener` per listening port) to one `NativeStack`:
   An owner that filled the room moves to the back (round robin), one that sent
   less is clean. A segment becomes a `Packet` whose payload is the machine's
   bytes, attached as a fragment; the header is written into the headroom with
-  `wire.tcp.emit_header`, whose checksum covers the payload (no payload copy).
+  `wire.tcp.emit_header`, whose checksum covers the payload (no payload copy), then
+  IPv4 and Ethernet; for the segment of an established connection `Ipv4.send_tcp`
+  writes all three headers in one pack (`wire.tcp_frame.emit`) when the peer's next
+  hop is routed and its ARP entry fresh.
 * **TSO.** When the device offers TCP segmentation (``device.offloads.tso``, the
   TAP with virtio-net headers), every connection's `TcpConfig.tso_max` is set, so
   bulk data leaves as segments of many MSS; `send_segment` marks such a packet
@@ -67,6 +74,7 @@ from .tcp.listener import Listener
 from .tcp.seq import Seq
 from .wire import WireError
 from .wire import tcp as wire_tcp
+from .wire import tcp_frame
 
 PROTO_TCP = 6
 EPHEMERAL = (49152, 65535)
@@ -513,6 +521,23 @@ class TcpLayer:
 
     # -- receive ---------------------------------------------------------------------
 
+    def receive_frame(self, frame, verified, now):
+        """The stack's first look at each received Ethernet frame (a memoryview): take it here
+        if it is an established connection's segment in the common layout
+        (`wire.tcp_frame.parse`: one unpack for the three headers), as IPv4's `receive` and
+        `receive` would. `verified`: the device vouched for the TCP checksum (a
+        `VerifiedFrame`). No `Packet` is made: the frame has no release hook, and what the
+        connection keeps of it holds the frame. False, with nothing done, for every other
+        frame, which goes up the general path."""
+        got = tcp_frame.parse(frame, self.stack.mac, self.ipv4.address, not verified)
+        if got is None:
+            return False
+        self.ipv4.stats["delivered"] += 1
+        self.stats["segments-received"] += 1
+        src, tos, seg = got
+        self._segment(seg, src, tos, now)
+        return True
+
     def receive(self, hdr, datagram, packet, now):
         """IPv4 handler for protocol 6. Never raises on bad input."""
         self.stats["segments-received"] += 1
@@ -527,9 +552,13 @@ class TcpLayer:
         except WireError as e:
             self.drops[e.reason] += 1
             return
+        self._segment(seg, src, hdr.tos, now)
+
+    def _segment(self, seg, src, tos, now):
+        """A valid segment from `src` to our address: its connection, else its listener, else a RST."""
         conn = self.conns.get((seg.dst_port, src, seg.src_port))
         if conn is not None:
-            reopen = conn.tcp.segment_arrived(seg, now, (hdr.tos & 3) == 3)
+            reopen = conn.tcp.segment_arrived(seg, now, (tos & 3) == 3)
             self._changed(conn, now)
             if not reopen:
                 return
@@ -687,6 +716,9 @@ class TcpLayer:
             if seg.resent:
                 pkt.alone = True
             partial = pkt.checksum_partial = self._device_checksum
+            if (seg.timestamp is not None and seg.mss is None and seg.wscale is None and not seg.sack
+                    and not seg.sack_permitted and self.ipv4.send_tcp(pkt, seg, dst, now, ttl, df, tos, partial)):
+                return  # an established connection's segment: all the frame's headers in one pack
         # the header into the headroom, its checksum over the payload, which stays a fragment
         # (or left to the device, which also computes that of each piece of a TSO segment)
         wire_tcp.emit_header(pkt.buf, pkt.prepend(wire_tcp.header_len(seg)), seg, self.ipv4.address, dst,

@@ -719,6 +719,67 @@ def test_states_seen_by_the_layer_match_the_machine():
     run(main())
 
 
+def test_an_established_connection_sends_and_takes_its_frames_in_one_pack(monkeypatch):
+    """Once the handshake has routed the peer and ARP knows it, every segment both ways is
+    built by `wire.tcp_frame.emit` and taken by `wire.tcp_frame.parse` (`Ipv4.send_tcp`,
+    `TcpLayer.receive_frame`), not by the three layers one after the other."""
+    from shoal.net.native.wire import tcp as wire_tcp, tcp_frame
+    calls = {"emit": 0, "parse": 0, "emit_header": 0}
+
+    def counting(name, fn, counts=lambda got: True):
+        def wrapper(*args):
+            got = fn(*args)
+            calls[name] += counts(got)
+            return got
+        return wrapper
+    monkeypatch.setattr(tcp_frame, "emit", counting("emit", tcp_frame.emit))
+    monkeypatch.setattr(tcp_frame, "parse", counting("parse", tcp_frame.parse, lambda got: got is not None))
+    monkeypatch.setattr(wire_tcp, "emit_header", counting("emit_header", wire_tcp.emit_header))
+
+    async def main():
+        async with two_stacks() as (a, b, _):
+            server, client, conn = await connected_pair(a, b, 8013)
+            handshake = dict(calls)
+            for i in range(50):
+                await client.write(b"request %d" % i)
+                assert await conn.read() == b"request %d" % i
+                await conn.write(b"response %d" % i)
+                assert await client.read() == b"response %d" % i
+            await client.close()
+            await conn.close()
+            await until(lambda: not a.tcp.conns and not b.tcp.conns, "both ends to close")
+            for stack in (a, b):
+                assert stack.counters()["tcp"]["drops"] == {}
+            return handshake
+
+    handshake = asyncio.run(asyncio.wait_for(main(), WALL_LIMIT))
+    assert handshake["emit_header"] >= 2  # SYN and SYN,ACK carry options: the long way
+    assert calls["emit_header"] == handshake["emit_header"]  # and nothing after them
+    assert calls["emit"] >= 100 and calls["parse"] >= 100  # 50 requests and responses, and their ACKs
+
+
+def test_a_stale_arp_entry_sends_the_next_segment_the_long_way_and_refreshes_it():
+    """In the last seconds of the peer's ARP entry the one-pack path gives way (`Arp.fresh`):
+    the segment goes through `Arp.output`, which sends the unicast refresh (RFC 1122
+    2.3.2.1), and the connection carries on without a gap."""
+    async def main():
+        async with two_stacks() as (a, b, clock):
+            server, client, conn = await connected_pair(a, b, 8014)
+            await client.write(b"before")
+            assert await conn.read() == b"before"
+            entry = a.arp.cache[int(ipaddress.IPv4Address(B_IP))]
+            assert a.arp.fresh(int(ipaddress.IPv4Address(B_IP)), clock.now) == entry[0]
+            clock.now = entry[1] - a.arp.refresh_window / 2  # into the refresh window, still valid
+            refreshes = a.arp.stats["refresh-requests"]
+            await client.write(b"after")
+            assert await conn.read() == b"after"
+            assert a.arp.stats["refresh-requests"] == refreshes + 1
+            await until(lambda: a.arp.fresh(int(ipaddress.IPv4Address(B_IP)), clock.now) is not None,
+                        "the refreshed entry")
+
+    run(main())
+
+
 def test_the_layer_counts_the_bytes_the_application_moves():
     """TCP's `bytes-sent`/`bytes-received` (what the applications wrote and read, the posix
     stack's counters too: issue 6's per-stack bytes), with retransmissions counted apart."""
