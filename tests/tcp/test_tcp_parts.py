@@ -6,7 +6,7 @@ from shoal.net.native.tcp import congestion
 from shoal.net.native.tcp.isn import IsnGenerator
 from shoal.net.native.tcp.rtt import RttEstimator
 from shoal.net.native.tcp.sack import Scoreboard, dsack_block, receive_blocks
-from shoal.net.native.tcp.seq import HALF, MASK, Seq, as_seq, seq_max, seq_min, signed_distance
+from shoal.net.native.tcp.seq import HALF, MASK, Seq, as_seq, seq_attribute, seq_max, seq_min, signed_distance
 
 # ------------------------------------------------------------------ Seq
 
@@ -27,6 +27,20 @@ def test_seq_distance_property(x, d):
     b = a + d
     assert b - a == d
     assert (a < b) == (d > 0) and (a == b) == (d == 0)  # MUST-1 / REC-1: unsigned 32-bit arithmetic
+
+
+def test_seq_attribute_is_a_seq_kept_as_a_plain_int():
+    class Holder:
+        nxt = seq_attribute("_nxt")
+
+    h = Holder()
+    h.nxt = Seq(0xFFFFFFF0) + 0x20  # across the wrap
+    assert type(h._nxt) is int and h._nxt == 0x10
+    assert type(h.nxt) is Seq and h.nxt > Seq(0xFFFFFFF0)  # the Seq rules, read back
+    h._nxt = 0xFFFFFFFF  # what a hot path stores
+    assert h.nxt + 1 == 0 and h.nxt < Seq(3)
+    h.nxt = 2**32 + 7  # a write is masked into the sequence space
+    assert h._nxt == 7
 
 
 @given(st.integers(0, 2**32 - 1), st.integers(-2**31 + 1, 2**31 - 1))

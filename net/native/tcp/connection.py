@@ -36,7 +36,10 @@ Untrusted input never raises: a segment that cannot be used is counted in
 in sequence, ACK within what was sent, no loss recovery or out-of-order data under
 way) takes a shortcut, header prediction (`_predicted_arrival`), that computes
 exactly what those steps would, in one pass. Sequence numbers are `Seq`, whose
-arithmetic the per-segment paths apply to plain ints (see `tcp.seq`); ``snd_max`` is the
+arithmetic the per-segment paths apply to plain ints (see `tcp.seq`): RFC 9293's
+variables are kept as plain ints (``_snd_una`` behind ``snd_una``, `seq_attribute`), which
+those paths read and write directly, and so are ``_sndbuf_seq`` and
+``_last_ack_sent``; ``snd_max`` is the
 highest sequence number sent (RFC 9293's SND.NXT for acceptability tests), while
 ``snd_nxt`` is where the next new transmission starts (it goes back to SND.UNA
 after a retransmission timeout, RFC 5681 go-back-N with SACKed ranges skipped).
@@ -53,7 +56,7 @@ from .recvbuf import ReceiveBuffer
 from .rtt import RttEstimator
 from .sack import DUP_THRESH, MAX_DUP_THRESH, Scoreboard, dsack_block, receive_blocks
 from .sendbuf import SendBuffer
-from .seq import HALF, MASK, Seq, as_seq, seq_max, seq_min, signed_distance
+from .seq import HALF, MASK, Seq, as_seq, seq_attribute, seq_max, seq_min, signed_distance
 
 QUARTER = HALF >> 1  # (of the sequence space: `_new_ack`)
 
@@ -267,6 +270,17 @@ def reset_for(seg):
 class Connection:
     """One TCP connection; see the module docstring. Create with `active` or `passive`."""
 
+    # RFC 9293 3.3.1's sequence variables (and RFC 6582's "recover"), each kept as the plain
+    # int of the same name with a leading underscore, which the per-segment paths use
+    snd_una = seq_attribute("_snd_una")
+    snd_nxt = seq_attribute("_snd_nxt")
+    snd_max = seq_attribute("_snd_max")
+    snd_wl1 = seq_attribute("_snd_wl1")
+    snd_wl2 = seq_attribute("_snd_wl2")
+    rcv_nxt = seq_attribute("_rcv_nxt")
+    rcv_adv = seq_attribute("_rcv_adv")
+    recover = seq_attribute("_recover")
+
     def __init__(self, config, local, remote, iss, now, ts_offset=0):
         self.config = config
         self.local = local          # (ip, port)
@@ -305,11 +319,11 @@ class Connection:
         self._seg_ce = False
         self.ts_recent = 0
         self._ts_offset = ts_offset
-        self._last_ack_sent = Seq(0)
+        self._last_ack_sent = 0  # (a plain int, as `_sndbuf_seq`)
         self._last_data_tx = None       # when data was last sent (restart after idle, RFC 5681 4.1)
-        # send buffer: its first octet has sequence number _sndbuf_seq
+        # send buffer: its first octet has sequence number _sndbuf_seq (a plain int)
         self._sndbuf = SendBuffer()
-        self._sndbuf_seq = self.iss + 1
+        self._sndbuf_seq = (self.iss + 1).real
         self._fin_queued = False
         self._send_blocked = False
         # receive side
@@ -495,7 +509,7 @@ class Connection:
         if n:
             sndbuf.append(memoryview(data)[:n] if n < len(data) else data, borrowed)  # (a slice of bytes would copy)
             if urgent:
-                self.snd_up = self._sndbuf_seq + sndbuf.size
+                self.snd_up = Seq(self._sndbuf_seq + sndbuf.size)
         return n
 
     @property
@@ -568,7 +582,7 @@ class Connection:
             # how far the right edge would move if all free space were advertised now,
             # against the update threshold
             buffer = self.rcv_buffer
-            cur = (self.rcv_adv.real - self.rcv_nxt.real) & MASK  # RCV.ADV - RCV.NXT, if ahead
+            cur = (self._rcv_adv - self._rcv_nxt) & MASK  # RCV.ADV - RCV.NXT, if ahead
             increase = buffer - self._rcvbuf.size - (cur if 0 < cur < HALF else 0)
             if increase >= min(buffer // 2, 2 * self.rcv_mss):
                 self.ack_now = True
@@ -778,7 +792,7 @@ class Connection:
                 or self._tlp_end is not None or self._undo_marker is not None):
             return False
         seq = seg.seq
-        rcv_nxt = self.rcv_nxt.real
+        rcv_nxt = self._rcv_nxt
         if seq != rcv_nxt:
             return False
         ts = seg.timestamp
@@ -786,12 +800,12 @@ class Connection:
             return False  # no timestamp, or PAWS would reject it
         payload = seg.payload
         plen = len(payload)
-        rcv_wnd = (self.rcv_adv.real - rcv_nxt) & MASK
+        rcv_wnd = (self._rcv_adv - rcv_nxt) & MASK
         if plen and (rcv_wnd >= HALF or plen > rcv_wnd):
             return False  # text beyond the window (or a zero-window probe)
         ack = seg.ack
-        una = self.snd_una.real
-        snd_max = self.snd_max.real
+        una = self._snd_una
+        snd_max = self._snd_max
         acked = (ack - una) & MASK
         if acked > (snd_max - una) & MASK or (not acked and not plen and snd_max != una):
             return False  # an old or unsent ACK, or maybe a duplicate ACK
@@ -800,19 +814,19 @@ class Connection:
         self._last_rx = now
         self._ka_probes = 0
         if ts is not None and self.ts_ok:
-            d = (seq - self._last_ack_sent.real) & MASK
+            d = (seq - self._last_ack_sent) & MASK
             if d == 0 or d >= HALF:
                 self.ts_recent = ts[0]  # RFC 7323 4.3: SEG.SEQ <= Last.ACK.sent
         if acked:
-            self._new_ack(as_seq(ack), seg, now)
-        wl1 = self.snd_wl1.real
+            self._new_ack(ack, seg, now)
+        wl1 = self._snd_wl1
         d = (seq - wl1) & MASK
-        if (0 < d < HALF) or (d == 0 and (ack - self.snd_wl2.real) & MASK < HALF):
+        if (0 < d < HALF) or (d == 0 and (ack - self._snd_wl2) & MASK < HALF):
             self.snd_wnd = wnd = seg.window << self.snd_wscale
             if wnd > self.max_snd_wnd:
                 self.max_snd_wnd = wnd
-            self.snd_wl1 = self.rcv_nxt  # (= SEG.SEQ, the Seq already made: no new one per segment)
-            self.snd_wl2 = self.snd_una if acked else as_seq(ack)  # (`_new_ack` stored SEG.ACK)
+            self._snd_wl1 = seq
+            self._snd_wl2 = ack
             if wnd:
                 self._persist_backoff = 0
         self._probes = 0
@@ -821,7 +835,7 @@ class Connection:
         # seventh step: the text, in order, within the window
         if plen:
             self._rcvbuf.append(payload)
-            self.rcv_nxt = as_seq((rcv_nxt + plen) & MASK)
+            self._rcv_nxt = (rcv_nxt + plen) & MASK
             self._rcv_unacked += plen
             if 4 * (rcv_wnd - plen) < self.rcv_buffer:
                 self._grow_receive_buffer()
@@ -874,7 +888,7 @@ class Connection:
         self.snd_wl1 = Seq(seg.seq)
         if flags & ACK:
             self.snd_wl2 = Seq(seg.ack)
-            self._new_ack(Seq(seg.ack), seg, now)
+            self._new_ack(seg.ack & MASK, seg, now)
             self.state = ESTABLISHED
             self._emit(Event.CONNECTED)
             self.ack_now = True
@@ -909,11 +923,12 @@ class Connection:
             self._ack_unacceptable(seg, now)  # RFC 7323 5.3 R1: ACK and drop, as 3.10.7.4 says
             return
         # first: sequence number acceptability
-        rcv_wnd = max(self.rcv_adv - self.rcv_nxt, 0)
+        rcv_nxt = self.rcv_nxt  # (a `Seq` made once: RCV.NXT moves only in `_text_and_fin`)
+        rcv_wnd = max(self.rcv_adv - rcv_nxt, 0)
         seg_len = seg.seg_len
         zero_window_probe = False
-        if not _acceptable(seq, seg_len, rcv_wnd, self.rcv_nxt):
-            if rcv_wnd == 0 and seq == self.rcv_nxt and not flags & SYN:
+        if not _acceptable(seq, seg_len, rcv_wnd, rcv_nxt):
+            if rcv_wnd == 0 and seq == rcv_nxt and not flags & SYN:
                 # MUST-66: a zero window still processes ACK, URG and RST; the text is dropped.
                 zero_window_probe = True
             else:
@@ -925,7 +940,7 @@ class Connection:
                 return
         # second: RST (RFC 5961 3.2: only an exact match resets; in-window gets a challenge)
         if flags & RST:
-            if seq == self.rcv_nxt:
+            if seq == rcv_nxt:
                 self._reset_received()
             else:
                 self._challenge_ack(now)
@@ -944,7 +959,7 @@ class Connection:
         self._ka_probes = 0
         if flags & CWR and self.ecn_ok:
             self._ece_pending = False  # RFC 3168 6.1.3: the sender reacted
-        if ts is not None and self.ts_ok and seq <= self._last_ack_sent:
+        if ts is not None and self.ts_ok and seq <= Seq(self._last_ack_sent):
             self.ts_recent = ts[0]  # RFC 7323 4.3
         ack = Seq(seg.ack)
         if st is SYN_RECEIVED:
@@ -955,11 +970,12 @@ class Connection:
                 self.drops["bad-ack"] += 1
                 return
         else:
-            if ack > self.snd_max:
+            a = ack.real  # (plain-int rules, as in `_predicted_arrival`: this runs per segment)
+            if 0 < (a - self._snd_max) & MASK < HALF:  # SEG.ACK > SND.MAX
                 self._challenge_ack(now)  # RFC 9293: send an ACK and drop; RFC 5961 5.2
                 self.drops["ack-unsent"] += 1
                 return
-            if ack < self.snd_una - self.max_snd_wnd:
+            if (a - self._snd_una + self.max_snd_wnd) & MASK >= HALF:  # SEG.ACK < SND.UNA - MAX.SND.WND
                 self._challenge_ack(now)  # RFC 5961 5.2
                 self.drops["ack-too-old"] += 1
                 return
@@ -976,7 +992,7 @@ class Connection:
 
     def _established_from_syn_received(self, seg, now):
         ack = Seq(seg.ack)
-        self._new_ack(ack, seg, now)
+        self._new_ack(ack.real, seg, now)
         self.snd_wnd = seg.window << self.snd_wscale
         self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
         self.snd_wl1 = Seq(seg.seq)
@@ -990,17 +1006,19 @@ class Connection:
         old_wnd = self.snd_wnd
         dsack = None
         sack_news = False
+        una = self.snd_una  # (a `Seq` made once: SND.UNA moves only in `_new_ack`, below)
         if self.sack_ok and seg.sack:
             dsack = dsack_block(seg.sack, ack)
             if dsack is not None:
                 self._dsack_arrived(dsack)
-            if self.scoreboard.update(seg.sack, self.snd_una, self.snd_max):
+            if self.scoreboard.update(seg.sack, una, self.snd_max):
                 self.counters["sack-updates"] += 1
                 sack_news = True
-        advanced = self.snd_una < ack
+        advanced = una < ack
         if advanced:
-            self._new_ack(ack, seg, now)
-        elif ack == self.snd_una:
+            self._new_ack(ack.real, seg, now)
+            una = ack
+        elif ack == una:
             self._maybe_dupack(seg, old_wnd, sack_news, now)
         if self._rack_rxt or self._rack_lost:
             if self.recovery == "sack" or self._in_rto_recovery():
@@ -1012,26 +1030,27 @@ class Connection:
             self._tlp_ack(seg, ack, advanced, dsack, now)
             if self._tlp_end is not None and self.sack_ok and self.recovery is None:
                 self._probe_shows_loss(now)
-        if self._undo_marker is not None and self.recovery is None and self.snd_una >= self.recover:
+        if self._undo_marker is not None and self.recovery is None and una >= self.recover:
             self._episode_over()
-        if seg.flags & ECE and self.ecn_ok and self.recovery is None and self.snd_una >= self._ecn_recover:
+        if seg.flags & ECE and self.ecn_ok and self.recovery is None and una >= self._ecn_recover:
             # RFC 3168 6.1.2: react to ECE like a loss, at most once per window of data.
-            self.cc.on_congestion(now, self.snd_max - self.snd_una)
+            self.cc.on_congestion(now, self.snd_max - una)
             self._ecn_recover = self.snd_max
             self._cwr_due = True
             self.counters["ecn-reduction"] += 1
         # window update (RFC 9293 3.10.7.4: SND.WL1/SND.WL2 guard against old segments)
-        if self.snd_una <= ack and (self.snd_wl1 < seq or (self.snd_wl1 == seq and self.snd_wl2 <= ack)):
+        wl1 = self._snd_wl1
+        if una <= ack and (seq > wl1 or (seq.real == wl1 and (ack.real - self._snd_wl2) & MASK < HALF)):
             self.snd_wnd = seg.window << self.snd_wscale
             self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
-            self.snd_wl1 = seq
-            self.snd_wl2 = ack
+            self._snd_wl1 = seq.real
+            self._snd_wl2 = ack.real
             if self.snd_wnd:
                 self._persist_backoff = 0
         self._probes = 0
-        if ack == self.snd_una and self.snd_una + self.snd_wnd < self.snd_max:
+        if ack == una and una + self.snd_wnd < self.snd_max:
             self.retries = 0  # the peer shrank its window and is alive: no time-out (SHLD-17)
-        fin_acked = self._fin_queued and self.snd_una == self._fin_seq() + 1
+        fin_acked = self._fin_queued and una == self._fin_seq() + 1
         if st is FIN_WAIT_1 and fin_acked:
             self.state = FIN_WAIT_2
         elif st is CLOSING and fin_acked:
@@ -1039,13 +1058,13 @@ class Connection:
         elif st is LAST_ACK and fin_acked:
             self._enter_closed()
 
-    def _new_ack(self, ack, seg, now):
-        """SND.UNA < SEG.ACK <= SND.MAX: new data acknowledged (RFC 9293 3.10.7.4, RFC 6298 5.3)."""
-        a = ack.real  # wraparound arithmetic on plain ints (see `_predicted_arrival`)
-        acked = (a - self.snd_una.real) & MASK
-        flight = (self.snd_max.real - self.snd_una.real) & MASK  # before this ACK
+    def _new_ack(self, a, seg, now):
+        """SND.UNA < SEG.ACK = `a` (a plain int) <= SND.MAX: new data acknowledged (RFC 9293
+        3.10.7.4, RFC 6298 5.3). Wraparound arithmetic on plain ints (see `_predicted_arrival`)."""
+        acked = (a - self._snd_una) & MASK
+        flight = (self._snd_max - self._snd_una) & MASK  # before this ACK
         sndbuf = self._sndbuf
-        base = self._sndbuf_seq.real
+        base = self._sndbuf_seq
         n = (a - base) & MASK
         if n >= HALF:
             n = 0
@@ -1053,20 +1072,20 @@ class Connection:
             n = sndbuf.size
         if n:
             sndbuf.drop(n)
-            self._sndbuf_seq = as_seq((base + n) & MASK)
-        self.snd_una = ack
-        if (self.snd_nxt.real - a) & MASK >= HALF:
-            self.snd_nxt = ack
+            self._sndbuf_seq = (base + n) & MASK
+        self._snd_una = a
+        if (self._snd_nxt - a) & MASK >= HALF:
+            self._snd_nxt = a
         if self.scoreboard.blocks:
-            self.scoreboard.advance(ack)
-        if QUARTER <= (a - self.recover.real) & MASK < HALF and self.recovery is None:
+            self.scoreboard.advance(as_seq(a))
+        if QUARTER <= (a - self._recover) & MASK < HALF and self.recovery is None:
             # RecoveryPoint (and ECN's) only move at a loss (a congestion signal): left at the
             # ISS, after 2 GiB acknowledged without one they would compare as ahead of SND.UNA
             # (sequence space wraps, RFC 9293 3.4), and no fast retransmit, tail loss probe
             # (or ECN reaction) could start. Once a quarter of the space behind, they follow.
-            self.recover = ack
+            self._recover = a
         if self.ecn_ok and QUARTER <= (a - self._ecn_recover.real) & MASK < HALF:
-            self._ecn_recover = ack
+            self._ecn_recover = as_seq(a)
         # RTT: timestamps (RFC 7323 4.1) or the timed segment, skipped if retransmitted (Karn).
         ts = seg.timestamp
         sample = None
@@ -1092,11 +1111,11 @@ class Connection:
                 # The window was in use: grow it. An application-limited connection (less
                 # than half of cwnd in flight) keeps its window, so it cannot later send
                 # a burst the path never carried (RFC 7661 4.1's test; RFC 9438 5.8).
-                self.cc.on_ack(acked, now, self.rtt.srtt, sample, a, self.snd_max.real)
+                self.cc.on_ack(acked, now, self.rtt.srtt, sample, a, self._snd_max)
             else:
                 self.counters["cwnd-app-limited"] += 1
         else:
-            self._recovery_ack(ack, acked)
+            self._recovery_ack(as_seq(a), acked)
         self.retries = 0
         self.rto_at = None  # restarted by _update_timers if data is still outstanding (5.3)
         self.tlp_at = None  # so is the PTO (RFC 8985 7.2)
@@ -1141,7 +1160,7 @@ class Connection:
         SACKed above a hole made no duplicate ACK, and the hole waited for the RTO (seen
         against the kernel over a TAP with 2 % loss). Without SACK blocks, RFC 5681's
         definition stands."""
-        if self.snd_max == self.snd_una:
+        if self._snd_max == self._snd_una:
             return
         if seg.sack and self.sack_ok:
             if not sack_news:
@@ -1328,8 +1347,9 @@ class Connection:
         payload = seg.payload
         dseq = seq + 1 if seg.flags & SYN else seq
         fin = bool(seg.flags & FIN)
-        if dseq < self.rcv_nxt:
-            cut = min(self.rcv_nxt - dseq, len(payload))
+        rcv_nxt = self.rcv_nxt
+        if dseq < rcv_nxt:
+            cut = min(rcv_nxt - dseq, len(payload))
             if cut and self.sack_ok:
                 self._dsack = (dseq, dseq + cut)  # RFC 2883 4.1.1: the part already received
                 self.ack_now = True
@@ -1350,11 +1370,11 @@ class Connection:
                 self._ece_pending = True  # RFC 3168 6.1.3
                 self.ack_now = True
                 self.counters["ce-received"] += 1
-            if dseq == self.rcv_nxt:
+            if dseq == rcv_nxt:
                 had_hole = bool(self._ofo)
                 self._rcvbuf.append(payload)
-                self.rcv_nxt = self.rcv_nxt + len(payload)
-                left = (self.rcv_adv.real - self.rcv_nxt.real) & MASK
+                self._rcv_nxt = (self._rcv_nxt + len(payload)) & MASK
+                left = (self._rcv_adv - self._rcv_nxt) & MASK
                 if left >= HALF or 4 * left < self.rcv_buffer:
                     self._grow_receive_buffer()
                 if had_hole:
@@ -1436,10 +1456,10 @@ class Connection:
         limit = self.config.recv_buffer_max
         if size < limit and 2 * self._rcvbuf.size <= size:
             mark = self._rcv_grown_edge
-            if mark is not None and not 0 < (self.rcv_nxt.real - mark) & MASK < HALF:
+            if mark is not None and not 0 < (self._rcv_nxt - mark) & MASK < HALF:
                 return  # once per window: the text must reach past the edge of the last growth
             self.rcv_buffer = 2 * size if 2 * size < limit else limit
-            self._rcv_grown_edge = self.rcv_adv.real
+            self._rcv_grown_edge = self._rcv_adv
             self.counters["rcvbuf-grown"] += 1
 
     def _drain_ofo(self):
@@ -1610,13 +1630,13 @@ class Connection:
         probe's episode open, unless all that probe covered is acknowledged (a new flight
         gets a probe of its own: a request/response connection sends one per response).
         (Plain-int sequence arithmetic: this runs for every response.)"""
-        una = self.snd_una.real
-        smax = self.snd_max.real
+        una = self._snd_una
+        smax = self._snd_max
         end = self._tlp_end
         return (self.sack_ok and self.recovery is None and not self._tlp_due
                 and (end is None or (una - end.real) & MASK < HALF)
-                and not self.retries and self.snd_nxt.real == smax != una
-                and (una - self.recover.real) & MASK < HALF and self.config.tail_loss_probe
+                and not self.retries and self._snd_nxt == smax != una
+                and (una - self._recover) & MASK < HALF and self.config.tail_loss_probe
                 and self.state in _SENDS_DATA)
 
     def _tail_loss_probe(self, now):
@@ -1638,7 +1658,7 @@ class Connection:
             self.cc.on_congestion(now, self.snd_max - self.snd_una)
             self.counters["tlp-loss-repaired"] += 1
         mss = self.snd_mss
-        unsent = (self._sndbuf_seq + self._sndbuf.size) - self.snd_nxt
+        unsent = Seq(self._sndbuf_seq + self._sndbuf.size) - self.snd_nxt
         room = self.snd_una + self.snd_wnd - self.snd_nxt
         if unsent > 0 and room > 0:
             seg = self._data_segment(self.snd_nxt, min(mss, unsent, room), now)
@@ -1731,7 +1751,7 @@ class Connection:
             return
         cfg = self.config
         # retransmission timer: armed while anything is outstanding (RFC 6298 5.1, 5.2)
-        if 0 < (self.snd_nxt.real - self.snd_una.real) & MASK < HALF:  # SND.NXT > SND.UNA
+        if 0 < (self._snd_nxt - self._snd_una) & MASK < HALF:  # SND.NXT > SND.UNA
             if self.rto_at is None:
                 self.rto_at = now + self.rtt.rto
             # loss probe timeout (RFC 8985 7.2): 2*SRTT (floored), plus the receiver's worst
@@ -1742,7 +1762,7 @@ class Connection:
                     t = now + 1.0
                 else:
                     t = now + (2 * srtt if srtt > TLP_MIN_PTO / 2 else TLP_MIN_PTO)
-                    if (self.snd_max.real - self.snd_una.real) & MASK <= self.snd_mss:
+                    if (self._snd_max - self._snd_una) & MASK <= self.snd_mss:
                         t += TLP_WORST_DELAYED_ACK
                 rto_at = self.rto_at
                 self.tlp_at = t if t < rto_at else rto_at
@@ -1751,7 +1771,7 @@ class Connection:
             self.tlp_at = None
         # persist timer: zero window, data waiting, nothing in flight
         if (self.snd_wnd == 0 and st in _SENDS_DATA and self.snd_nxt == self.snd_una
-                and self._sndbuf_seq + self._sndbuf.size > self.snd_nxt):
+                and Seq(self._sndbuf_seq + self._sndbuf.size) > self.snd_nxt):
             if self.persist_at is None and not self._probe_due:
                 backoff = self.rtt.rto * (2 ** min(self._persist_backoff, 16))
                 self.persist_at = now + min(backoff, cfg.max_rto)  # SHLD-29, SHLD-30
@@ -1820,7 +1840,7 @@ class Connection:
                 or self.ecn_ok or self.snd_up is not None or (self._ofo and self.sack_ok)
                 or self._dsack is not None or self._rack_rxt or self._rack_lost):
             return None  # (RACK's lists: after an RTO, it must know what goes, `_rack_sent`)
-        if self.snd_nxt.real != self.snd_max.real:
+        if self._snd_nxt != self._snd_max:
             return None  # going back after a timeout
         out = []
         sndbuf = self._sndbuf
@@ -1828,14 +1848,14 @@ class Connection:
             n = self._next_data_len()
             if n <= 0:
                 break
-            nxt = self.snd_nxt.real
-            off = (nxt - self._sndbuf_seq.real) & MASK
+            nxt = self._snd_nxt
+            off = (nxt - self._sndbuf_seq) & MASK
             if off >= HALF:
                 off -= 0x100000000  # (`signed_distance`, inline)
             end = off + n
             # PSH on the segment that empties the buffer (MUST-61, SHLD-27)
             flags = ACK | PSH if end == sndbuf.size else ACK
-            seg = TcpSegment(self.local[1], self.remote[1], nxt, self.rcv_nxt.real, flags, self._window_field(),
+            seg = TcpSegment(self.local[1], self.remote[1], nxt, self._rcv_nxt, flags, self._window_field(),
                              0, None, None, False,
                              ((int(now * 1000) + self._ts_offset) & MASK, self.ts_recent) if self.ts_ok else None,
                              (), sndbuf.view(off, n))
@@ -1843,11 +1863,11 @@ class Connection:
             self.ack_now = False
             self.delack_at = None
             self._rcv_unacked = 0
-            self._last_ack_sent = self.rcv_nxt
-            self.snd_nxt = self.snd_max = new_nxt = as_seq((nxt + n) & MASK)
+            self._last_ack_sent = self._rcv_nxt
+            self._snd_nxt = self._snd_max = new_nxt = (nxt + n) & MASK
             self._last_data_tx = now
             if self._rtt_seq is None and self.retries == 0:
-                self._rtt_seq, self._rtt_time = new_nxt, now  # time this segment (RFC 6298 3)
+                self._rtt_seq, self._rtt_time = as_seq(new_nxt), now  # time this segment (RFC 6298 3)
             if self.rto_at is None:
                 self.rto_at = now + self.rtt.rto
             self.tlp_at = None  # restarted by `_update_timers` after new data (RFC 8985 7.2)
@@ -1863,7 +1883,7 @@ class Connection:
         """No data sent for more than an RTO: before sending again, cwnd to at most the
         restart window, min(initial window, cwnd) (RFC 5681 4.1), if nothing is in flight."""
         rw = self.config.initial_window * self.snd_mss
-        if self.cc.cwnd > rw and self.snd_max.real == self.snd_una.real:
+        if self.cc.cwnd > rw and self._snd_max == self._snd_una:
             self.cc.restart(rw)
             self.counters["cwnd-restart"] += 1
 
@@ -1935,7 +1955,7 @@ class Connection:
         return seg
 
     def _fin_seq(self):
-        return self._sndbuf_seq + self._sndbuf.size
+        return Seq(self._sndbuf_seq + self._sndbuf.size)
 
     def _fin_sendable(self):
         return self._fin_queued and self.snd_nxt == self._fin_seq()
@@ -1956,13 +1976,13 @@ class Connection:
             return 0  # (SND.NXT never lies before the buffer's start in the states that send data)
         # Plain-int wraparound arithmetic (see `_predicted_arrival`): ``Seq - Seq`` is
         # `signed_distance`, written out here (``d - 2**32 if d >= HALF``) for the calls it saves.
-        nxt = self.snd_nxt.real
-        d = (nxt - self._sndbuf_seq.real) & MASK
+        nxt = self._snd_nxt
+        d = (nxt - self._sndbuf_seq) & MASK
         avail = size - (d - 0x100000000 if d >= HALF else d)
         if avail <= 0:
             return 0
         mss = self.snd_mss
-        una = self.snd_una.real
+        una = self._snd_una
         if self.recovery is None:
             flight = (nxt - una) & MASK
             if flight >= HALF:
@@ -1976,7 +1996,7 @@ class Connection:
             cwnd_left = self.cc.cwnd - self._flight()
         d = (una + self.snd_wnd - nxt) & MASK
         wnd_left = d - 0x100000000 if d >= HALF else d
-        smax = self.snd_max.real
+        smax = self._snd_max
         at_max = (nxt - smax) & MASK < HALF  # SND.NXT >= SND.MAX: not going back
         tso = self.config.tso_max
         if (tso >= 2 * mss and at_max and not self._cwr_due
@@ -2021,9 +2041,10 @@ class Connection:
 
     def _skip_sacked(self):
         """Going back after a timeout: move SND.NXT past a range the receiver already holds."""
-        if self.scoreboard.blocks and self.snd_nxt < self.snd_max:
+        if self.scoreboard.blocks and (self._snd_nxt - self._snd_max) & MASK >= HALF:  # SND.NXT < SND.MAX
+            nxt = self.snd_nxt
             for a, b in self.scoreboard.blocks:
-                if a <= self.snd_nxt < b:
+                if a <= nxt < b:
                     self.snd_nxt = b
                     break
 
@@ -2109,7 +2130,7 @@ class Connection:
         """After an RTO, until everything outstanding at it is acknowledged: SACK recovery
         may not start (RFC 6675 5.1, RecoveryPoint = HighData), the text goes again from
         SND.UNA (go-back-N, `_go_back_to_una`), and RACK watches what goes (RFC 8985 6.3)."""
-        return self.recovery is None and self.sack_ok and self.snd_una < self.recover
+        return self.recovery is None and self.sack_ok and (self._snd_una - self._recover) & MASK >= HALF
 
     def _rto_recovery_resend(self, now, limit, out):
         """After an RTO, what went again and RACK found lost too (RFC 8985 6.2: sent before
@@ -2266,7 +2287,7 @@ class Connection:
         if self._rtt_seq is not None and self._rtt_seq > start:
             self._rtt_seq = None  # Karn: the timed segment is (maybe) this one
         fin_seq = self._fin_seq() if self._fin_queued else None
-        data_end = seq_min(end, self._sndbuf_seq + self._sndbuf.size)
+        data_end = seq_min(end, Seq(self._sndbuf_seq + self._sndbuf.size))
         n = max(data_end - start, 0)
         seg = self._build_data(start, n, fin_seq is not None and start + n == fin_seq and end > fin_seq, now)
         seg.resent = True
@@ -2282,7 +2303,7 @@ class Connection:
     def _data_segment(self, start, n, now):
         """New (or go-back) data from `start`; advances SND.NXT and SND.MAX."""
         s = start.real
-        smax = self.snd_max.real
+        smax = self._snd_max
         fin = self._fin_queued and (s + n) & MASK == self._fin_seq().real
         retransmission = (s - smax) & MASK >= HALF  # START < SND.MAX
         seg = self._build_data(start, n, fin, now, tso=not retransmission)
@@ -2294,9 +2315,10 @@ class Connection:
                 seg.flags |= CWR
                 self._cwr_due = False
         new = (s + n + (1 if fin else 0)) & MASK
-        self.snd_nxt = new_nxt = as_seq(new)
+        self._snd_nxt = new
         if 0 < (new - smax) & MASK < HALF:
-            self.snd_max = new_nxt
+            self._snd_max = new
+        new_nxt = as_seq(new)
         if retransmission:
             seg.resent = True
             self.counters["retransmit"] += 1
@@ -2324,7 +2346,7 @@ class Connection:
         `_next_data_len`) up to `n`, unless SACK blocks ride along: the device repeats
         the header in every piece it cuts, so those pieces would not fit the MSS.
         """
-        off = signed_distance(start.real - self._sndbuf_seq.real)
+        off = signed_distance(start.real - self._sndbuf_seq)
         seg = self._segment(start, ACK | (FIN if fin else 0), b"", now)
         sack_room = 4 + 8 * len(seg.sack) if seg.sack else 0
         if not tso or sack_room or n < self.snd_mss:
@@ -2344,7 +2366,7 @@ class Connection:
     def _probe_segment(self, now):
         """One octet beyond the zero window (RFC 9293 3.8.6.1); SND.NXT stays put."""
         start = self.snd_nxt
-        off = start - self._sndbuf_seq
+        off = signed_distance(start.real - self._sndbuf_seq)
         seg = self._segment(start, ACK, b"", now)
         if 0 <= off < self._sndbuf.size:
             seg.payload = self._sndbuf.view(off, 1)
@@ -2355,7 +2377,7 @@ class Connection:
         """A segment from this connection carrying ACK, window, timestamps and SACK blocks."""
         if self._ece_pending:
             flags |= ECE
-        seg = TcpSegment(self.local[1], self.remote[1], seq.real, self.rcv_nxt.real, flags, self._window_field(),
+        seg = TcpSegment(self.local[1], self.remote[1], seq.real, self._rcv_nxt, flags, self._window_field(),
                          0, None, None, False,
                          ((int(now * 1000) + self._ts_offset) & MASK, self.ts_recent) if self.ts_ok else None,
                          (), payload)  # (the timestamp is `_ts_now`'s, inline)
@@ -2382,7 +2404,7 @@ class Connection:
         self.ack_now = False
         self.delack_at = None
         self._rcv_unacked = 0
-        self._last_ack_sent = self.rcv_nxt
+        self._last_ack_sent = self._rcv_nxt
 
     def _ts_now(self, now):
         return (int(now * 1000) + self._ts_offset) & 0xFFFFFFFF
@@ -2397,8 +2419,8 @@ class Connection:
         """
         buffer = self.rcv_buffer
         avail = buffer - self._rcvbuf.size
-        nxt = self.rcv_nxt.real
-        adv = self.rcv_adv.real
+        nxt = self._rcv_nxt
+        adv = self._rcv_adv
         cur = (adv - nxt) & MASK  # RCV.ADV - RCV.NXT, 0 when the edge is behind
         if cur >= HALF:
             cur = 0
@@ -2411,7 +2433,7 @@ class Connection:
             value = 0xFFFF
         edge = (nxt + (value << shift)) & MASK
         if 0 < (edge - adv) & MASK < HALF:
-            self.rcv_adv = as_seq(edge)
+            self._rcv_adv = edge
         return value
 
     def __repr__(self):

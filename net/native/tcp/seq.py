@@ -8,10 +8,11 @@ every window far below that.
 
 Each `Seq` operation is a Python-level call, and a segment's processing needs dozens,
 so the connection's per-segment paths (header prediction, the transmit pull, ACK
-processing) apply the same rules to plain ints instead (``x.real`` is the plain int
-of a `Seq`): ``(a - b) & MASK`` is how far a lies after b, "a < b" is that distance
-being ``>= HALF``, `signed_distance` is ``Seq - Seq``, and `as_seq` stores a result
-back. Everything else uses `Seq`.
+processing) apply the same rules to plain ints instead: ``(a - b) & MASK`` is how far a
+lies after b, "a < b" is that distance being ``>= HALF``, `signed_distance` is
+``Seq - Seq``. The connection keeps its hottest variables as plain ints behind
+`seq_attribute`s, so those paths neither unwrap (``x.real`` is the plain int of a `Seq`)
+nor wrap (`as_seq`) them. Everything else uses `Seq`.
 """
 
 from functools import partial
@@ -80,6 +81,20 @@ class Seq(int):
 as_seq = partial(_new, Seq)
 """`Seq` of an int already in [0, 2**32), built without masking or a Python-level call
 (for the plain-int paths described in the module docstring)."""
+
+
+def seq_attribute(plain):
+    """A class attribute read and written as a `Seq` and kept as the plain int attribute
+    `plain` of the instance. Code that runs for every segment uses `plain` directly (no
+    ``.real`` to take, no `Seq` to make: about 370 and 1,300 CPU instructions each);
+    everything else keeps the `Seq` rules by using the attribute itself."""
+    def get(self):
+        return _new(Seq, getattr(self, plain))
+
+    def set(self, value):
+        setattr(self, plain, value & MASK)
+
+    return property(get, set, doc=f"`Seq` view of ``{plain}``")
 
 
 def signed_distance(d):
