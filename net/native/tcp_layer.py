@@ -5,11 +5,10 @@ Theory of operation
 `TcpLayer` joins the sans-I/O machines of `shoal.net.native.tcp` (a `Connection`
 per 4-tuple, a `Listener` per listening port) to one `NativeStack`:
 
-* **Receive.** The stack offers every received frame to `receive_frame` first: an
-  established connection's segment in the common layout (`wire.tcp_frame`) is parsed
-  there with one unpack for its three headers, with the same checks, and goes straight
-  to its connection. Every other frame goes up through Ethernet and IPv4, which hands
-  each protocol-6 datagram to `receive`. The segment is
+* **Receive.** An established connection's segment in the common layout
+  (`wire.tcp_frame`) comes from the stack already parsed, with one unpack for its three
+  headers and the same checks (`receive_segment`). Every other frame goes up through
+  Ethernet and IPv4, which hands each protocol-6 datagram to `receive`. The segment is
   parsed with its checksum verified against the pseudo-header (RFC 9293 3.1,
   MUST-3), unless the device already did or vouches for it (the packet's
   ``checksum_verified``: a TAP frame the kernel built); a bad one is counted in
@@ -74,7 +73,6 @@ from .tcp.listener import Listener
 from .tcp.seq import Seq
 from .wire import WireError
 from .wire import tcp as wire_tcp
-from .wire import tcp_frame
 
 PROTO_TCP = 6
 EPHEMERAL = (49152, 65535)
@@ -521,22 +519,11 @@ class TcpLayer:
 
     # -- receive ---------------------------------------------------------------------
 
-    def receive_frame(self, frame, verified, now):
-        """The stack's first look at each received Ethernet frame (a memoryview): take it here
-        if it is an established connection's segment in the common layout
-        (`wire.tcp_frame.parse`: one unpack for the three headers), as IPv4's `receive` and
-        `receive` would. `verified`: the device vouched for the TCP checksum (a
-        `VerifiedFrame`). No `Packet` is made: the frame has no release hook, and what the
-        connection keeps of it holds the frame. False, with nothing done, for every other
-        frame, which goes up the general path."""
-        got = tcp_frame.parse(frame, self.stack.mac, self.ipv4.address, not verified)
-        if got is None:
-            return False
-        self.ipv4.stats["delivered"] += 1
+    def receive_segment(self, src, tos, seg, now):
+        """A segment from `src` to our address that the stack parsed and checked, checksum
+        included, with its frame (`wire.tcp_frame.parse`): what `receive` does after parsing."""
         self.stats["segments-received"] += 1
-        src, tos, seg = got
         self._segment(seg, src, tos, now)
-        return True
 
     def receive(self, hdr, datagram, packet, now):
         """IPv4 handler for protocol 6. Never raises on bad input."""

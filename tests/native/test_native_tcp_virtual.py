@@ -722,7 +722,7 @@ def test_states_seen_by_the_layer_match_the_machine():
 def test_an_established_connection_sends_and_takes_its_frames_in_one_pack(monkeypatch):
     """Once the handshake has routed the peer and ARP knows it, every segment both ways is
     built by `wire.tcp_frame.emit` and taken by `wire.tcp_frame.parse` (`Ipv4.send_tcp`,
-    `TcpLayer.receive_frame`), not by the three layers one after the other."""
+    the stack's receive), not by the three layers one after the other."""
     from shoal.net.native.wire import tcp as wire_tcp, tcp_frame
     calls = {"emit": 0, "parse": 0, "emit_header": 0}
 

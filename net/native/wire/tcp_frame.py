@@ -10,7 +10,7 @@ for this one layout with one ``pack_into`` or ``unpack_from`` each, and give exa
 what the three would (the tests compare them on every field).
 
 They stay pure: the layers decide when a frame may take this path (`Ipv4.send_tcp`,
-`TcpLayer.receive_frame`), and `parse` gives way, by returning None, for any frame the
+`NativeStack`'s receive), and `parse` gives way, by returning None, for any frame the
 general path has to judge (an unexpected layout or a failed check), so that path still
 counts each drop by its reason.
 """
