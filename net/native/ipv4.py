@@ -202,7 +202,7 @@ class Ipv4:
         not fresh (`Arp.fresh`: unknown, or due for a refresh), or the datagram over the MTU.
         """
         next_hop = self._next_hops.get(dst)
-        if next_hop is None or len(seg.payload) + tcp_frame.HEADER_LEN - 14 > self.mtu:
+        if next_hop is None or len(seg.payload) + tcp_frame.DATAGRAM_HEADER_LEN > self.mtu:
             return False
         l2 = self.l2
         mac = l2.fresh(next_hop, now)

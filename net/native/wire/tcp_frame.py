@@ -18,11 +18,14 @@ import struct
 
 from . import checksum as _checksum
 from . import tcp as _tcp
-from .ethernet import ETHERTYPE_IPV4
+from .ethernet import ETHERTYPE_IPV4, HEADER_LEN as ETHERNET_HEADER_LEN
 from .ipv4 import FLAG_DF, PROTO_TCP
 
-HEADER_LEN = 14 + 20 + 32
-"""Ethernet, IPv4 without options, TCP with the timestamp option."""
+DATAGRAM_HEADER_LEN = 20 + 32
+"""IPv4 without options, then TCP with the timestamp option: what the IPv4 total length
+counts besides the payload."""
+HEADER_LEN = ETHERNET_HEADER_LEN + DATAGRAM_HEADER_LEN
+"""The frame's three headers."""
 
 _FRAME = struct.Struct("!6s6sH" "BBHHHBBHII" "HHIIBBHHH" "III")
 _TCP_TS = 0x80  # data offset 8 (32 octets) in the high nibble
@@ -30,7 +33,7 @@ _TS_LAYOUT = _tcp.OPT_NOP << 24 | _tcp.OPT_NOP << 16 | _tcp.OPT_TIMESTAMP << 8 |
 _TS_WORDS = (_TS_LAYOUT >> 16) + (_TS_LAYOUT & 0xFFFF)  # (in a sum)
 _SYN = _tcp.SYN
 _FIN_RST = _tcp.FIN | _tcp.RST
-_TCP_OFFSET = 34  # of the TCP header in the frame
+_TCP_OFFSET = ETHERNET_HEADER_LEN + 20  # of the TCP header in the frame
 
 
 def emit(buf, offset, eth_dst, eth_src, src, dst, ident, ttl, df, tos, seg, device_checksum):
@@ -44,7 +47,7 @@ def emit(buf, offset, eth_dst, eth_src, src, dst, ident, ttl, df, tos, seg, devi
     """
     payload = seg.payload
     plen = len(payload)
-    total = 52 + plen  # IPv4 total length: both headers and the payload
+    total = DATAGRAM_HEADER_LEN + plen  # IPv4 total length
     frag = FLAG_DF if df else 0
     s = (0x4500 | tos) + total + ident + frag + ((ttl << 8) | PROTO_TCP) \
         + (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)
@@ -95,7 +98,8 @@ def parse(frame, mac, address, verify):
      sport, dport, seq, ack, off, flags, window, tcp_csum, urgent, layout, tsval, tsecr) = \
         _FRAME.unpack_from(frame)
     if (vihl != 0x45 or proto != PROTO_TCP or off != _TCP_TS or dst != address or eth_dst != mac
-            or ethertype != ETHERTYPE_IPV4 or eth_src == mac or frag & 0x3FFF or total < 52 or total > n - 14
+            or ethertype != ETHERTYPE_IPV4 or eth_src == mac or frag & 0x3FFF or total < DATAGRAM_HEADER_LEN
+            or total > n - ETHERNET_HEADER_LEN
             or layout != _TS_LAYOUT or (flags & _SYN and flags & _FIN_RST)):
         return None
     if src == 0xFFFFFFFF or src >> 28 == 0xE or src == address:
@@ -106,7 +110,7 @@ def parse(frame, mac, address, verify):
     s = (s & 0xFFFF) + (s >> 16)
     if (s & 0xFFFF) + (s >> 16) != 0xFFFF:
         return None
-    end = 14 + total
+    end = ETHERNET_HEADER_LEN + total
     if verify and _checksum.sum16(frame[_TCP_OFFSET:end], (src >> 16) + (src & 0xFFFF) + (dst >> 16)
                                    + (dst & 0xFFFF) + PROTO_TCP + total - 20) != 0xFFFF:
         return None
