@@ -10,7 +10,8 @@ Theory of operation
 
 Receive: an established connection's segment in the common layout (`wire.tcp_frame`:
 Ethernet, IPv4 without options, TCP with timestamps) is parsed with one unpack, with
-the checks of the three layers, and goes to `TcpLayer.receive_segment`. Every other
+the checks of the three layers, and goes to `TcpLayer.receive_segment` (the burst
+ends with `TcpLayer.end_burst`, which delivers a pure ACK held to merge). Every other
 frame becomes a `Packet` wrapping the driver's bytes (no copy), the
 Ethernet header is parsed and filtered (our MAC or broadcast, untagged, ARP or
 IPv4), and the payload goes to the layer's ``receive`` with the shard clock's
@@ -515,6 +516,7 @@ class NativeStack(api.NetworkStack):
                     drops["ipv6" if ethertype == ethernet.ETHERTYPE_IPV6 else "unknown-ethertype"] += 1
             finally:
                 packet.release()
+        self.tcp.end_burst(now)
         if self.dhcp is not None and (self.dhcp.tx or self.dhcp.events or self.dhcp.arp_tx):
             self._dhcp_output(now)
 

@@ -19,6 +19,20 @@ per 4-tuple, a `Listener` per listening port) to one `NativeStack`:
   3.10.7.1 (never for a RST). A SYN that reopens a TIME-WAIT connection (the
   machine returns True) goes on to the listener. Payloads are views of the
   driver's buffer: the machine copies what it keeps, so no packet is held.
+* **A burst's pure ACKs merged.** A bulk sender gets its ACKs in bursts (a receiver
+  behind a TAP acknowledges each super-frame, and one poll reads tens of them), and
+  each cumulative ACK makes the one before it moot. So `receive_segment` holds a pure
+  ACK (no text, no flag but ACK, no SACK block) back, and when the next segment is
+  another pure ACK of the same connection from the same sequence number, acknowledging
+  more, with a timestamp not older, the held one is dropped and the new one is held
+  with its count (`TcpSegment.acks`, which slow start's limit per ACK takes into
+  account). Anything else delivers the held ACK first, in order, and the stack ends
+  each burst with `end_burst`. What is lost is only what each ACK of the burst would
+  have done that the last one redoes: freeing the send buffer, an RTT sample, a window
+  update (the last one's window is the one the SND.WL1/SND.WL2 rule would keep). A
+  duplicate ACK never merges (it does not acknowledge more), nor does one with SACK
+  blocks or ECN flags, so loss detection and ECN see every signal. Downloads over a
+  TAP: about 17 % faster (`docs/benchmarks.md`).
 * **Timers are data.** Every owner object (connection or server) has
   ``poll_at()``; the layer keeps one deadline heap of ``(deadline, n, owner)``
   with lazy deletion: an owner is pushed again only when its deadline moves
@@ -70,9 +84,10 @@ from .tcp.connection import (CLOSE_WAIT, CLOSED, ESTABLISHED, FIN_WAIT_2, SYN_RE
                              Connection, Event, TcpConfig, TcpError, reset_for)
 from .tcp.isn import IsnGenerator
 from .tcp.listener import Listener
-from .tcp.seq import Seq
+from .tcp.seq import HALF, MASK, Seq
 from .wire import WireError
 from .wire import tcp as wire_tcp
+from .wire.tcp import ACK
 
 PROTO_TCP = 6
 EPHEMERAL = (49152, 65535)
@@ -498,6 +513,7 @@ class TcpLayer:
         self.config = replace(base, mtu=min(base.mtu, stack.device.mtu),
                               tso_max=TSO_MAX_PAYLOAD if base.tso and stack.device.offloads.tso else 0)
         self.fin_wait_2_timeout = fin_wait_2_timeout
+        self._held = None  # (src, tos, segment): a pure ACK held back to merge (`receive_segment`)
         self._device_checksum = stack.device.offloads.tx_checksum
         self.isn = IsnGenerator(rng.randbytes(32))
         self.conns = {}
@@ -521,12 +537,40 @@ class TcpLayer:
 
     def receive_segment(self, src, tos, seg, now):
         """A segment from `src` to our address that the stack parsed and checked, checksum
-        included, with its frame (`wire.tcp_frame.parse`): what `receive` does after parsing."""
+        included, with its frame (`wire.tcp_frame.parse`): what `receive` does after parsing.
+        A pure ACK is held back to merge with the next (see the module docstring); the
+        stack calls `end_burst` after the frames of a burst."""
         self.stats["segments-received"] += 1
+        held = self._held
+        if seg.flags == ACK and not seg.payload and not seg.sack:
+            if held is not None:
+                hsrc, htos, hseg = held
+                if (src == hsrc and tos == htos and seg.src_port == hseg.src_port
+                        and seg.dst_port == hseg.dst_port and seg.seq == hseg.seq
+                        and 0 < (seg.ack - hseg.ack) & MASK < HALF
+                        and (seg.timestamp[0] - hseg.timestamp[0]) & MASK < HALF):  # (parse: always one)
+                    seg.acks += hseg.acks
+                    self.stats["acks-merged"] += 1
+                    self._held = (src, tos, seg)
+                    return
+                self._segment(hseg, hsrc, htos, now)
+            self._held = (src, tos, seg)
+            return
+        if held is not None:
+            self._held = None
+            self._segment(held[2], held[0], held[1], now)
         self._segment(seg, src, tos, now)
+
+    def end_burst(self, now):
+        """The stack's burst of received frames is over: deliver the pure ACK held back."""
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._segment(held[2], held[0], held[1], now)
 
     def receive(self, hdr, datagram, packet, now):
         """IPv4 handler for protocol 6. Never raises on bad input."""
+        self.end_burst(now)  # a held ACK goes first: segments of a connection stay in order
         self.stats["segments-received"] += 1
         if hdr.dst != self.ipv4.address:
             self.drops["not-unicast"] += 1  # MUST-57: no TCP on broadcast or multicast

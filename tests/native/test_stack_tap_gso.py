@@ -75,6 +75,9 @@ def test_download_through_the_tap_arrives_intact(vnet_hdr):
     assert got == [str(SIZE), hashlib.sha256(DATA).hexdigest()]
     segments = SIZE // 1460
     assert not any(k.startswith("tx_error") for k in stats), stats
+    # the kernel acknowledges each frame (super-frame) it takes, and one poll reads several
+    # of those ACKs: the TCP layer merged them (`TcpLayer.receive_segment`)
+    assert tcp.get("acks-merged", 0) > 0, tcp
     if vnet_hdr:
         # TCP builds segments of many MSS (TSO) that the kernel cuts: far fewer writes than
         # MSS-sized segments; the kernel's upload arrives (at least partly) in frames of

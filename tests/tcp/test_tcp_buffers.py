@@ -35,7 +35,7 @@ def test_the_limit_follows_twice_cwnd_up_to_the_maximum():
             break
     else:
         raise AssertionError(f"the buffer never grew to its maximum: cwnd {conn.cc.cwnd}")
-    assert len(limits) > 3  # it grew in steps, with the window
+    assert len(limits) >= 3  # it grew in steps, with the window (doubling each round)
 
 
 def test_a_shrunken_limit_takes_nothing_until_acks_free_room():

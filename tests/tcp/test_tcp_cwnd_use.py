@@ -44,6 +44,20 @@ def test_a_window_in_use_grows(congestion):
     assert conn.counters["cwnd-app-limited"] == 0
 
 
+@pytest.mark.parametrize("congestion", ["cubic", "newreno"])
+def test_every_ack_of_a_burst_grows_a_window_in_use(congestion):
+    """ACKs that arrive together (one poll's burst) find less and less in flight, as
+    nothing is sent between them; the window was in use all the same, when its data left."""
+    conn = established(congestion=congestion)
+    conn.send(b"x" * 60_000)
+    assert sum(len(s.payload) for s in pull(conn)) == IW
+    for k in range(1, 6):  # the receiver acknowledges every second segment; nothing sent between
+        send_seg(conn, seg(IRS + 1, BASE + 2 * k * MSS, ACK), T0 + 0.05)
+    assert conn.snd_una == conn.snd_max
+    assert conn.cc.cwnd == IW + 10 * MSS  # each ACK: + 2 SMSS (slow start)
+    assert conn.counters["cwnd-app-limited"] == 0
+
+
 def grown_then_idle(idle, congestion="cubic"):
     """A connection that filled and grew its window, then sent nothing for `idle` seconds."""
     conn = established(congestion=congestion, send_buffer=1 << 20)

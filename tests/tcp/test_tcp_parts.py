@@ -106,6 +106,20 @@ def test_newreno_slow_start_and_avoidance():
 
 
 @pytest.mark.parametrize("name", ["cubic", "newreno"])
+def test_slow_start_limit_per_ack_counts_segments_sent_and_merged_acks(name):
+    L = congestion.SLOW_START_L
+    cc = congestion.make(name, 1000, 10_000, hystart=False)
+    cc.on_ack(100_000, 0.0, 0.1, acks=3)  # three ACKs merged into one by the TCP layer
+    assert cc.cwnd == 10_000 + 3 * L * 1000
+    # with TSO, a segment is the largest one sent: tso_max in whole SMSS (64,000 here)
+    cc = congestion.make(name, 1000, 10_000, hystart=False, tso_max=64_500)
+    cc.on_ack(64_000, 0.0, 0.1)
+    assert cc.cwnd == 74_000  # all of one super-frame acknowledged
+    cc.on_ack(10 ** 6, 0.0, 0.1)
+    assert cc.cwnd == 74_000 + L * 64_000
+
+
+@pytest.mark.parametrize("name", ["cubic", "newreno"])
 def test_a_spurious_reduction_is_undone_from_the_snapshot(name):
     """RFC 9438 4.9 (and the same for NewReno): the state from before the reduction comes
     back, CUBIC's W_max, K and epoch included; cwnd and ssthresh never go down by it."""

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from tcp_harness import ACK, FIN, IRS, ISS, T0, Sim, established, pull, send_seg, seg
+from shoal.net.native.tcp import congestion
 from shoal.net.native.tcp.connection import TSO_MAX_PAYLOAD, TcpConfig
 
 BASE = ISS + 1
@@ -129,6 +130,18 @@ def test_fast_retransmit_is_one_mss():
     assert conn.counters["fast-retransmit"] == 1
 
 
+@pytest.mark.parametrize("tso", [True, False])
+def test_slow_start_grows_by_the_whole_super_frame_acknowledged(tso):
+    # a receiver behind GRO acknowledges a super-frame with one ACK: slow start's limit
+    # per ACK (`congestion.SLOW_START_L` segments) counts the segments as they were sent
+    conn = established(send_buffer=1 << 20, peer_window=65535, tso_max=TSO_MAX_PAYLOAD if tso else 0)
+    conn.send(DATA[:200_000])
+    out = pull(conn)
+    assert [len(s.payload) for s in out] == ([10 * MSS] if tso else [MSS] * 10)
+    ack(conn, BASE + 10 * MSS, T0 + 0.01)
+    assert conn.cc.cwnd == (20 if tso else 10 + congestion.SLOW_START_L) * MSS
+
+
 def test_sack_blocks_keep_segments_within_one_mss():
     # receiving out of order data: our segments carry SACK blocks, so the device's
     # MSS-sized pieces would not have room for them; no TSO then
@@ -152,7 +165,10 @@ def run_scenario(tso_max, first, acked, second, window, nodelay, fin):
     conn = established(peer_window=window, nodelay=nodelay, send_buffer=1 << 20, tso_max=tso_max)
     conn.send(DATA[:first])
     sent = sum(len(s.payload) for s in pull(conn, limit=1000))
-    ack(conn, BASE + min(acked, sent), window=window)
+    # acknowledged two MSS at a time, below slow start's limit per ACK in either case
+    # (which counts in the segments sent: `congestion.SLOW_START_L`)
+    for end in [*range(2 * MSS, min(acked, sent), 2 * MSS), min(acked, sent)]:
+        ack(conn, BASE + end, window=window)
     conn.send(DATA[first:first + second])
     if fin:
         conn.close()

@@ -340,7 +340,7 @@ class Connection:
         # machinery
         self.rtt = RttEstimator(config.initial_rto, config.min_rto, config.max_rto)
         self.cc = congestion.make(config.congestion, self.snd_mss, config.initial_window * self.snd_mss,
-                                  config.hystart)
+                                  config.hystart, config.tso_max)
         self.scoreboard = Scoreboard()
         self._rtt_seq = None
         self._rtt_time = 0.0
@@ -365,6 +365,7 @@ class Connection:
         self._undo_state = None   # the congestion controller's `snapshot` from before it
         self._undo_until = None   # SND.MAX when it ended: D-SACKs for it come within a flight
         self._undo_span = 0       # octets received beyond SND.UNA when it began (`_loss_episode`)
+        self._tx_flight = 0       # octets in flight just after new data was last sent (`_new_ack`)
         self.retries = 0
         self._probes = 0
         self._persist_backoff = 0
@@ -1062,7 +1063,6 @@ class Connection:
         """SND.UNA < SEG.ACK = `a` (a plain int) <= SND.MAX: new data acknowledged (RFC 9293
         3.10.7.4, RFC 6298 5.3). Wraparound arithmetic on plain ints (see `_predicted_arrival`)."""
         acked = (a - self._snd_una) & MASK
-        flight = (self._snd_max - self._snd_una) & MASK  # before this ACK
         sndbuf = self._sndbuf
         base = self._sndbuf_seq
         n = (a - base) & MASK
@@ -1107,11 +1107,18 @@ class Connection:
             if self.retries:
                 self.rtt.reset_after_syn_timeout()  # RFC 6298 5.7
         elif self.recovery is None:
-            if 2 * flight >= self.cc.cwnd:
+            if 2 * self._tx_flight >= self.cc.cwnd:
                 # The window was in use: grow it. An application-limited connection (less
                 # than half of cwnd in flight) keeps its window, so it cannot later send
                 # a burst the path never carried (RFC 7661 4.1's test; RFC 9438 5.8).
-                self.cc.on_ack(acked, now, self.rtt.srtt, sample, a, self._snd_max)
+                # The flight is the one new data last left with, not what this ACK finds:
+                # ACKs come in bursts (a poll's worth, sent by a receiver that took many
+                # segments at once), and before the sender refills, each one of a burst
+                # finds less in flight than the last. Judged by that, the ACKs of the
+                # burst's second half grew nothing, and slow start grew cwnd by about
+                # half per round trip instead of doubling it (Linux decides "cwnd-limited"
+                # at sending time too).
+                self.cc.on_ack(acked, now, self.rtt.srtt, sample, a, self._snd_max, seg.acks)
             else:
                 self.counters["cwnd-app-limited"] += 1
         else:
@@ -1865,6 +1872,7 @@ class Connection:
             self._rcv_unacked = 0
             self._last_ack_sent = self._rcv_nxt
             self._snd_nxt = self._snd_max = new_nxt = (nxt + n) & MASK
+            self._tx_flight = (new_nxt - self._snd_una) & MASK
             self._last_data_tx = now
             if self._rtt_seq is None and self.retries == 0:
                 self._rtt_seq, self._rtt_time = as_seq(new_nxt), now  # time this segment (RFC 6298 3)
@@ -2318,6 +2326,7 @@ class Connection:
         self._snd_nxt = new
         if 0 < (new - smax) & MASK < HALF:
             self._snd_max = new
+            self._tx_flight = (new - self._snd_una) & MASK
         new_nxt = as_seq(new)
         if retransmission:
             seg.resent = True

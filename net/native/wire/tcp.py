@@ -80,12 +80,14 @@ class TcpSegment:
     `ect` is not a header field: it is the connection's hint to the IP layer that
     this segment may carry the ECT(0) codepoint (RFC 3168 section 6.1.1); it takes
     no part in comparisons. Nor is `resent`: the connection's mark on text sent
-    before, for the device to send as a frame of its own (`Packet.alone`).
+    before, for the device to send as a frame of its own (`Packet.alone`). Nor is
+    `acks`: how many of the peer's ACKs this one stands for (1, or more where the TCP
+    layer merged a burst's pure ACKs into the last of them).
     """
 
     __slots__ = ("src_port", "dst_port", "seq", "ack", "flags", "window", "urgent",
                  "mss", "wscale", "sack_permitted", "timestamp", "sack", "payload", "ect",
-                 "resent")
+                 "resent", "acks")
 
     def __init__(self, src_port=0, dst_port=0, seq=0, ack=0, flags=0, window=0, urgent=0,
                  mss=None, wscale=None, sack_permitted=False, timestamp=None, sack=(),
@@ -105,6 +107,7 @@ class TcpSegment:
         self.payload = payload
         self.ect = False
         self.resent = False
+        self.acks = 1
 
     @property
     def seg_len(self):
@@ -134,7 +137,7 @@ class TcpSegment:
         if not isinstance(other, TcpSegment):
             return NotImplemented
         return all(getattr(self, a) == getattr(other, a) for a in self.__slots__
-                   if a != "payload" and a != "ect" and a != "resent") \
+                   if a != "payload" and a != "ect" and a != "resent" and a != "acks") \
             and bytes(self.payload) == bytes(other.payload)
 
     __hash__ = None
