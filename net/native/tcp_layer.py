@@ -74,7 +74,7 @@ import itertools
 import mmap
 import os
 import struct
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import replace
 
 from shoal.net import api
@@ -98,8 +98,10 @@ FIN_WAIT_2_TIMEOUT = 60.0
 """Seconds an orphan (closed by the application) may wait in FIN-WAIT-2 for the peer's FIN."""
 FLUSH_LOW_WATER = 64 * 1024
 """Unsent octets under which `flush` returns."""
-SENDFILE_WINDOW = 4 * 1024 * 1024
+SENDFILE_WINDOW = 1 << 20
 """Octets of a file `NativeTcpConnection.sendfile` maps at once (a multiple of the page size)."""
+SENDFILE_CACHE = 128 << 20
+"""Octets of file mappings a shard keeps for the next `sendfile` of the same bytes (`FileMappings`)."""
 _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 MAX_HALF_OPEN = 256
 """Half-open connections per listener; beyond them SYNs get SYN cookies (see `tcp.listener`)."""
@@ -333,27 +335,25 @@ class NativeTcpConnection(api.Connection):
             data = self._send(data, borrowed)
 
     async def sendfile(self, fd, offset, count):
-        """`api.Connection.sendfile` without a copy in Python: the file is mapped one
-        `SENDFILE_WINDOW` at a time (pre-faulted, MAP_POPULATE) and the send buffer keeps
-        views of the mapping (`Connection.send`'s `borrowed`) until they are acknowledged;
-        the mapping goes with its last view. The kernel copies the pages straight into the
-        device's frames. Against reading the file into bytes, the shard's CPU per 100 MB
-        downloaded went from 70-74 to 63 ms (`docs/benchmarks.md`).
+        """`api.Connection.sendfile` without a copy in Python: the send buffer keeps views of
+        the file's mapping, one `SENDFILE_WINDOW` at a time (`FileMappings`), until they are
+        acknowledged, and the kernel copies the pages straight into the device's frames.
+        Against reading the file into bytes, the shard's CPU per 100 MB downloaded went
+        from 70-74 to 63 ms (`docs/benchmarks.md`).
         """
+        st = os.fstat(fd)
         end = offset + count
+        if count and end > st.st_size:
+            raise OSError(f"sendfile: the file ends before octet {end} (at {st.st_size})")
+        mappings = self._layer.mappings
         while offset < end:
-            base = offset - offset % mmap.ALLOCATIONGRANULARITY
-            length = min(end, base + SENDFILE_WINDOW) - base
-            try:
-                mapping = mmap.mmap(fd, length, flags=mmap.MAP_SHARED | _MAP_POPULATE, prot=mmap.PROT_READ,
-                                    offset=base)
-            except ValueError:  # (mmap's "length is greater than file size")
-                raise OSError(f"sendfile: the file ends before octet {end}") from None
-            rest = self._send(memoryview(mapping)[offset - base:], True)
-            del mapping  # the views hold it
+            base = offset - offset % SENDFILE_WINDOW
+            mapping = mappings.window(fd, st, base)
+            rest = self._send(memoryview(mapping)[offset - base:min(end - base, len(mapping))], True)
+            del mapping  # the views (and the cache) hold it
             if rest is not None:
                 await self._send_when_writable(rest, True)
-            offset = base + length
+            offset = base + SENDFILE_WINDOW
 
     def _send(self, data, borrowed=False):
         """Queue what the send buffer takes of `data`; returns the rest (None: all taken)."""
@@ -496,6 +496,62 @@ class NativeTcpServer(api.Server):
         return (self._address or _text(self._layer.stack.ipv4.address), self.port)
 
 
+class FileMappings:
+    """Windows of files mapped for `sendfile`, the last used kept up to `limit` octets.
+
+    A window is mapped pre-faulted (MAP_POPULATE): the kernel then copies its pages into
+    the device's frames without taking a page fault per 4 KiB. Mapping is what costs:
+    populating the page table of 4 MiB of page cache took 320-390 us here, about a
+    quarter of the shard's CPU per MiB downloaded, and the shard does nothing else
+    meanwhile (the first byte of a download waited for it). So the windows stay mapped,
+    keyed by the file's device, inode and offset, and serve the next `sendfile` of the
+    same file as long as its size and modification time are the same. (A shared mapping
+    shows what is written in place; a file that grew or shrank gets fresh windows, as
+    a window past a new end would fault. sendfile's contract is that the file does not
+    change while it is sent.) Windows are `SENDFILE_WINDOW` long (1 MiB: 85 us to
+    populate), so the first byte goes after the first one. The least recently used go beyond `limit`;
+    a window is unmapped when the cache and the last view in a send buffer let go of it.
+    """
+
+    def __init__(self, stats, limit=SENDFILE_CACHE):
+        self.limit = limit
+        self.stats = stats  # the layer's: "sendfile-maps", "sendfile-map-hits"
+        self._windows = OrderedDict()  # (st_dev, st_ino, base) -> (st_size, st_mtime_ns, mmap)
+        self._octets = 0
+
+    def window(self, fd, st, base):
+        """The mapping of `fd` (whose `os.fstat` is `st`) from `base` (a multiple of
+        `SENDFILE_WINDOW`) for `SENDFILE_WINDOW` octets or to the end of the file."""
+        key = (st.st_dev, st.st_ino, base)
+        windows = self._windows
+        entry = windows.get(key)
+        if entry is not None:
+            if entry[0] == st.st_size and entry[1] == st.st_mtime_ns:
+                windows.move_to_end(key)
+                self.stats["sendfile-map-hits"] += 1
+                return entry[2]
+            self._drop(key)
+        length = min(st.st_size - base, SENDFILE_WINDOW)
+        try:
+            mapping = mmap.mmap(fd, length, flags=mmap.MAP_SHARED | _MAP_POPULATE, prot=mmap.PROT_READ,
+                                offset=base)
+        except ValueError:  # (mmap's "length is greater than file size": it shrank since `st`)
+            raise OSError(f"sendfile: the file ends before octet {base + length}") from None
+        self.stats["sendfile-maps"] += 1
+        windows[key] = (st.st_size, st.st_mtime_ns, mapping)
+        self._octets += length
+        while self._octets > self.limit:
+            self._drop(next(iter(windows)))
+        return mapping
+
+    def _drop(self, key):
+        self._octets -= len(self._windows.pop(key)[2])
+
+    def clear(self):
+        self._windows.clear()
+        self._octets = 0
+
+
 class TcpLayer:
     """TCP for one `NativeStack` (see the module docstring).
 
@@ -520,6 +576,7 @@ class TcpLayer:
         self.servers = {}
         self.drops = Counter()
         self.stats = Counter()
+        self.mappings = FileMappings(self.stats)  # files' windows for `sendfile`
         self._dirty = {}
         self._heap = []
         self._order = itertools.count()
@@ -882,6 +939,7 @@ class TcpLayer:
         self._dirty.clear()
         self._heap.clear()
         self._replies.clear()
+        self.mappings.clear()
 
     def counters(self):
         """Layer counters plus those of every connection, live or gone."""

@@ -7,6 +7,7 @@ the fault injector holds). Retransmission timeouts, TIME-WAIT (2*MSL) and delaye
 ACKs therefore cost nothing in wall time, and a run is a function of its seeds.
 """
 import asyncio
+import collections
 import os
 import contextlib
 import errno
@@ -15,6 +16,7 @@ import ipaddress
 import mmap
 import random
 import struct
+import tempfile
 
 import pytest
 
@@ -254,6 +256,74 @@ def test_sendfile_sends_views_of_the_mapped_file_from_any_offset(tmp_path):
             server.close()
 
     run(main())
+
+
+def test_sendfile_keeps_the_windows_mapped_for_the_next_send_of_the_file(tmp_path):
+    """A second `sendfile` of the same file reuses the mapped windows (`FileMappings`); a file
+    replaced, or grown, gets fresh ones, and every time the peer gets the file's bytes of now."""
+    from shoal.net.native.tcp_layer import SENDFILE_WINDOW
+
+    path = tmp_path / "page.bin"
+    first = random.Random(6).randbytes(2 * SENDFILE_WINDOW + 1000)  # three windows
+
+    async def send(client, conn, count):
+        async def receive():
+            got = b""
+            while len(got) < count:
+                got += await conn.read()
+            return got
+        reader = asyncio.ensure_future(receive())
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            await client.sendfile(fd, 0, count)
+        finally:
+            os.close(fd)
+        return await reader
+
+    async def main():
+        async with two_stacks() as (a, b, clock):
+            server, client, conn = await connected_pair(a, b, 8002)
+            stats = a.tcp.stats
+            path.write_bytes(first)
+            assert await send(client, conn, len(first)) == first
+            assert (stats["sendfile-maps"], stats["sendfile-map-hits"]) == (3, 0)
+            assert await send(client, conn, len(first)) == first
+            assert (stats["sendfile-maps"], stats["sendfile-map-hits"]) == (3, 3)
+            assert await send(client, conn, 500) == first[:500]  # the first window again
+            assert stats["sendfile-map-hits"] == 4
+            second = random.Random(7).randbytes(len(first) + 5000)
+            path.with_suffix(".new").write_bytes(second)
+            os.replace(path.with_suffix(".new"), path)  # another inode
+            assert await send(client, conn, len(second)) == second
+            assert (stats["sendfile-maps"], stats["sendfile-map-hits"]) == (6, 4)
+            with open(path, "ab") as f:  # the same inode, grown: its last window is mapped again
+                f.write(b"tail")
+            assert await send(client, conn, len(second) + 4) == second + b"tail"
+            assert stats["sendfile-maps"] == 9  # (size and time changed: all three windows)
+            await client.close()
+            await conn.close()
+            server.close()
+
+    run(main())
+
+
+def test_file_mappings_keep_at_most_their_limit():
+    from shoal.net.native.tcp_layer import SENDFILE_WINDOW, FileMappings
+
+    stats = collections.Counter()
+    mappings = FileMappings(stats, limit=2 * SENDFILE_WINDOW)
+    with tempfile.TemporaryFile() as f:
+        f.write(bytes(4 * SENDFILE_WINDOW))
+        f.flush()
+        st = os.fstat(f.fileno())
+        for base in range(0, 4 * SENDFILE_WINDOW, SENDFILE_WINDOW):
+            assert len(mappings.window(f.fileno(), st, base)) == SENDFILE_WINDOW
+        assert len(mappings._windows) == 2 and mappings._octets == 2 * SENDFILE_WINDOW
+        mappings.window(f.fileno(), st, 2 * SENDFILE_WINDOW)  # kept: the last two
+        assert stats == {"sendfile-maps": 4, "sendfile-map-hits": 1}
+        mappings.window(f.fileno(), st, 0)  # gone: mapped again, the least recently used goes
+        assert stats["sendfile-maps"] == 5
+        assert [key[2] for key in mappings._windows] == [2 * SENDFILE_WINDOW, 0]
 
 
 def test_read_buffers_hands_over_views_of_the_received_frames():
