@@ -196,20 +196,25 @@ class Ipv4:
     def send_tcp(self, packet, seg, dst, now, ttl, df, tos, device_checksum):
         """`send` for the segment of an established connection, with all three headers in one
         pack (`wire.tcp_frame.emit`): `packet` holds `seg`'s payload, `seg` carries the
-        timestamp option alone, `ttl` is valid (`TcpConfig` checks it). True once the frame
-        is queued for the driver. False, with nothing done, when it must go the long way
+        timestamp option alone, `ttl` is valid (`TcpConfig` checks it); a TSO super-segment
+        (``packet.gso_size``) may be up to an IPv4 datagram long, and its pieces take the
+        idents from the one it gets on (as in `send`). True once the frame is queued for
+        the driver. False, with nothing done, when it must go the long way
         (`tcp.emit_header`, then `send`): `dst` not yet routed by `send`, its next hop's MAC
         not fresh (`Arp.fresh`: unknown, or due for a refresh), or the datagram over the MTU.
         """
         next_hop = self._next_hops.get(dst)
-        if next_hop is None or len(seg.payload) + tcp_frame.DATAGRAM_HEADER_LEN > self.mtu:
+        size = len(seg.payload) + tcp_frame.DATAGRAM_HEADER_LEN
+        gso = packet.gso_size
+        if next_hop is None or (size > self.mtu and not (gso and size <= wire_ipv4.MAX_DATAGRAM)):
             return False
         l2 = self.l2
         mac = l2.fresh(next_hop, now)
         if mac is None:
             return False
         ident = self._ident
-        self._ident = (ident + 1) & 0xFFFF
+        # (`send`'s count of a super-segment's datagrams, over the TCP header and text)
+        self._ident = (ident + (-(-(size - wire_ipv4.HEADER_LEN) // gso) if gso else 1)) & 0xFFFF
         tcp_frame.emit(packet.buf, packet.prepend(tcp_frame.HEADER_LEN), mac, l2.mac, self.address, dst, ident, ttl,
                        df, tos, seg, device_checksum)
         l2.tx.append(packet)

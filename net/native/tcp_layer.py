@@ -804,9 +804,9 @@ class TcpLayer:
             if seg.resent:
                 pkt.alone = True
             partial = pkt.checksum_partial = self._device_checksum
-            if (seg.timestamp is not None and seg.mss is None and seg.wscale is None and not seg.sack
-                    and not seg.sack_permitted and self.ipv4.send_tcp(pkt, seg, dst, now, ttl, df, tos, partial)):
-                return  # an established connection's segment: all the frame's headers in one pack
+        if (seg.timestamp is not None and seg.mss is None and seg.wscale is None and not seg.sack
+                and not seg.sack_permitted and self.ipv4.send_tcp(pkt, seg, dst, now, ttl, df, tos, partial)):
+            return  # an established connection's segment: all the frame's headers in one pack
         # the header into the headroom, its checksum over the payload, which stays a fragment
         # (or left to the device, which also computes that of each piece of a TSO segment)
         wire_tcp.emit_header(pkt.buf, pkt.prepend(wire_tcp.header_len(seg)), seg, self.ipv4.address, dst,

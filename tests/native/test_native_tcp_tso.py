@@ -165,3 +165,24 @@ def test_virtual_wire_offers_no_tso_and_segments_stay_within_the_mss():
             assert "tso-segments-sent" not in a.counters()["tcp"]["stats"]
             assert a.device.stats["tx_oversize"] == 0
     run(main())
+
+
+def test_super_segments_take_the_one_pack_path(monkeypatch):
+    """A super-segment of an established connection is built like any of its segments, all
+    three headers in one pack (`Ipv4.send_tcp`), with the idents its pieces will use
+    skipped; the device cuts it all the same (`cut_frame` checks every piece)."""
+    from shoal.net.native.wire import tcp_frame
+
+    built = {"one pack": 0, "long way": 0}
+
+    def counting(name, fn):
+        def wrapper(*args):
+            seg = args[10] if name == "one pack" else args[2]
+            built[name] += len(seg.payload) > 1448
+            return fn(*args)
+        return wrapper
+    monkeypatch.setattr(tcp_frame, "emit", counting("one pack", tcp_frame.emit))
+    monkeypatch.setattr(wire_tcp, "emit_header", counting("long way", wire_tcp.emit_header))
+    stats, _sizes, _alone = check_transfer(None)
+    assert built["one pack"] >= stats["tso-segments-sent"] > 0  # (A's; B sends some too)
+    assert built["long way"] == 0
