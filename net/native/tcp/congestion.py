@@ -30,9 +30,9 @@ section 5.8 for CUBIC), which would later let it send a burst the path never car
 Both controllers start from the initial window given by the connection (RFC 5681
 3.1 or RFC 6928) and use byte counting in slow start: cwnd += min(acked, L segments per
 ACK) with L = `SLOW_START_L`, a segment being the largest the connection sends (one SMSS,
-or with TSO `tso_max` in whole SMSS; see `SLOW_START_L`). The initial slow start runs under HyStart++ (RFC 9406,
-`HyStartPlusPlus`), which leaves it when the round trip grows, before the queue it is
-filling overflows. `make(name, ...)` picks one by name ("cubic" or "newreno").
+or with TSO `tso_max` in whole SMSS; see `SLOW_START_L`). The initial slow start runs
+under HyStart++ (RFC 9406, `HyStartPlusPlus`), which leaves it when the round trip
+grows, before the queue it is filling overflows. `make(name, ...)` picks one by name ("cubic" or "newreno").
 """
 import math
 
