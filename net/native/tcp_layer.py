@@ -22,17 +22,18 @@ per 4-tuple, a `Listener` per listening port) to one `NativeStack`:
 * **A burst's pure ACKs merged.** A bulk sender gets its ACKs in bursts (a receiver
   behind a TAP acknowledges each super-frame, and one poll reads tens of them), and
   each cumulative ACK makes the one before it moot. So `receive_segment` holds a pure
-  ACK (no text, no flag but ACK, no SACK block) back, and when the next segment is
-  another pure ACK of the same connection from the same sequence number, acknowledging
-  more, with a timestamp not older, the held one is dropped and the new one is held
-  with its count (`TcpSegment.acks`, which slow start's limit per ACK takes into
-  account). Anything else delivers the held ACK first, in order, and the stack ends
-  each burst with `end_burst`. What is lost is only what each ACK of the burst would
-  have done that the last one redoes: freeing the send buffer, an RTT sample, a window
-  update (the last one's window is the one the SND.WL1/SND.WL2 rule would keep). A
-  duplicate ACK never merges (it does not acknowledge more), nor does one with SACK
-  blocks or ECN flags, so loss detection and ECN see every signal. Downloads over a
-  TAP: about 17 % faster (`docs/benchmarks.md`).
+  ACK (no text, no flag but ACK, no SACK block) back. When the next segment is another
+  pure ACK of the same connection from the same sequence number, with a timestamp not
+  older, acknowledging more but nothing beyond SND.MAX (an injected ACK, dropped by
+  RFC 5961 5.2's rule, must not stand for a valid one), the held one is dropped and
+  the new one is held with its count (`TcpSegment.acks`, which slow start's limit per
+  ACK takes into account). Anything else delivers the held ACK first, in order, and
+  the stack ends each burst with `end_burst`. What is lost is only what each ACK of the
+  burst would have done that the last one redoes: freeing the send buffer, an RTT
+  sample, a window update (the last one's window is the one the SND.WL1/SND.WL2 rule
+  would keep). A duplicate ACK never merges (it does not acknowledge more), nor does
+  one with SACK blocks or ECN flags, so loss detection and ECN see every signal.
+  Downloads over a TAP: about 17 % faster (`docs/benchmarks.md`).
 * **Timers are data.** Every owner object (connection or server) has
   ``poll_at()``; the layer keeps one deadline heap of ``(deadline, n, owner)``
   with lazy deletion: an owner is pushed again only when its deadline moves
@@ -605,7 +606,8 @@ class TcpLayer:
                 if (src == hsrc and tos == htos and seg.src_port == hseg.src_port
                         and seg.dst_port == hseg.dst_port and seg.seq == hseg.seq
                         and 0 < (seg.ack - hseg.ack) & MASK < HALF
-                        and (seg.timestamp[0] - hseg.timestamp[0]) & MASK < HALF):  # (parse: always one)
+                        and (seg.timestamp[0] - hseg.timestamp[0]) & MASK < HALF  # (parse: always one)
+                        and self._takes_new_ack(seg, src)):
                     seg.acks += hseg.acks
                     self.stats["acks-merged"] += 1
                     self._held = (src, tos, seg)
@@ -617,6 +619,13 @@ class TcpLayer:
             self._held = None
             self._segment(held[2], held[0], held[1], now)
         self._segment(seg, src, tos, now)
+
+    def _takes_new_ack(self, seg, src):
+        """Would `seg`'s connection take its ACK as new data acknowledged? An ACK beyond
+        SND.MAX (a blind injection, RFC 5961 5.2) is dropped: it must not stand for the
+        valid one held before it."""
+        conn = self.conns.get((seg.dst_port, src, seg.src_port))
+        return conn is not None and conn.tcp.acknowledges_new(seg.ack)
 
     def end_burst(self, now):
         """The stack's burst of received frames is over: deliver the pure ACK held back."""

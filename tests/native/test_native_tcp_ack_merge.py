@@ -3,13 +3,15 @@
 A pure ACK is held back; the next pure ACK of the same connection that acknowledges
 more replaces it and carries the count (`TcpSegment.acks`). Anything else delivers the
 held one first, so a connection sees its segments in order, and no duplicate ACK, SACK
-block or ECN signal is lost. The rules are checked on the layer with its connection
-lookup replaced by a recorder. (Between two shoal stacks nothing merges: shoal answers a
+block or ECN signal is lost, and no ACK beyond SND.MAX stands for the ones before it.
+The rules are checked on the layer with its delivery replaced by a recorder and its
+connections by stand-ins that know only their SND.UNA and SND.MAX. (Between two shoal stacks nothing merges: shoal answers a
 burst with one ACK. The Linux kernel acknowledges each super-frame, and
 `test_stack_tap_gso` shows the merge with it as the receiver.)
 """
 import ipaddress
 import random
+from types import SimpleNamespace
 
 from shoal.drivers.virtual import VirtualWire
 from shoal.net.native.stack import NativeStack
@@ -18,15 +20,20 @@ from shoal.net.native.wire.tcp import ACK, ECE, PSH, TcpSegment
 from test_native_tcp_virtual import A_IP, B_IP, MASK, ManualClock, static
 
 A, B = int(ipaddress.IPv4Address(A_IP)), int(ipaddress.IPv4Address(B_IP))
+SND_UNA, SND_MAX = 500, 20_000
 
 
 def recording_layer():
-    """B's TCP layer, its `_segment` (connection lookup and delivery) replaced by a log."""
+    """B's TCP layer, its `_segment` (connection lookup and delivery) replaced by a log, with
+    connections from A's ports 5000 and 5001 that have sent up to SND_MAX."""
     wire = VirtualWire()
     stack = NativeStack(wire.b, static(B_IP), rng=random.Random(1), clock=ManualClock())
     stack.ipv4.configure(B, MASK, 0, 1000.0)
     log = []
     stack.tcp._segment = lambda seg, src, tos, now: log.append((seg.src_port, seg.ack, seg.acks, len(seg.payload)))
+    for port in (5000, 5001):
+        stack.tcp.conns[(80, A, port)] = SimpleNamespace(
+            tcp=SimpleNamespace(acknowledges_new=lambda ack: SND_UNA < ack <= SND_MAX))
     return stack, log
 
 
@@ -68,7 +75,11 @@ def test_what_does_not_merge_goes_in_order():
                    (5001, 7000, 1, 0), (5001, 8000, 1, 0), (5001, 9000, 1, 0),
                    (5001, 500, 1, 0), (5001, 400, 1, 0)]
     assert stack.tcp.stats["acks-merged"] == 0
-    # and an ACK from another address or with another TOS
+    # and an ACK beyond SND.MAX (dropped by the connection: it cannot stand for the valid
+    # one before it), one from another address, one with another TOS
+    feed(stack, ack(1000), ack(SND_MAX + 1), ack(SND_MAX + 2))
+    stack.tcp.end_burst(1000.0)
+    assert [entry[1:3] for entry in log[-3:]] == [(1000, 1), (SND_MAX + 1, 1), (SND_MAX + 2, 1)]
     feed(stack, ack(1000))
     stack.tcp.receive_segment(A + 1, 0, ack(2000), 1000.0)
     feed(stack, ack(3000, port=5000), tos=4)

@@ -741,6 +741,13 @@ class Connection:
 
     # ------------------------------------------------------------------ segment arrival
 
+    def acknowledges_new(self, ack):
+        """SND.UNA < `ack` (a plain int) <= SND.MAX: an ACK of this value would take new data,
+        not be dropped (RFC 9293 3.10.7.4, RFC 5961 5.2). The TCP layer asks before it lets
+        an ACK stand for the ones before it (`TcpLayer.receive_segment`)."""
+        una = self._snd_una
+        return 0 < (ack - una) & MASK <= (self._snd_max - una) & MASK
+
     def segment_arrived(self, seg, now, ce=False):
         """Process one incoming segment (RFC 9293 3.10.7). Never raises for bad input.
 
