@@ -510,8 +510,9 @@ class FileMappings:
     shows what is written in place; a file that grew or shrank gets fresh windows, as
     a window past a new end would fault. sendfile's contract is that the file does not
     change while it is sent.) Windows are `SENDFILE_WINDOW` long (1 MiB: 85 us to
-    populate), so the first byte goes after the first one. The least recently used go beyond `limit`;
-    a window is unmapped when the cache and the last view in a send buffer let go of it.
+    populate), so the first byte goes after the first one. The least recently used go
+    beyond `limit`; a window is unmapped when the cache and the last view in a send
+    buffer let go of it.
     """
 
     def __init__(self, stats, limit=SENDFILE_CACHE):
@@ -616,8 +617,7 @@ class TcpLayer:
             self._held = (src, tos, seg)
             return
         if held is not None:
-            self._held = None
-            self._segment(held[2], held[0], held[1], now)
+            self.end_burst(now)
         self._segment(seg, src, tos, now)
 
     def _takes_new_ack(self, seg, src):

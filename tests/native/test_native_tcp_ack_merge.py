@@ -5,9 +5,10 @@ more replaces it and carries the count (`TcpSegment.acks`). Anything else delive
 held one first, so a connection sees its segments in order, and no duplicate ACK, SACK
 block or ECN signal is lost, and no ACK beyond SND.MAX stands for the ones before it.
 The rules are checked on the layer with its delivery replaced by a recorder and its
-connections by stand-ins that know only their SND.UNA and SND.MAX. (Between two shoal stacks nothing merges: shoal answers a
-burst with one ACK. The Linux kernel acknowledges each super-frame, and
-`test_stack_tap_gso` shows the merge with it as the receiver.)
+connections by stand-ins that know only their SND.UNA and SND.MAX. (Between two shoal
+stacks nothing merges: shoal answers a burst with one ACK. The Linux kernel
+acknowledges each super-frame, and `test_stack_tap_gso` shows the merge with it as the
+receiver.)
 """
 import ipaddress
 import random
