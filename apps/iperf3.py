@@ -12,7 +12,7 @@ or server to client with -R), then the client's TEST_END, EXCHANGE_RESULTS (each
 side sends its per-stream byte counts), DISPLAY_RESULTS, and the client's
 IPERF_DONE. Parameters and results are JSON after a 4-octet big-endian length. As
 with ``iperf3 -s``, one test runs at a time: another client is told ACCESS_DENIED.
-What this server does not do (UDP, SCTP, --bidir, -R with -n or -k, authentication)
+What this server does not do (UDP, SCTP, --bidir, -R without an end, authentication)
 is refused with SERVER_ERROR and iperf3's IEUNIMP, which the client prints as "an
 option you are trying to set is not implemented yet". The socket settings a client
 asks of the server's side (-w, -M, -S, -C) are not applied there, and
@@ -108,7 +108,10 @@ class _Reader:
 
 def parse_params(params):
     """The client's parameters as this server runs them: (streams, reverse, block
-    length, omit seconds); `Refused` for what it does not do or cannot be right."""
+    length, omit seconds, octets to send); `Refused` for what it does not do or cannot
+    be right. The octets: with -R and -n or -k, what the whole test sends (the client
+    ends the test when it has received that much, and iperf3's own server sends exactly
+    that); otherwise None (the client ends the test by its clock, or by what it sent)."""
     if params.get("udp") or params.get("sctp") or not params.get("tcp", True):
         raise Refused(IEUNIMP, "only TCP tests")
     if params.get("bidirectional"):
@@ -124,9 +127,12 @@ def parse_params(params):
             raise Refused(IERECVPARAMS, f"{key} {value!r} is not an integer in {low}..{high}")
         fields[key] = value
     reverse = bool(params.get("reverse"))
-    if reverse and (fields["num"] or fields["blockcount"] or not fields["time"]):
-        raise Refused(IEUNIMP, "-R needs a test of a set time (-t), not -n or -k")
-    return fields["parallel"], reverse, fields["len"], fields["omit"]
+    octets = None
+    if reverse:
+        octets = fields["num"] or fields["blockcount"] * fields["len"] or None
+        if octets is None and not fields["time"]:
+            raise Refused(IEUNIMP, "-R needs a set time (-t), size (-n) or block count (-k)")
+    return fields["parallel"], reverse, fields["len"], fields["omit"], octets
 
 
 # -- shard 0: the registry of the running test -----------------------------------------
@@ -195,6 +201,7 @@ class _Stream:
         self.octets = 0
         self.base = 0  # octets at the end of the omitted seconds
         self.running = False
+        self.limit = None  # octets to send in all (-R with -n or -k: its share of the test's)
         self.reader = asyncio.current_task()
         self.sender = None
         self.closed = False
@@ -222,11 +229,18 @@ class _Stream:
     async def send(self, blocks):
         """Write `blocks` (whole blocks of the test's length, about a MiB: one write, and
         TSO segments that seldom span two writes, which the send buffer would join)
-        until stopped, letting the shard's other tasks run after each (`write` waits
+        until stopped or, with a `limit`, until that much is sent (the client then ends
+        the test), letting the shard's other tasks run after each write (`write` waits
         only for a full buffer)."""
+        view = memoryview(blocks)
         while self.running:
-            self.octets += len(blocks)
-            await self.conn.write(blocks)
+            n = len(blocks)
+            if self.limit is not None:
+                n = min(n, self.limit - self.octets)
+                if n <= 0:
+                    return
+            self.octets += n
+            await self.conn.write(view[:n] if n < len(blocks) else blocks)
             await asyncio.sleep(0)
 
     async def close(self):
@@ -252,8 +266,9 @@ _controlled: dict = {}  # cookie -> [streams joined so far, asyncio.Event set at
 _cpu_at_start = None
 
 
-def _start_streams(cookie, ids, reverse, block_len, omit):
-    """Run this shard's streams of the test: `ids` maps each key to its stream id."""
+def _start_streams(cookie, ids, reverse, block_len, omit, limits):
+    """Run this shard's streams of the test: `ids` maps each key to its stream id,
+    `limits` to the octets it sends (-R with -n or -k) or None."""
     global _cpu_at_start
     loop = asyncio.get_running_loop()
     _cpu_at_start = (os.times(), time.monotonic())
@@ -263,6 +278,7 @@ def _start_streams(cookie, ids, reverse, block_len, omit):
         stream.id = ids[key]
         stream.running = True
         stream.octets = stream.base = 0
+        stream.limit = limits[key]
         if reverse:
             stream.sender = loop.create_task(stream.send(blocks))
     if omit and mine:
@@ -362,7 +378,7 @@ async def run_test(conn, reader, cookie):
         conn.set_nodelay()  # one-octet states: none may wait for the ACK of the one before (Nagle)
         await _send_state(conn, PARAM_EXCHANGE)
         try:
-            streams, reverse, block_len, omit = parse_params(await reader.json())
+            streams, reverse, block_len, omit, octets = parse_params(await reader.json())
         except Refused as e:
             print(f"iperf3: test from {peer} refused: {e}", flush=True)
             await conn.write(struct.pack("!bii", SERVER_ERROR, e.i_errno, 0))
@@ -376,10 +392,15 @@ async def run_test(conn, reader, cookie):
             await conn.write(struct.pack("!bii", SERVER_ERROR, e.i_errno, 0))
             return
         order = await smp.submit_to(0, _stream_order, cookie)
-        ids = {}
+        ids, limits = {}, {}
         for n, (shard, key) in enumerate(order):
             ids.setdefault(shard, {})[key] = 1 if n == 0 else n + 2  # iperf3 skips id 2
-        await asyncio.gather(*(smp.submit_to(s, _start_streams, cookie, ids.get(s, {}), reverse, block_len, omit)
+            # a test's -n or -k in equal shares (the first ones one octet more), so that the
+            # streams, wherever they run, send exactly that much together
+            limits.setdefault(shard, {})[key] = None if octets is None else \
+                octets // len(order) + (n < octets % len(order))
+        await asyncio.gather(*(smp.submit_to(s, _start_streams, cookie, ids.get(s, {}), reverse, block_len, omit,
+                                             limits.get(s, {}))
                                for s in range(smp.count)))
         await conn.write(struct.pack("!bb", TEST_START, TEST_RUNNING))
         state = await reader.state()

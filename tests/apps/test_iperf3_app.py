@@ -89,6 +89,20 @@ def test_byte_count_tests_count_every_byte(server):
     assert report["end"]["sum_received"]["bytes"] == 20 << 20
 
 
+@pytest.mark.parametrize("option, total", [(["-n", "20M"], 20 << 20), (["-n", "1000001"], 1000001),
+                                           (["-k", "100"], 100 << 16)])
+def test_a_download_of_a_set_size_sends_exactly_that(server, option, total):
+    """-R with -n or -k: the streams send the test's octets in shares (the client ends the
+    test when it has received them all), exactly as many as iperf3's own server sends."""
+    code, report = iperf3("-c", LOCAL, "-p", str(server.port), "-R", "-P", "3", "-l", "64K", *option)
+    assert code == 0, report.get("error")
+    check_counts(report, 3)
+    assert report["end"]["sum_sent"]["bytes"] == total
+    if option[0] == "-n":
+        assert report["end"]["sum_received"]["bytes"] == total
+    assert f"3 stream(s), sent {total} octets" in server.stop_cleanly()
+
+
 @pytest.mark.parametrize("option, why", [("-u", "only TCP tests"), ("--bidir", "no --bidir")])
 def test_what_the_server_does_not_do_is_refused_with_iperf3s_error(server, option, why):
     _code, report = iperf3("-c", LOCAL, "-p", str(server.port), "-t", "1", option)  # (3.12 exits 0 with -u)
@@ -123,12 +137,15 @@ def test_streams_are_numbered_in_the_order_of_the_clients_ports(ports, order):
 
 def test_parameters_the_server_runs_and_those_it_refuses():
     from shoal.apps.iperf3 import IERECVPARAMS, IEUNIMP, Refused, parse_params
-    assert parse_params({"tcp": True}) == (1, False, 131072, 0)
+    assert parse_params({"tcp": True}) == (1, False, 131072, 0, None)
     assert parse_params({"tcp": True, "parallel": 4, "reverse": True, "len": 8192, "omit": 2, "time": 5}) == \
-        (4, True, 8192, 2)
+        (4, True, 8192, 2, None)
+    assert parse_params({"tcp": True, "reverse": True, "num": 1000, "time": 0}) == (1, True, 131072, 0, 1000)
+    assert parse_params({"tcp": True, "reverse": True, "blockcount": 3, "len": 100, "time": 0})[4] == 300
+    assert parse_params({"tcp": True, "num": 1000, "time": 0})[4] is None  # (an upload: the client counts)
     for params, i_errno in (({"udp": True}, IEUNIMP), ({"tcp": True, "bidirectional": True}, IEUNIMP),
                             ({"tcp": True, "authtoken": "x"}, IEUNIMP),
-                            ({"tcp": True, "reverse": True, "num": 1000}, IEUNIMP),
+                            ({"tcp": True, "reverse": True, "time": 0}, IEUNIMP),
                             ({"tcp": True, "parallel": 129}, IERECVPARAMS), ({"tcp": True, "len": 0}, IERECVPARAMS),
                             ({"tcp": True, "time": "10"}, IERECVPARAMS), ({"tcp": True, "omit": -1}, IERECVPARAMS)):
         with pytest.raises(Refused) as refused:
