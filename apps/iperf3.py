@@ -1,18 +1,21 @@
 """shoal iperf3: a server the iperf3 client (3.x) measures against, on either stack.
 
     python -m shoal.apps.iperf3 [--port 5201] [--smp N] [--network-stack native ...]
-    iperf3 -c HOST [-t SECONDS] [-P STREAMS] [-R] [-l LENGTH] [-n BYTES] [-O SECONDS]
+    iperf3 -c HOST [-t SECONDS | -n BYTES | -k BLOCKS] [-P STREAMS] [-R | --bidir]
+                   [-l LENGTH] [-O SECONDS]
 
 Theory of operation. An iperf3 test is one control connection and N data
 connections ("streams"), all to the server's port, each opening with the client's
-37-octet cookie. The server drives the control connection with one-octet states:
+37-octet cookie (with --bidir, 2N: the N the client sends on, then N it receives
+on). The server drives the control connection with one-octet states:
 PARAM_EXCHANGE (the client answers with its parameters), CREATE_STREAMS (it
 connects the streams), TEST_START and TEST_RUNNING (data flows: client to server,
-or server to client with -R), then the client's TEST_END, EXCHANGE_RESULTS (each
-side sends its per-stream byte counts), DISPLAY_RESULTS, and the client's
+server to client with -R, both with --bidir), then the client's TEST_END (at its
+-t, or once -n or -k is carried: a sending server sends exactly that), EXCHANGE_RESULTS
+(each side sends its per-stream byte counts), DISPLAY_RESULTS, and the client's
 IPERF_DONE. Parameters and results are JSON after a 4-octet big-endian length. As
 with ``iperf3 -s``, one test runs at a time: another client is told ACCESS_DENIED.
-What this server does not do (UDP, SCTP, --bidir, -R without an end, authentication)
+What this server does not do (UDP, SCTP, a download without an end, authentication)
 is refused with SERVER_ERROR and iperf3's IEUNIMP, which the client prints as "an
 option you are trying to set is not implemented yet". The socket settings a client
 asks of the server's side (-w, -M, -S, -C) are not applied there, and
@@ -39,6 +42,7 @@ import asyncio
 import collections
 import json
 import os
+from dataclasses import dataclass
 import struct
 import sys
 import time
@@ -106,16 +110,28 @@ class _Reader:
         return value
 
 
+@dataclass(frozen=True)
+class Parameters:
+    """A test as this server runs it (`parse_params`).
+
+    `streams` is -P: with --bidir (`bidir`) the client connects that many streams to send
+    and as many again to receive. `octets`: with -n or -k, what the server's sending
+    streams send in all (the client ends the test once it has received that much, and
+    iperf3's own server sends exactly that); None when the client ends the test by its
+    clock, or by what it sent itself."""
+    streams: int
+    reverse: bool
+    bidir: bool
+    block_len: int
+    omit: int
+    octets: int | None
+
+
 def parse_params(params):
-    """The client's parameters as this server runs them: (streams, reverse, block
-    length, omit seconds, octets to send); `Refused` for what it does not do or cannot
-    be right. The octets: with -R and -n or -k, what the whole test sends (the client
-    ends the test when it has received that much, and iperf3's own server sends exactly
-    that); otherwise None (the client ends the test by its clock, or by what it sent)."""
+    """The client's parameters as `Parameters`; `Refused` for what this server does not
+    do or what cannot be right."""
     if params.get("udp") or params.get("sctp") or not params.get("tcp", True):
         raise Refused(IEUNIMP, "only TCP tests")
-    if params.get("bidirectional"):
-        raise Refused(IEUNIMP, "no --bidir")
     if params.get("authtoken") is not None:
         raise Refused(IEUNIMP, "no authentication")
     fields = {}
@@ -126,13 +142,14 @@ def parse_params(params):
         if type(value) is not int or not low <= value <= high:
             raise Refused(IERECVPARAMS, f"{key} {value!r} is not an integer in {low}..{high}")
         fields[key] = value
-    reverse = bool(params.get("reverse"))
+    bidir = bool(params.get("bidirectional"))
+    reverse = bool(params.get("reverse")) and not bidir
     octets = None
-    if reverse:
+    if reverse or bidir:
         octets = fields["num"] or fields["blockcount"] * fields["len"] or None
         if octets is None and not fields["time"]:
-            raise Refused(IEUNIMP, "-R needs a set time (-t), size (-n) or block count (-k)")
-    return fields["parallel"], reverse, fields["len"], fields["omit"], octets
+            raise Refused(IEUNIMP, "a download needs a set time (-t), size (-n) or block count (-k)")
+    return Parameters(fields["parallel"], reverse, bidir, fields["len"], fields["omit"], octets)
 
 
 # -- shard 0: the registry of the running test -----------------------------------------
@@ -201,14 +218,16 @@ class _Stream:
         self.octets = 0
         self.base = 0  # octets at the end of the omitted seconds
         self.running = False
-        self.limit = None  # octets to send in all (-R with -n or -k: its share of the test's)
+        self.sends = False  # the server sends on it (-R, or the second half of a --bidir test's)
+        self.limit = None  # octets to send in all (with -n or -k: its share of the test's)
         self.reader = asyncio.current_task()
         self.sender = None
         self.closed = False
         self.arrived = asyncio.Event()  # set by each read: `drain` waits on it
 
     async def receive(self):
-        """Until the client closes the stream (with -R it sends nothing, but closes)."""
+        """Until the client closes the stream (where the server sends, the client sends
+        nothing, but closes)."""
         while True:
             buffers = await self.conn.read_buffers()
             if not buffers:
@@ -261,25 +280,27 @@ class _Stream:
 
 
 _streams: dict = {}  # cookie -> {key: _Stream}, on every shard
+_closing: set = set()  # closes of sending streams under way (`_stop_streams`)
 _ended = collections.deque(maxlen=16)  # tests this shard closed: a stream admitted just before is not kept
 _controlled: dict = {}  # cookie -> [streams joined so far, asyncio.Event set at each join], on the controller
 _cpu_at_start = None
 
 
-def _start_streams(cookie, ids, reverse, block_len, omit, limits):
-    """Run this shard's streams of the test: `ids` maps each key to its stream id,
-    `limits` to the octets it sends (-R with -n or -k) or None."""
+def _start_streams(cookie, plan, block_len, omit):
+    """Run this shard's streams of the test: `plan` maps each key to (its stream id,
+    whether the server sends on it, the octets it sends in all or None)."""
     global _cpu_at_start
     loop = asyncio.get_running_loop()
     _cpu_at_start = (os.times(), time.monotonic())
     mine = _streams.get(cookie, {})
-    blocks = os.urandom(block_len) * max(1, WRITE_OCTETS // block_len) if reverse and mine else None
+    blocks = None
+    if any(sends for _id, sends, _limit in plan.values()):
+        blocks = os.urandom(block_len) * max(1, WRITE_OCTETS // block_len)
     for key, stream in mine.items():
-        stream.id = ids[key]
+        stream.id, stream.sends, stream.limit = plan[key]
         stream.running = True
         stream.octets = stream.base = 0
-        stream.limit = limits[key]
-        if reverse:
+        if stream.sends:
             stream.sender = loop.create_task(stream.send(blocks))
     if omit and mine:
         def omitted():
@@ -288,15 +309,18 @@ def _start_streams(cookie, ids, reverse, block_len, omit, limits):
         loop.call_later(omit, omitted)
 
 
-async def _stop_streams(cookie, ended_at, sent=None):
-    """End this shard's streams: their counts since the omitted seconds, the CPU time
-    this shard used and the time from the start to `ended_at` (the client's
-    TEST_END); then each is closed (`_Stream.close`). `sent`, when the client sent:
-    what it says each stream carried, which the streams first wait for (the text
-    behind TEST_END on other connections may still be arriving)."""
+async def _stop_streams(cookie, ended_at, sending, sent=None):
+    """End this shard's streams on which the server sends (`sending`) or receives: their
+    counts since the omitted seconds, the CPU time this shard used and the time from the
+    start to `ended_at` (the client's TEST_END); then each is closed (`_Stream.close`).
+    `sent`, for receiving streams: what the client says each carried, which they first
+    wait for (the text behind TEST_END on other connections may still be arriving).
+    Sending streams are closed in the background: the client may have stopped reading
+    them (with --bidir, iperf3 3.12 reads no more after its TEST_END: their last block
+    and FIN wait in the buffers until it closes them, after the results)."""
     times, at = _cpu_at_start if _cpu_at_start else (os.times(), time.monotonic())
     now_times = os.times()
-    mine = _streams.get(cookie, {})
+    mine = {key: stream for key, stream in _streams.get(cookie, {}).items() if stream.sends == sending}
     if sent is not None:
         deadline = time.monotonic() + DRAIN_S
         await asyncio.gather(*(stream.drain(sent.get(stream.id, 0), deadline) for stream in mine.values()))
@@ -304,7 +328,13 @@ async def _stop_streams(cookie, ended_at, sent=None):
     for stream in mine.values():
         stream.running = False
         counts.append((stream.id, stream.octets - stream.base))
-    await asyncio.gather(*(stream.close() for stream in mine.values()))
+    if sending:
+        for stream in mine.values():
+            task = asyncio.ensure_future(stream.close())
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
+    else:
+        await asyncio.gather(*(stream.close() for stream in mine.values()))
     return counts, now_times.user - times.user, now_times.system - times.system, ended_at - at
 
 
@@ -378,11 +408,12 @@ async def run_test(conn, reader, cookie):
         conn.set_nodelay()  # one-octet states: none may wait for the ACK of the one before (Nagle)
         await _send_state(conn, PARAM_EXCHANGE)
         try:
-            streams, reverse, block_len, omit, octets = parse_params(await reader.json())
+            test = parse_params(await reader.json())
         except Refused as e:
             print(f"iperf3: test from {peer} refused: {e}", flush=True)
             await conn.write(struct.pack("!bii", SERVER_ERROR, e.i_errno, 0))
             return
+        streams = test.streams * (2 if test.bidir else 1)
         await smp.submit_to(0, _expect_streams, cookie, streams)
         await _send_state(conn, CREATE_STREAMS)
         try:
@@ -392,15 +423,17 @@ async def run_test(conn, reader, cookie):
             await conn.write(struct.pack("!bii", SERVER_ERROR, e.i_errno, 0))
             return
         order = await smp.submit_to(0, _stream_order, cookie)
-        ids, limits = {}, {}
+        plan = {}
+        senders = len(order) - test.streams if test.bidir else len(order) if test.reverse else 0
         for n, (shard, key) in enumerate(order):
-            ids.setdefault(shard, {})[key] = 1 if n == 0 else n + 2  # iperf3 skips id 2
+            # --bidir: the client connects the streams it sends on first, as iperf3's server expects
+            sends = n >= len(order) - senders
+            k = n - (len(order) - senders)  # (among the sending streams)
             # a test's -n or -k in equal shares (the first ones one octet more), so that the
             # streams, wherever they run, send exactly that much together
-            limits.setdefault(shard, {})[key] = None if octets is None else \
-                octets // len(order) + (n < octets % len(order))
-        await asyncio.gather(*(smp.submit_to(s, _start_streams, cookie, ids.get(s, {}), reverse, block_len, omit,
-                                             limits.get(s, {}))
+            limit = test.octets // senders + (k < test.octets % senders) if sends and test.octets else None
+            plan.setdefault(shard, {})[key] = (1 if n == 0 else n + 2, sends, limit)  # iperf3 skips id 2
+        await asyncio.gather(*(smp.submit_to(s, _start_streams, cookie, plan.get(s, {}), test.block_len, test.omit)
                                for s in range(smp.count)))
         await conn.write(struct.pack("!bb", TEST_START, TEST_RUNNING))
         state = await reader.state()
@@ -408,31 +441,39 @@ async def run_test(conn, reader, cookie):
         if state != TEST_END:
             print(f"iperf3: test from {peer} ended by the client (state {state})", flush=True)
             return
-        if reverse:  # stop sending first: the client's last read of a block ends at our FIN
-            stopped = await smp.invoke_on_all(_stop_streams, cookie, ended_at)
-            await _send_state(conn, EXCHANGE_RESULTS)
-            await reader.json()  # the client's own results, as it received them
-        else:
-            await _send_state(conn, EXCHANGE_RESULTS)
-            sent = client_counts(await reader.json())
-            stopped = await smp.invoke_on_all(_stop_streams, cookie, ended_at, sent)
-        elapsed = max(s[3] for s in stopped) - omit
-        user = sum(s[1] for s in stopped)
+        sent_counts = []
+        if senders:  # stop sending first: the client's last read of a block ends at our FIN
+            stopped = await smp.invoke_on_all(_stop_streams, cookie, ended_at, True)
+            sent_counts = [c for s in stopped for c in s[0]]
+        await _send_state(conn, EXCHANGE_RESULTS)
+        results = await reader.json()  # the client's: what it sent on the streams it sends on
+        received_counts = []
+        if senders < len(order):
+            stopped = await smp.invoke_on_all(_stop_streams, cookie, ended_at, False, client_counts(results))
+            received_counts = [c for s in stopped for c in s[0]]
+        elapsed = max(s[3] for s in stopped) - test.omit
+        user = sum(s[1] for s in stopped)  # (the last call's: CPU from the test's start)
         system = sum(s[2] for s in stopped)
-        counts = sorted(c for s in stopped for c in s[0])
         await _send_json(conn, {
             "cpu_util_total": 100.0 * (user + system) / max(elapsed, 1e-9),
             "cpu_util_user": 100.0 * user / max(elapsed, 1e-9),
             "cpu_util_system": 100.0 * system / max(elapsed, 1e-9),
-            # (as the receiver, -1 as iperf3 sends; as the sender, 0: the API has no retransmit count)
-            "sender_has_retransmits": 0 if reverse else -1,
+            # (as the receiver, -1 as iperf3 sends; as a sender, 0: the API has no retransmit count)
+            "sender_has_retransmits": 0 if senders else -1,
             "streams": [{"id": sid, "bytes": octets, "retransmits": -1, "jitter": 0, "errors": 0, "packets": 0,
-                         "start_time": 0, "end_time": elapsed} for sid, octets in counts],
+                         "start_time": 0, "end_time": elapsed}
+                        for sid, octets in sorted(sent_counts + received_counts)],
         })
         await _send_state(conn, DISPLAY_RESULTS)
-        total = sum(octets for _sid, octets in counts)
-        print(f"iperf3: test from {peer}: {streams} stream(s), {'sent' if reverse else 'received'} {total} "
-              f"octets in {elapsed:.2f} s ({total / max(elapsed, 1e-9) / 1e6:.1f} MB/s)", flush=True)
+        moved = []
+        if received_counts:
+            moved.append(f"received {sum(octets for _sid, octets in received_counts)}")
+        if sent_counts:
+            moved.append(f"sent {sum(octets for _sid, octets in sent_counts)}")
+        total = sum(octets for _sid, octets in sent_counts + received_counts)
+        print(f"iperf3: test from {peer}: {test.streams} stream(s){' each way' if test.bidir else ''}, "
+              f"{' and '.join(moved)} octets in {elapsed:.2f} s ({total / max(elapsed, 1e-9) / 1e6:.1f} MB/s)",
+              flush=True)
         try:
             await reader.state()  # IPERF_DONE, or the client just closes
         except EOFError:

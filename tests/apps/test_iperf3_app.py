@@ -29,22 +29,23 @@ def iperf3(*argv, runner=None):
     return result.returncode, json.loads(result.stdout)
 
 
-IN_FLIGHT = 16 << 20
+IN_FLIGHT = 64 << 20  # (with --bidir, iperf3's own server sends up to 37 MB more than its client counts)
 
 
 def check_counts(report, streams):
-    """The server's figures (the client's "receiver" side for an upload, "sender" for -R)
-    agree with the client's, per stream (so the server numbered the streams as the
-    client did). An upload's agree exactly; with -R the client stops counting at its
-    TEST_END, while what was on its way still arrives (so with iperf3's own server)."""
+    """The server's figures (the client's "receiver" side where the client sends, "sender"
+    where the server does: -R, and half of a --bidir test's streams) agree with the
+    client's, per stream (so the server numbered the streams as the client did). Where
+    the client sends they agree exactly; where the server does, the client stops counting
+    at its TEST_END, while what was on its way still arrives (so with iperf3's own server)."""
     end = report["end"]
     assert len(end["streams"]) == streams
     for stream in end["streams"]:
         sent, received = stream["sender"]["bytes"], stream["receiver"]["bytes"]
-        if report["start"]["test_start"]["reverse"]:
-            assert 0 < received <= sent <= received + IN_FLIGHT, stream
-        else:
+        if stream["sender"]["sender"]:  # (the client sent)
             assert 0 < received == sent, stream
+        else:
+            assert 0 < received <= sent <= received + IN_FLIGHT, stream
 
 
 class Server(AppProcess):
@@ -89,6 +90,25 @@ def test_byte_count_tests_count_every_byte(server):
     assert report["end"]["sum_received"]["bytes"] == 20 << 20
 
 
+def test_both_ways_at_once(server):
+    """--bidir: the client connects -P streams it sends on, then as many it receives on;
+    the server counts the first and sends on the others (iperf3 3.12's order)."""
+    code, report = iperf3("-c", LOCAL, "-p", str(server.port), "-t", "1", "-P", "2", "--bidir")
+    assert code == 0, report.get("error")
+    check_counts(report, 4)
+    assert [s["sender"]["sender"] for s in report["end"]["streams"]] == [True, True, False, False]
+    # -n: the client ends the test once either way has carried that much; the server
+    # sends no more than that
+    code, report = iperf3("-c", LOCAL, "-p", str(server.port), "-n", "8M", "-l", "64K", "--bidir")
+    assert code == 0, report.get("error")
+    check_counts(report, 2)
+    end = report["end"]
+    forward, back = end["sum_sent"]["bytes"], end["sum_received_bidir_reverse"]["bytes"]
+    assert max(forward, back) == 8 << 20 and end["sum_sent_bidir_reverse"]["bytes"] <= 8 << 20
+    out = server.stop_cleanly()
+    assert "2 stream(s) each way, received" in out and f"1 stream(s) each way, received {forward} and sent" in out
+
+
 @pytest.mark.parametrize("option, total", [(["-n", "20M"], 20 << 20), (["-n", "1000001"], 1000001),
                                            (["-k", "100"], 100 << 16)])
 def test_a_download_of_a_set_size_sends_exactly_that(server, option, total):
@@ -103,7 +123,7 @@ def test_a_download_of_a_set_size_sends_exactly_that(server, option, total):
     assert f"3 stream(s), sent {total} octets" in server.stop_cleanly()
 
 
-@pytest.mark.parametrize("option, why", [("-u", "only TCP tests"), ("--bidir", "no --bidir")])
+@pytest.mark.parametrize("option, why", [("-u", "only TCP tests")])
 def test_what_the_server_does_not_do_is_refused_with_iperf3s_error(server, option, why):
     _code, report = iperf3("-c", LOCAL, "-p", str(server.port), "-t", "1", option)  # (3.12 exits 0 with -u)
     assert report["error"] == "an option you are trying to set is not implemented yet"
@@ -136,16 +156,19 @@ def test_streams_are_numbered_in_the_order_of_the_clients_ports(ports, order):
 
 
 def test_parameters_the_server_runs_and_those_it_refuses():
-    from shoal.apps.iperf3 import IERECVPARAMS, IEUNIMP, Refused, parse_params
-    assert parse_params({"tcp": True}) == (1, False, 131072, 0, None)
+    from shoal.apps.iperf3 import IERECVPARAMS, IEUNIMP, Parameters, Refused, parse_params
+    assert parse_params({"tcp": True}) == Parameters(1, False, False, 131072, 0, None)
     assert parse_params({"tcp": True, "parallel": 4, "reverse": True, "len": 8192, "omit": 2, "time": 5}) == \
-        (4, True, 8192, 2, None)
-    assert parse_params({"tcp": True, "reverse": True, "num": 1000, "time": 0}) == (1, True, 131072, 0, 1000)
-    assert parse_params({"tcp": True, "reverse": True, "blockcount": 3, "len": 100, "time": 0})[4] == 300
-    assert parse_params({"tcp": True, "num": 1000, "time": 0})[4] is None  # (an upload: the client counts)
-    for params, i_errno in (({"udp": True}, IEUNIMP), ({"tcp": True, "bidirectional": True}, IEUNIMP),
-                            ({"tcp": True, "authtoken": "x"}, IEUNIMP),
+        Parameters(4, True, False, 8192, 2, None)
+    assert parse_params({"tcp": True, "reverse": True, "num": 1000, "time": 0}) == \
+        Parameters(1, True, False, 131072, 0, 1000)
+    assert parse_params({"tcp": True, "reverse": True, "blockcount": 3, "len": 100, "time": 0}).octets == 300
+    assert parse_params({"tcp": True, "num": 1000, "time": 0}).octets is None  # (an upload: the client counts)
+    assert parse_params({"tcp": True, "bidirectional": True, "parallel": 2, "time": 1}) == \
+        Parameters(2, False, True, 131072, 0, None)
+    for params, i_errno in (({"udp": True}, IEUNIMP), ({"tcp": True, "authtoken": "x"}, IEUNIMP),
                             ({"tcp": True, "reverse": True, "time": 0}, IEUNIMP),
+                            ({"tcp": True, "bidirectional": True, "time": 0}, IEUNIMP),
                             ({"tcp": True, "parallel": 129}, IERECVPARAMS), ({"tcp": True, "len": 0}, IERECVPARAMS),
                             ({"tcp": True, "time": "10"}, IERECVPARAMS), ({"tcp": True, "omit": -1}, IERECVPARAMS)):
         with pytest.raises(Refused) as refused:
@@ -217,10 +240,13 @@ def test_native_stack_with_the_kernel_as_client(smp):
                     break
                 time.sleep(0.2)
             assert code == 0, report.get("error")
-            for extra in ([], ["-R"]):
+            for extra, streams in (([], smp), (["-R"], smp), (["--bidir"], 2 * smp)):
                 code, report = iperf3("-c", peer.shoal_ip, "-t", "1", "-P", str(smp), *extra, runner=in_namespace)
                 assert code == 0, report.get("error")
-                check_counts(report, smp)
+                check_counts(report, streams)
+            code, report = iperf3("-c", peer.shoal_ip, "-R", "-n", "3000001", "-P", str(smp), runner=in_namespace)
+            assert code == 0, report.get("error")
+            assert report["end"]["sum_sent"]["bytes"] == report["end"]["sum_received"]["bytes"] == 3000001
         finally:
             out = stop_process(app)
         assert "native stack" in out and "Traceback" not in out, out
