@@ -1,7 +1,7 @@
 """shoal iperf3: a server the iperf3 client (3.x) measures against, on either stack.
 
     python -m shoal.apps.iperf3 [--port 5201] [--smp N] [--network-stack native ...]
-    iperf3 -c HOST [-t SECONDS | -n BYTES | -k BLOCKS] [-P STREAMS] [-R | --bidir]
+    iperf3 -c HOST [-t SECONDS | -n BYTES | -k BLOCKS] [-P STREAMS] [-R | --bidir | -u [-b RATE]]
                    [-l LENGTH] [-O SECONDS]
 
 Theory of operation. An iperf3 test is one control connection and N data
@@ -15,9 +15,13 @@ server to client with -R, both with --bidir), then the client's TEST_END (at its
 (each side sends its per-stream byte counts), DISPLAY_RESULTS, and the client's
 IPERF_DONE. Parameters and results are JSON after a 4-octet big-endian length. As
 with ``iperf3 -s``, one test runs at a time: another client is told ACCESS_DENIED.
-What this server does not do (UDP, SCTP, a download without an end, authentication)
-is refused with SERVER_ERROR and iperf3's IEUNIMP, which the client prints as "an
-option you are trying to set is not implemented yet". The socket settings a client
+With -u the streams are UDP flows to the same port instead (`serve_udp`): each opens
+with a 4-octet connect datagram that the server answers, and the server counts the
+client's datagrams as iperf3's does (`_UdpStream`): octets, losses, reordering, jitter.
+What this server does not do (UDP from the server: -u with -R or --bidir; SCTP; a
+download without an end; authentication) is refused with SERVER_ERROR and iperf3's
+IEUNIMP, which the client prints as "an option you are trying to set is not
+implemented yet". The socket settings a client
 asks of the server's side (-w, -M, -S, -C) are not applied there, and
 --get-server-output gets no text: the client runs and reports as usual.
 
@@ -27,13 +31,16 @@ connection and the streams of one test are usually on different shards. Shard 0
 keeps the registry of the running test (`_classify`): a new connection reads its
 cookie and asks shard 0 whether it starts a test (its shard then controls it), is a
 stream of the running test (it stays on its own shard, which counts its bytes), or
-is turned away. The controlling shard starts, stops and collects the streams with
-`smp.invoke_on_all`. Only cookies, counts and times cross shards.
+is turned away. A UDP flow names no test: its connect datagram joins the running -u
+test while that expects streams (`_classify_udp`). The controlling shard starts,
+stops and collects the streams with `smp.invoke_on_all`. Only cookies, counts and
+times cross shards.
 
 Streams are numbered as iperf3 numbers them (1, 3, 4, ...) in the order the client
 connected them, which it does one after the other. Their shards may accept them in
 any order, so the order comes from the client's ports instead (`connect_order`):
-Linux gives consecutive connections to one destination increasing ports.
+Linux gives consecutive connections to one destination increasing ports. (UDP flows
+join in order: the client sends the next connect datagram only after the answer.)
 """
 
 from __future__ import annotations
@@ -42,10 +49,10 @@ import asyncio
 import collections
 import json
 import os
-from dataclasses import dataclass
 import struct
 import sys
 import time
+from dataclasses import dataclass
 
 from shoal import net
 from shoal.runtime import smp
@@ -67,6 +74,10 @@ FINISH_S = 10.0  # a stream's last block and FIN must leave within this, or it i
 DRAIN_S = 2.0  # how long what the client says it sent may still be on its way
 WRITE_OCTETS = 1 << 20  # what a sending stream writes at once (`_Stream.send`)
 PORT_WRAP_GAP = 16384  # (a connection's next port is a few above; Linux's range is 28232 wide)
+UDP_CONNECT_MSG = b"9876"  # a UDP stream's first datagram: iperf3 3.x writes 0x36373839 in host order
+UDP_CONNECT_REPLY = b"6789"  # (0x39383736, little-endian: what x86 and ARM clients compare)
+UDP_HEADER = struct.Struct("!IIi")  # a UDP datagram's send time (seconds, microseconds) and number
+UDP_HEADER_64 = struct.Struct("!IIq")  # (the number with --udp-counters-64bit)
 
 
 class Refused(Exception):
@@ -118,20 +129,26 @@ class Parameters:
     and as many again to receive. `octets`: with -n or -k, what the server's sending
     streams send in all (the client ends the test once it has received that much, and
     iperf3's own server sends exactly that); None when the client ends the test by its
-    clock, or by what it sent itself."""
+    clock, or by what it sent itself. `udp`: the streams are UDP flows (-u), whose
+    datagrams carry a 64-bit number with `counters_64bit`."""
     streams: int
     reverse: bool
     bidir: bool
     block_len: int
     omit: int
     octets: int | None
+    udp: bool = False
+    counters_64bit: bool = False
 
 
 def parse_params(params):
     """The client's parameters as `Parameters`; `Refused` for what this server does not
     do or what cannot be right."""
-    if params.get("udp") or params.get("sctp") or not params.get("tcp", True):
-        raise Refused(IEUNIMP, "only TCP tests")
+    udp = bool(params.get("udp"))
+    if params.get("sctp") or not (udp or params.get("tcp", True)):
+        raise Refused(IEUNIMP, "only TCP and UDP tests")
+    if udp and (params.get("reverse") or params.get("bidirectional")):
+        raise Refused(IEUNIMP, "no UDP from the server (-u with -R or --bidir)")
     if params.get("authtoken") is not None:
         raise Refused(IEUNIMP, "no authentication")
     fields = {}
@@ -149,12 +166,14 @@ def parse_params(params):
         octets = fields["num"] or fields["blockcount"] * fields["len"] or None
         if octets is None and not fields["time"]:
             raise Refused(IEUNIMP, "a download needs a set time (-t), size (-n) or block count (-k)")
-    return Parameters(fields["parallel"], reverse, bidir, fields["len"], fields["omit"], octets)
+    return Parameters(fields["parallel"], reverse, bidir, fields["len"], fields["omit"], octets, udp,
+                      bool(params.get("udp_counters_64bit")))
 
 
 # -- shard 0: the registry of the running test -----------------------------------------
 
-_test = None  # on shard 0: {"cookie", "controller", "expected", "joined": [(client port, shard, key)]}
+_test = None  # on shard 0: {"cookie", "controller", "expected", "udp", "joined": [(client port, shard, key)]}
+# ("udp": 0 for a TCP test, else the bits of its datagrams' numbers, 32 or 64)
 
 
 def connect_order(ports):
@@ -174,18 +193,35 @@ def _classify(cookie, shard, key, port):
     ("busy",) is turned away."""
     global _test
     if _test is None:
-        _test = {"cookie": cookie, "controller": shard, "expected": None, "joined": []}
+        _test = {"cookie": cookie, "controller": shard, "expected": None, "udp": 0, "joined": []}
         return ("control",)
-    if cookie == _test["cookie"] and _test["expected"] is not None \
+    if cookie == _test["cookie"] and _test["expected"] is not None and not _test["udp"] \
             and len(_test["joined"]) < _test["expected"]:
         _test["joined"].append((port, shard, key))
         return ("stream", _test["controller"])
     return ("busy",)
 
 
-def _expect_streams(cookie, count):
+def _classify_udp(shard, key):
+    """Shard 0: a UDP flow's connect datagram. Its datagrams carry no cookie: it joins
+    the running test if that expects UDP streams still (-u), as ("stream", controller,
+    cookie, bits of its datagrams' numbers); else ("busy",). The client connects a UDP
+    stream only once the one before has its answer, so the order in which they join is
+    the order it made them (their ports, which Linux picks at random for UDP, would not
+    tell)."""
+    if _test is None or not _test["udp"] or _test["expected"] is None \
+            or len(_test["joined"]) >= _test["expected"]:
+        return ("busy",)
+    _test["joined"].append((len(_test["joined"]), shard, key))
+    return ("stream", _test["controller"], _test["cookie"], _test["udp"])
+
+
+def _expect_streams(cookie, count, udp):
+    """Shard 0: the running test's streams may join now: `count` of them, UDP flows
+    with `udp` (the bits of their numbers), else TCP connections."""
     if _test is not None and _test["cookie"] == cookie:
         _test["expected"] = count
+        _test["udp"] = udp
 
 
 def _stream_order(cookie):
@@ -236,6 +272,14 @@ class _Stream:
                 self.octets += sum(len(b) for b in buffers)
                 self.arrived.set()
 
+    def mark_omitted(self):
+        """The omitted seconds (-O) are over: count from here."""
+        self.base = self.octets
+
+    def figures(self):
+        """Its entry of the server's results: what it carried since the omitted seconds."""
+        return {"bytes": self.octets - self.base, "jitter": 0, "errors": 0, "packets": 0}
+
     async def drain(self, sent, deadline):
         """Until the `sent` octets the client counted have arrived, or `deadline`."""
         while self.octets - self.base < sent and time.monotonic() < deadline:
@@ -279,7 +323,65 @@ class _Stream:
             self.conn.abort()
 
 
-_streams: dict = {}  # cookie -> {key: _Stream}, on every shard
+class _UdpStream:
+    """One UDP flow of a -u test on this shard: counts the datagrams the client sends,
+    as iperf3's receiver does. Each starts with the send time and a number (1, 2, ...):
+    a number beyond the next counts the ones skipped as lost, one below it is out of
+    order (and was counted lost: one less), and the jitter is RFC 3550 6.4.1's
+    (the client's clock and ours differ by a constant, which the differences cancel)."""
+
+    def __init__(self, source, header):
+        self.source = source
+        self.header = header
+        self.id = None
+        self.sends = False
+        self.limit = None
+        self.sender = None
+        self.running = False
+        self.octets = self.base = 0
+        self.packets = self.errors = self.out_of_order = 0
+        self.packets_base = self.errors_base = 0
+        self.jitter = 0.0
+        self._transit = None
+
+    def datagram(self, data, now):
+        header = self.header
+        if not self.running or len(data) < header.size:
+            return
+        sec, usec, number = header.unpack_from(data)
+        self.octets += len(data)
+        if number > self.packets:
+            self.errors += number - 1 - self.packets
+            self.packets = number
+        else:
+            self.out_of_order += 1
+            if self.errors > 0:
+                self.errors -= 1
+        transit = now - (sec + usec / 1e6)
+        if self._transit is not None:
+            self.jitter += (abs(transit - self._transit) - self.jitter) / 16
+        self._transit = transit
+
+    def mark_omitted(self):
+        self.base = self.octets
+        self.packets_base = self.packets
+        self.errors_base = self.errors
+
+    def figures(self):
+        return {"bytes": self.octets - self.base, "jitter": self.jitter, "errors": self.errors - self.errors_base,
+                "packets": self.packets - self.packets_base}
+
+    async def drain(self, sent, deadline):
+        """Nothing to wait for: a datagram lost on the way never comes."""
+
+    async def close(self):
+        self.running = False
+        if _udp_streams.get(self.source) is self:
+            del _udp_streams[self.source]
+
+
+_udp_streams: dict = {}  # source address -> _UdpStream, on every shard
+_streams: dict = {}  # cookie -> {key: _Stream or _UdpStream}, on every shard
 _closing: set = set()  # closes of sending streams under way (`_stop_streams`)
 _ended = collections.deque(maxlen=16)  # tests this shard closed: a stream admitted just before is not kept
 _controlled: dict = {}  # cookie -> [streams joined so far, asyncio.Event set at each join], on the controller
@@ -305,14 +407,15 @@ def _start_streams(cookie, plan, block_len, omit):
     if omit and mine:
         def omitted():
             for stream in mine.values():
-                stream.base = stream.octets
+                stream.mark_omitted()
         loop.call_later(omit, omitted)
 
 
 async def _stop_streams(cookie, ended_at, sending, sent=None):
     """End this shard's streams on which the server sends (`sending`) or receives: their
-    counts since the omitted seconds, the CPU time this shard used and the time from the
-    start to `ended_at` (the client's TEST_END); then each is closed (`_Stream.close`).
+    figures since the omitted seconds (`_Stream.figures`), the CPU time this shard used
+    and the time from the start to `ended_at` (the client's TEST_END); then each is
+    closed (`_Stream.close`).
     `sent`, for receiving streams: what the client says each carried, which they first
     wait for (the text behind TEST_END on other connections may still be arriving).
     Sending streams are closed in the background: the client may have stopped reading
@@ -327,7 +430,7 @@ async def _stop_streams(cookie, ended_at, sending, sent=None):
     counts = []
     for stream in mine.values():
         stream.running = False
-        counts.append((stream.id, stream.octets - stream.base))
+        counts.append((stream.id, stream.figures()))
     if sending:
         for stream in mine.values():
             task = asyncio.ensure_future(stream.close())
@@ -414,7 +517,8 @@ async def run_test(conn, reader, cookie):
             await conn.write(struct.pack("!bii", SERVER_ERROR, e.i_errno, 0))
             return
         streams = test.streams * (2 if test.bidir else 1)
-        await smp.submit_to(0, _expect_streams, cookie, streams)
+        await smp.submit_to(0, _expect_streams, cookie, streams,
+                            (64 if test.counters_64bit else 32) if test.udp else 0)
         await _send_state(conn, CREATE_STREAMS)
         try:
             await _await_streams(cookie, streams, reader)
@@ -460,20 +564,21 @@ async def run_test(conn, reader, cookie):
             "cpu_util_system": 100.0 * system / max(elapsed, 1e-9),
             # (as the receiver, -1 as iperf3 sends; as a sender, 0: the API has no retransmit count)
             "sender_has_retransmits": 0 if senders else -1,
-            "streams": [{"id": sid, "bytes": octets, "retransmits": -1, "jitter": 0, "errors": 0, "packets": 0,
-                         "start_time": 0, "end_time": elapsed}
-                        for sid, octets in sorted(sent_counts + received_counts)],
+            "streams": [{"id": sid, **figures, "retransmits": -1, "start_time": 0, "end_time": elapsed}
+                        for sid, figures in sorted(sent_counts + received_counts, key=lambda c: c[0])],
         })
         await _send_state(conn, DISPLAY_RESULTS)
         moved = []
         if received_counts:
-            moved.append(f"received {sum(octets for _sid, octets in received_counts)}")
+            moved.append(f"received {sum(figures['bytes'] for _sid, figures in received_counts)}")
         if sent_counts:
-            moved.append(f"sent {sum(octets for _sid, octets in sent_counts)}")
-        total = sum(octets for _sid, octets in sent_counts + received_counts)
-        print(f"iperf3: test from {peer}: {test.streams} stream(s){' each way' if test.bidir else ''}, "
-              f"{' and '.join(moved)} octets in {elapsed:.2f} s ({total / max(elapsed, 1e-9) / 1e6:.1f} MB/s)",
-              flush=True)
+            moved.append(f"sent {sum(figures['bytes'] for _sid, figures in sent_counts)}")
+        total = sum(figures["bytes"] for _sid, figures in sent_counts + received_counts)
+        lost = f", {sum(f['errors'] for _sid, f in received_counts)} of " \
+            f"{sum(f['packets'] for _sid, f in received_counts)} datagrams lost" if test.udp else ""
+        print(f"iperf3: test from {peer}: {test.streams} {'UDP ' if test.udp else ''}stream(s)"
+              f"{' each way' if test.bidir else ''}, {' and '.join(moved)} octets in {elapsed:.2f} s "
+              f"({total / max(elapsed, 1e-9) / 1e6:.1f} MB/s){lost}", flush=True)
         try:
             await reader.state()  # IPERF_DONE, or the client just closes
         except EOFError:
@@ -509,13 +614,41 @@ async def serve_connection(conn):
             await conn.close()
 
 
+async def serve_udp(channel):
+    """This shard's UDP port: the datagrams of the UDP streams it holds, and the connect
+    datagram of a new one, answered once shard 0 lets it join the running test (the
+    client sends its next stream's only then; it sends the connect datagram again if
+    the answer is lost)."""
+    while True:
+        data, source = await channel.receive()
+        stream = _udp_streams.get(source)
+        if len(data) == len(UDP_CONNECT_MSG) and bytes(data) == UDP_CONNECT_MSG:
+            if stream is None:
+                key = ("udp", source)
+                verdict = await smp.submit_to(0, _classify_udp, smp.this_shard(), key)
+                if verdict[0] != "stream":
+                    continue  # no UDP test expects it: no answer (the client gives up)
+                controller, cookie, bits = verdict[1:]
+                stream = _udp_streams[source] = _UdpStream(source, UDP_HEADER_64 if bits == 64 else UDP_HEADER)
+                _streams.setdefault(cookie, {})[key] = stream
+                await smp.submit_to(controller, _stream_joined, cookie)
+            try:
+                await channel.send(source, UDP_CONNECT_REPLY)
+            except OSError:
+                pass  # (an answer we cannot send: the client asks again, or gives up)
+        elif stream is not None:
+            stream.datagram(data, time.monotonic())
+
+
 _running: list = []
 
 
 async def start_on_shard(args) -> None:
-    """Listen on this shard; every connection gets its own task."""
+    """Listen on this shard (TCP, and UDP for -u tests); every connection gets its own task."""
     loop = asyncio.get_running_loop()
     server = net.listen((args.address, args.port))
+    channel = net.udp_channel((args.address, args.port))
+    _running.append((channel, loop.create_task(serve_udp(channel))))
     tasks: set[asyncio.Task] = set()
 
     async def accept_loop():
@@ -528,15 +661,15 @@ async def start_on_shard(args) -> None:
 
 
 def main(argv=None) -> int:
-    app = net.AppTemplate("shoal iperf3 server (the iperf3 client's protocol, TCP)")
+    app = net.AppTemplate("shoal iperf3 server (the iperf3 client's protocol, TCP and UDP)")
     app.parser.add_argument("--port", type=int, default=5201)
     app.parser.add_argument("--address", default="0.0.0.0", help="address to bind")
     args = app.parse(argv)
 
     async def serve():
         await smp.invoke_on_all(start_on_shard, args)
-        print(f"iperf3: tcp on {args.address}:{args.port} with {smp.count} shard(s), {args.network_stack} stack",
-              flush=True)
+        print(f"iperf3: tcp and udp on {args.address}:{args.port} with {smp.count} shard(s), "
+              f"{args.network_stack} stack", flush=True)
         await asyncio.get_running_loop().create_future()  # serve until stopped
 
     return app.run(serve)

@@ -123,13 +123,54 @@ def test_a_download_of_a_set_size_sends_exactly_that(server, option, total):
     assert f"3 stream(s), sent {total} octets" in server.stop_cleanly()
 
 
-@pytest.mark.parametrize("option, why", [("-u", "only TCP tests")])
-def test_what_the_server_does_not_do_is_refused_with_iperf3s_error(server, option, why):
-    _code, report = iperf3("-c", LOCAL, "-p", str(server.port), "-t", "1", option)  # (3.12 exits 0 with -u)
+@pytest.mark.parametrize("options, why", [(["-u", "-R"], "no UDP from the server"),
+                                          (["-u", "--bidir"], "no UDP from the server")])
+def test_what_the_server_does_not_do_is_refused_with_iperf3s_error(server, options, why):
+    _code, report = iperf3("-c", LOCAL, "-p", str(server.port), "-t", "1", *options)  # (3.12 exits 0 with -u)
     assert report["error"] == "an option you are trying to set is not implemented yet"
     code, report = iperf3("-c", LOCAL, "-p", str(server.port), "-n", "1M")  # and it goes on serving
     assert code == 0, report.get("error")
     assert f"refused: {why}" in server.stop_cleanly()
+
+
+@pytest.mark.parametrize("options", [["-t", "1", "-b", "10M", "-P", "2"], ["-n", "700000", "-b", "10M"],
+                                     ["-t", "1", "-b", "10M", "--udp-counters-64bit"]])
+def test_udp_uploads_are_counted_as_iperf3s_server_counts_them(server, options):
+    """-u: each stream is a UDP flow that opens with iperf3's connect datagram (answered
+    once the test has room for it); the server reports octets, datagrams, losses and
+    jitter per stream, which the client shows as its receiver's."""
+    code, report = iperf3("-c", LOCAL, "-p", str(server.port), "-u", "-l", "1400", *options)
+    assert code == 0, report.get("error")
+    end = report["end"]
+    assert len(end["streams"]) == report["start"]["test_start"]["num_streams"]
+    sent, got = end["sum_sent"], end["sum_received"]  # (the server's figures: the receiver's)
+    assert 0 < got["packets"] - got["lost_packets"] == got["bytes"] // 1400
+    assert got["packets"] <= sent["packets"] and got["bytes"] <= sent["bytes"] and got["jitter_ms"] >= 0
+    out = server.stop_cleanly()
+    assert f"UDP stream(s), received {got['bytes']} octets" in out
+
+
+def test_a_udp_stream_counts_losses_reordering_and_jitter_as_iperf3():
+    """Datagrams 1, 2, 5, 3, 6 arrive: 4 is lost (3 came late, out of order, and is not);
+    the jitter follows RFC 3550's estimator over the transit times' differences; after
+    the omitted seconds only what comes later counts."""
+    from shoal.apps.iperf3 import UDP_HEADER, _UdpStream
+    stream = _UdpStream(("10.0.0.1", 5000), UDP_HEADER)
+    stream.running = True
+    arrivals = ((1, 0.0, 10.0), (2, 0.1, 10.1), (5, 0.4, 10.5), (3, 0.2, 10.62), (6, 0.5, 10.6))
+    for number, sent, arrived in arrivals:
+        stream.datagram(UDP_HEADER.pack(int(sent), round(sent % 1 * 1e6), number) + bytes(88), arrived)
+    jitter, transit = 0.0, None
+    for _number, sent, arrived in arrivals:
+        if transit is not None:
+            jitter += (abs(arrived - sent - transit) - jitter) / 16
+        transit = arrived - sent
+    assert stream.figures() == {"bytes": 500, "jitter": pytest.approx(jitter), "errors": 1, "packets": 6}
+    assert stream.out_of_order == 1
+    stream.mark_omitted()
+    stream.datagram(UDP_HEADER.pack(0, 700000, 8) + bytes(88), 10.8)
+    stream.datagram(b"short", 10.9)  # (no header: not counted)
+    assert {k: v for k, v in stream.figures().items() if k != "jitter"} == {"bytes": 100, "errors": 1, "packets": 2}
 
 
 def test_a_second_client_is_told_the_server_is_busy(server):
@@ -166,7 +207,10 @@ def test_parameters_the_server_runs_and_those_it_refuses():
     assert parse_params({"tcp": True, "num": 1000, "time": 0}).octets is None  # (an upload: the client counts)
     assert parse_params({"tcp": True, "bidirectional": True, "parallel": 2, "time": 1}) == \
         Parameters(2, False, True, 131072, 0, None)
-    for params, i_errno in (({"udp": True}, IEUNIMP), ({"tcp": True, "authtoken": "x"}, IEUNIMP),
+    assert parse_params({"udp": True, "len": 1400, "udp_counters_64bit": 1}) == \
+        Parameters(1, False, False, 1400, 0, None, True, True)
+    for params, i_errno in (({"udp": True, "reverse": True}, IEUNIMP), ({"sctp": True}, IEUNIMP),
+                            ({"tcp": True, "authtoken": "x"}, IEUNIMP),
                             ({"tcp": True, "reverse": True, "time": 0}, IEUNIMP),
                             ({"tcp": True, "bidirectional": True, "time": 0}, IEUNIMP),
                             ({"tcp": True, "parallel": 129}, IERECVPARAMS), ({"tcp": True, "len": 0}, IERECVPARAMS),
@@ -247,6 +291,11 @@ def test_native_stack_with_the_kernel_as_client(smp):
             code, report = iperf3("-c", peer.shoal_ip, "-R", "-n", "3000001", "-P", str(smp), runner=in_namespace)
             assert code == 0, report.get("error")
             assert report["end"]["sum_sent"]["bytes"] == report["end"]["sum_received"]["bytes"] == 3000001
+            code, report = iperf3("-c", peer.shoal_ip, "-u", "-l", "1400", "-b", "10M", "-t", "1", "-P", str(smp),
+                                  runner=in_namespace)
+            assert code == 0, report.get("error")
+            got = report["end"]["sum_received"]
+            assert 0 < got["packets"] - got["lost_packets"] == got["bytes"] // 1400
         finally:
             out = stop_process(app)
         assert "native stack" in out and "Traceback" not in out, out
