@@ -16,12 +16,12 @@ server to client with -R, both with --bidir), then the client's TEST_END (at its
 IPERF_DONE. Parameters and results are JSON after a 4-octet big-endian length. As
 with ``iperf3 -s``, one test runs at a time: another client is told ACCESS_DENIED.
 With -u the streams are UDP flows to the same port instead (`serve_udp`): each opens
-with a 4-octet connect datagram that the server answers, and the server counts the
-client's datagrams as iperf3's does (`_UdpStream`): octets, losses, reordering, jitter.
-What this server does not do (UDP from the server: -u with -R or --bidir; SCTP; a
-download without an end; authentication) is refused with SERVER_ERROR and iperf3's
-IEUNIMP, which the client prints as "an option you are trying to set is not
-implemented yet". The socket settings a client
+with a 4-octet connect datagram that the server answers; the server counts the
+client's datagrams as iperf3's does (`_UdpStream`: octets, losses, reordering,
+jitter), or sends its own at the test's rate (-b, per stream). What this server does
+not do (SCTP, a download without an end, authentication) is refused with SERVER_ERROR
+and iperf3's IEUNIMP, which the client prints as "an option you are trying to set is
+not implemented yet". The socket settings a client
 asks of the server's side (-w, -M, -S, -C) are not applied there, and
 --get-server-output gets no text: the client runs and reports as usual.
 
@@ -130,7 +130,9 @@ class Parameters:
     streams send in all (the client ends the test once it has received that much, and
     iperf3's own server sends exactly that); None when the client ends the test by its
     clock, or by what it sent itself. `udp`: the streams are UDP flows (-u), whose
-    datagrams carry a 64-bit number with `counters_64bit`."""
+    datagrams carry a 64-bit number with `counters_64bit`; the server sends its own at
+    `rate` bits per second and stream (-b; 0, which the client leaves out: as fast as it
+    can; the client's own default for UDP is 1 Mbit/s)."""
     streams: int
     reverse: bool
     bidir: bool
@@ -139,6 +141,7 @@ class Parameters:
     octets: int | None
     udp: bool = False
     counters_64bit: bool = False
+    rate: int = 0
 
 
 def parse_params(params):
@@ -147,14 +150,13 @@ def parse_params(params):
     udp = bool(params.get("udp"))
     if params.get("sctp") or not (udp or params.get("tcp", True)):
         raise Refused(IEUNIMP, "only TCP and UDP tests")
-    if udp and (params.get("reverse") or params.get("bidirectional")):
-        raise Refused(IEUNIMP, "no UDP from the server (-u with -R or --bidir)")
     if params.get("authtoken") is not None:
         raise Refused(IEUNIMP, "no authentication")
     fields = {}
     for key, low, high, default in (("parallel", 1, MAX_STREAMS, 1), ("len", 1, MAX_BLOCK, 131072),
                                     ("omit", 0, MAX_OMIT, 0), ("time", 0, MAX_TIME, 10),
-                                    ("num", 0, 1 << 62, 0), ("blockcount", 0, 1 << 62, 0)):
+                                    ("num", 0, 1 << 62, 0), ("blockcount", 0, 1 << 62, 0),
+                                    ("bandwidth", 0, 1 << 62, 0)):
         value = params.get(key, default)
         if type(value) is not int or not low <= value <= high:
             raise Refused(IERECVPARAMS, f"{key} {value!r} is not an integer in {low}..{high}")
@@ -167,13 +169,13 @@ def parse_params(params):
         if octets is None and not fields["time"]:
             raise Refused(IEUNIMP, "a download needs a set time (-t), size (-n) or block count (-k)")
     return Parameters(fields["parallel"], reverse, bidir, fields["len"], fields["omit"], octets, udp,
-                      bool(params.get("udp_counters_64bit")))
+                      bool(params.get("udp_counters_64bit")), fields["bandwidth"] if udp else 0)
 
 
 # -- shard 0: the registry of the running test -----------------------------------------
 
 _test = None  # on shard 0: {"cookie", "controller", "expected", "udp", "joined": [(client port, shard, key)]}
-# ("udp": 0 for a TCP test, else the bits of its datagrams' numbers, 32 or 64)
+# ("udp": None for a TCP test, else (the bits of its datagrams' numbers, -l, -b))
 
 
 def connect_order(ports):
@@ -193,9 +195,9 @@ def _classify(cookie, shard, key, port):
     ("busy",) is turned away."""
     global _test
     if _test is None:
-        _test = {"cookie": cookie, "controller": shard, "expected": None, "udp": 0, "joined": []}
+        _test = {"cookie": cookie, "controller": shard, "expected": None, "udp": None, "joined": []}
         return ("control",)
-    if cookie == _test["cookie"] and _test["expected"] is not None and not _test["udp"] \
+    if cookie == _test["cookie"] and _test["expected"] is not None and _test["udp"] is None \
             and len(_test["joined"]) < _test["expected"]:
         _test["joined"].append((port, shard, key))
         return ("stream", _test["controller"])
@@ -205,11 +207,11 @@ def _classify(cookie, shard, key, port):
 def _classify_udp(shard, key):
     """Shard 0: a UDP flow's connect datagram. Its datagrams carry no cookie: it joins
     the running test if that expects UDP streams still (-u), as ("stream", controller,
-    cookie, bits of its datagrams' numbers); else ("busy",). The client connects a UDP
+    cookie, the test's `udp` settings); else ("busy",). The client connects a UDP
     stream only once the one before has its answer, so the order in which they join is
     the order it made them (their ports, which Linux picks at random for UDP, would not
     tell)."""
-    if _test is None or not _test["udp"] or _test["expected"] is None \
+    if _test is None or _test["udp"] is None or _test["expected"] is None \
             or len(_test["joined"]) >= _test["expected"]:
         return ("busy",)
     _test["joined"].append((len(_test["joined"]), shard, key))
@@ -217,8 +219,9 @@ def _classify_udp(shard, key):
 
 
 def _expect_streams(cookie, count, udp):
-    """Shard 0: the running test's streams may join now: `count` of them, UDP flows
-    with `udp` (the bits of their numbers), else TCP connections."""
+    """Shard 0: the running test's streams may join now: `count` of them, UDP flows with
+    `udp` (the bits of their datagrams' numbers, their length, the rate to send them at),
+    else (None) TCP connections."""
     if _test is not None and _test["cookie"] == cookie:
         _test["expected"] = count
         _test["udp"] = udp
@@ -325,14 +328,18 @@ class _Stream:
 
 class _UdpStream:
     """One UDP flow of a -u test on this shard: counts the datagrams the client sends,
-    as iperf3's receiver does. Each starts with the send time and a number (1, 2, ...):
-    a number beyond the next counts the ones skipped as lost, one below it is out of
-    order (and was counted lost: one less), and the jitter is RFC 3550 6.4.1's
-    (the client's clock and ours differ by a constant, which the differences cancel)."""
+    as iperf3's receiver does, or sends its own (-R, --bidir). Each starts with the send
+    time and a number (1, 2, ...): a number beyond the next counts the ones skipped as
+    lost, one below it is out of order (and was counted lost: one less), and the jitter
+    is RFC 3550 6.4.1's (the client's clock and ours differ by a constant, which the
+    differences cancel)."""
 
-    def __init__(self, source, header):
+    def __init__(self, channel, source, header, length, rate):
+        self.channel = channel
         self.source = source
         self.header = header
+        self.length = max(length, header.size)
+        self.rate = rate
         self.id = None
         self.sends = False
         self.limit = None
@@ -374,8 +381,28 @@ class _UdpStream:
     async def drain(self, sent, deadline):
         """Nothing to wait for: a datagram lost on the way never comes."""
 
+    async def send(self, _blocks):
+        """Datagrams of the test's length, numbered, with their send time, at the test's
+        rate (ahead of it, wait until what was sent is due, as iperf3 paces), until
+        stopped or, with a `limit`, until that much is sent."""
+        header, rate = self.header, self.rate
+        datagram = bytearray(os.urandom(self.length))
+        start = time.monotonic()
+        while self.running and (self.limit is None or self.octets < self.limit):
+            now = time.monotonic()
+            if rate and start + self.octets * 8 / rate > now:
+                await asyncio.sleep(start + self.octets * 8 / rate - now)
+                continue
+            self.packets += 1
+            header.pack_into(datagram, 0, int(now), int(now % 1 * 1e6), self.packets)
+            self.octets += len(datagram)
+            await self.channel.send(self.source, bytes(datagram))  # (the stack may keep what it is given)
+            await asyncio.sleep(0)
+
     async def close(self):
         self.running = False
+        if self.sender is not None:
+            self.sender.cancel()
         if _udp_streams.get(self.source) is self:
             del _udp_streams[self.source]
 
@@ -395,14 +422,14 @@ def _start_streams(cookie, plan, block_len, omit):
     loop = asyncio.get_running_loop()
     _cpu_at_start = (os.times(), time.monotonic())
     mine = _streams.get(cookie, {})
-    blocks = None
-    if any(sends for _id, sends, _limit in plan.values()):
-        blocks = os.urandom(block_len) * max(1, WRITE_OCTETS // block_len)
+    blocks = None  # (of a TCP stream: a UDP one builds its datagrams)
     for key, stream in mine.items():
         stream.id, stream.sends, stream.limit = plan[key]
         stream.running = True
         stream.octets = stream.base = 0
         if stream.sends:
+            if blocks is None and type(stream) is _Stream:
+                blocks = os.urandom(block_len) * max(1, WRITE_OCTETS // block_len)
             stream.sender = loop.create_task(stream.send(blocks))
     if omit and mine:
         def omitted():
@@ -518,7 +545,7 @@ async def run_test(conn, reader, cookie):
             return
         streams = test.streams * (2 if test.bidir else 1)
         await smp.submit_to(0, _expect_streams, cookie, streams,
-                            (64 if test.counters_64bit else 32) if test.udp else 0)
+                            (64 if test.counters_64bit else 32, test.block_len, test.rate) if test.udp else None)
         await _send_state(conn, CREATE_STREAMS)
         try:
             await _await_streams(cookie, streams, reader)
@@ -574,8 +601,10 @@ async def run_test(conn, reader, cookie):
         if sent_counts:
             moved.append(f"sent {sum(figures['bytes'] for _sid, figures in sent_counts)}")
         total = sum(figures["bytes"] for _sid, figures in sent_counts + received_counts)
-        lost = f", {sum(f['errors'] for _sid, f in received_counts)} of " \
-            f"{sum(f['packets'] for _sid, f in received_counts)} datagrams lost" if test.udp else ""
+        lost = ""
+        if test.udp and received_counts:
+            lost = f", {sum(f['errors'] for _sid, f in received_counts)} of " \
+                f"{sum(f['packets'] for _sid, f in received_counts)} datagrams lost"
         print(f"iperf3: test from {peer}: {test.streams} {'UDP ' if test.udp else ''}stream(s)"
               f"{' each way' if test.bidir else ''}, {' and '.join(moved)} octets in {elapsed:.2f} s "
               f"({total / max(elapsed, 1e-9) / 1e6:.1f} MB/s){lost}", flush=True)
@@ -628,8 +657,9 @@ async def serve_udp(channel):
                 verdict = await smp.submit_to(0, _classify_udp, smp.this_shard(), key)
                 if verdict[0] != "stream":
                     continue  # no UDP test expects it: no answer (the client gives up)
-                controller, cookie, bits = verdict[1:]
-                stream = _udp_streams[source] = _UdpStream(source, UDP_HEADER_64 if bits == 64 else UDP_HEADER)
+                controller, cookie, (bits, length, rate) = verdict[1:]
+                stream = _udp_streams[source] = _UdpStream(channel, source, UDP_HEADER_64 if bits == 64 else UDP_HEADER,
+                                                           length, rate)
                 _streams.setdefault(cookie, {})[key] = stream
                 await smp.submit_to(controller, _stream_joined, cookie)
             try:

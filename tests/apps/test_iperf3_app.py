@@ -123,10 +123,9 @@ def test_a_download_of_a_set_size_sends_exactly_that(server, option, total):
     assert f"3 stream(s), sent {total} octets" in server.stop_cleanly()
 
 
-@pytest.mark.parametrize("options, why", [(["-u", "-R"], "no UDP from the server"),
-                                          (["-u", "--bidir"], "no UDP from the server")])
+@pytest.mark.parametrize("options, why", [(["-R", "-t", "0"], "a download needs a set time")])
 def test_what_the_server_does_not_do_is_refused_with_iperf3s_error(server, options, why):
-    _code, report = iperf3("-c", LOCAL, "-p", str(server.port), "-t", "1", *options)  # (3.12 exits 0 with -u)
+    _code, report = iperf3("-c", LOCAL, "-p", str(server.port), *options)
     assert report["error"] == "an option you are trying to set is not implemented yet"
     code, report = iperf3("-c", LOCAL, "-p", str(server.port), "-n", "1M")  # and it goes on serving
     assert code == 0, report.get("error")
@@ -150,12 +149,28 @@ def test_udp_uploads_are_counted_as_iperf3s_server_counts_them(server, options):
     assert f"UDP stream(s), received {got['bytes']} octets" in out
 
 
+@pytest.mark.parametrize("options, streams", [(["-R", "-P", "2"], 2), (["--bidir"], 2)])
+def test_udp_from_the_server_at_the_rate_asked(server, options, streams):
+    """-u -R, -u --bidir: the server's UDP streams send numbered, timed datagrams at the
+    client's -b (per stream, paced as iperf3's server paces), which the client counts."""
+    code, report = iperf3("-c", LOCAL, "-p", str(server.port), "-u", "-l", "1400", "-b", "4M", "-t", "1", *options)
+    assert code == 0, report.get("error")
+    end = report["end"]
+    assert len(end["streams"]) == streams
+    for stream in end["streams"]:
+        udp = stream["udp"]
+        if not udp["sender"]:  # (a stream the server sent on: the client's receiver figures)
+            assert 0 < udp["packets"] - udp["lost_packets"] == udp["bytes"] // 1400
+            assert 2e6 < udp["bits_per_second"] < 8e6  # (4 Mbit/s, not the 1 Mbit/s default nor unpaced)
+    assert "UDP stream(s)" in server.stop_cleanly()
+
+
 def test_a_udp_stream_counts_losses_reordering_and_jitter_as_iperf3():
     """Datagrams 1, 2, 5, 3, 6 arrive: 4 is lost (3 came late, out of order, and is not);
     the jitter follows RFC 3550's estimator over the transit times' differences; after
     the omitted seconds only what comes later counts."""
     from shoal.apps.iperf3 import UDP_HEADER, _UdpStream
-    stream = _UdpStream(("10.0.0.1", 5000), UDP_HEADER)
+    stream = _UdpStream(None, ("10.0.0.1", 5000), UDP_HEADER, 100, 0)
     stream.running = True
     arrivals = ((1, 0.0, 10.0), (2, 0.1, 10.1), (5, 0.4, 10.5), (3, 0.2, 10.62), (6, 0.5, 10.6))
     for number, sent, arrived in arrivals:
@@ -207,9 +222,10 @@ def test_parameters_the_server_runs_and_those_it_refuses():
     assert parse_params({"tcp": True, "num": 1000, "time": 0}).octets is None  # (an upload: the client counts)
     assert parse_params({"tcp": True, "bidirectional": True, "parallel": 2, "time": 1}) == \
         Parameters(2, False, True, 131072, 0, None)
-    assert parse_params({"udp": True, "len": 1400, "udp_counters_64bit": 1}) == \
-        Parameters(1, False, False, 1400, 0, None, True, True)
-    for params, i_errno in (({"udp": True, "reverse": True}, IEUNIMP), ({"sctp": True}, IEUNIMP),
+    assert parse_params({"udp": True, "len": 1400, "udp_counters_64bit": 1, "bandwidth": 10 ** 6}) == \
+        Parameters(1, False, False, 1400, 0, None, True, True, 10 ** 6)
+    assert parse_params({"udp": True, "reverse": True}).rate == 0  # (-b 0: the client leaves it out)
+    for params, i_errno in (({"sctp": True}, IEUNIMP),
                             ({"tcp": True, "authtoken": "x"}, IEUNIMP),
                             ({"tcp": True, "reverse": True, "time": 0}, IEUNIMP),
                             ({"tcp": True, "bidirectional": True, "time": 0}, IEUNIMP),
@@ -291,11 +307,12 @@ def test_native_stack_with_the_kernel_as_client(smp):
             code, report = iperf3("-c", peer.shoal_ip, "-R", "-n", "3000001", "-P", str(smp), runner=in_namespace)
             assert code == 0, report.get("error")
             assert report["end"]["sum_sent"]["bytes"] == report["end"]["sum_received"]["bytes"] == 3000001
-            code, report = iperf3("-c", peer.shoal_ip, "-u", "-l", "1400", "-b", "10M", "-t", "1", "-P", str(smp),
-                                  runner=in_namespace)
-            assert code == 0, report.get("error")
-            got = report["end"]["sum_received"]
-            assert 0 < got["packets"] - got["lost_packets"] == got["bytes"] // 1400
+            for extra in ([], ["-R"]):
+                code, report = iperf3("-c", peer.shoal_ip, "-u", "-l", "1400", "-b", "10M", "-t", "1", "-P", str(smp),
+                                      *extra, runner=in_namespace)
+                assert code == 0, report.get("error")
+                got = report["end"]["sum_received"]
+                assert 0 < got["packets"] - got["lost_packets"] == got["bytes"] // 1400
         finally:
             out = stop_process(app)
         assert "native stack" in out and "Traceback" not in out, out
