@@ -34,6 +34,7 @@ _TS_WORDS = (_TS_LAYOUT >> 16) + (_TS_LAYOUT & 0xFFFF)  # (in a sum)
 _SYN = _tcp.SYN
 _FIN_RST = _tcp.FIN | _tcp.RST
 _TCP_OFFSET = ETHERNET_HEADER_LEN + 20  # of the TCP header in the frame
+_PROTO_OFFSET = ETHERNET_HEADER_LEN + 9  # of IPv4's protocol field in the frame
 
 
 def emit(buf, offset, eth_dst, eth_src, src, dst, ident, ttl, df, tos, seg, device_checksum):
@@ -92,8 +93,8 @@ def parse(frame, mac, address, verify):
     `frame`.
     """
     n = len(frame)
-    if n < HEADER_LEN:
-        return None
+    if n < HEADER_LEN or frame[_PROTO_OFFSET] != PROTO_TCP:
+        return None  # (UDP, ICMP, ARP: no unpack of 25 fields to learn it)
     (eth_dst, eth_src, ethertype, vihl, tos, total, ident, frag, ttl, proto, ip_csum, src, dst,
      sport, dport, seq, ack, off, flags, window, tcp_csum, urgent, layout, tsval, tsecr) = \
         _FRAME.unpack_from(frame)
