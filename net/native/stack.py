@@ -11,7 +11,9 @@ Theory of operation
 Receive: an established connection's segment in the common layout (`wire.tcp_frame`:
 Ethernet, IPv4 without options, TCP with timestamps) is parsed with one unpack, with
 the checks of the three layers, and goes to `TcpLayer.receive_segment` (the burst
-ends with `TcpLayer.end_burst`, which delivers a pure ACK held to merge). Every other
+ends with `TcpLayer.end_burst`, which delivers a pure ACK held to merge). A unicast
+UDP datagram in the common layout (`wire.udp_frame`: Ethernet, IPv4 without options,
+unfragmented) to a bound port goes the same way to its endpoint. Every other
 frame becomes a `Packet` wrapping the driver's bytes (no copy), the
 Ethernet header is parsed and filtered (our MAC or broadcast, untagged, ARP or
 IPv4), and the payload goes to the layer's ``receive`` with the shard clock's
@@ -80,7 +82,7 @@ from .tcp_layer import TcpLayer
 from .udp import Udp
 from .wire import WireError
 from .wire import dhcp as wire_dhcp
-from .wire import ethernet, tcp_frame
+from .wire import ethernet, tcp_frame, udp_frame
 
 log = logging.getLogger("shoal.net.native")
 ETHERTYPE_IPV4 = ethernet.ETHERTYPE_IPV4
@@ -468,6 +470,7 @@ class NativeStack(api.NetworkStack):
         ipv4 = self.ipv4
         ipv4_receive, ipv4_stats = ipv4.receive, ipv4.stats
         parse_tcp_frame, tcp_receive_segment = tcp_frame.parse, self.tcp.receive_segment
+        parse_udp_frame, udp_endpoints, udp_stats = udp_frame.parse, self.udp.endpoints, self.udp.stats
         wrap, unpack_header = Packet.wrap, ethernet.HEADER.unpack_from
         for frame in frames:
             verified = isinstance(frame, VerifiedFrame)
@@ -481,6 +484,24 @@ class NativeStack(api.NetworkStack):
                 src, tos, seg = got
                 tcp_receive_segment(src, tos, seg, now)
                 continue
+            got = parse_udp_frame(view, mac, ipv4.address, not verified)
+            if got is not None:
+                src, sport, dport, payload = got
+                endpoint = udp_endpoints.get(dport)
+                if endpoint is not None:
+                    # a datagram to a bound port, its three headers in one unpack with the
+                    # checks of Ethernet, IPv4 and UDP: counted as the layers count it
+                    # (`Udp.receive`); anything else (no socket: the ICMP error, another
+                    # shard's port) goes the long way
+                    ipv4_stats["delivered"] += 1
+                    udp_stats["received"] += 1
+                    udp_stats["bytes-received"] += len(payload)
+                    packet = wrap(view, None, verified)
+                    try:
+                        endpoint.datagram_received(payload, (src, sport), packet)
+                    finally:
+                        packet.release()
+                    continue
             packet = wrap(view, None, verified)
             try:
                 if len(view) >= ethernet.HEADER_LEN:

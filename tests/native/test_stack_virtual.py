@@ -71,6 +71,44 @@ def test_udp_round_trip_resolves_arp_and_reports_sources():
     asyncio.run(main())
 
 
+def test_datagrams_to_a_bound_port_take_the_one_unpack_path(monkeypatch):
+    """A unicast datagram in the common layout to a bound port is taken by
+    `wire.udp_frame.parse` and handed to its endpoint, counted as `Udp.receive` counts it;
+    the three layers see it no more. One to a closed port, or fragmented, goes the long
+    way (its ICMP error, its reassembly)."""
+    from shoal.net.native.wire import udp_frame
+    taken = []
+    parse = udp_frame.parse
+
+    def counting(*args):
+        got = parse(*args)
+        taken.append(got is not None)
+        return got
+    monkeypatch.setattr(udp_frame, "parse", counting)
+
+    async def main():
+        async with two_stacks() as (a, b, _):
+            long_way = []
+            udp_receive = b.ipv4.handlers[wire_ipv4.PROTO_UDP]
+            b.ipv4.handlers[wire_ipv4.PROTO_UDP] = lambda *args: long_way.append(1) or udp_receive(*args)
+            ca, cb = a.udp_channel(("", 0)), b.udp_channel(("", 7))
+            for i in range(20):
+                await ca.send((B_IP, 7), b"datagram %d" % i)
+                assert await receive(cb) == (b"datagram %d" % i, (A_IP, ca.port))
+            await cb.send((A_IP, ca.port), b"back")
+            assert await receive(ca) == (b"back", (B_IP, 7))
+            assert taken.count(True) == 21 and not long_way
+            assert b.udp.stats["received"] == 20 and b.udp.stats["bytes-received"] == 210
+            assert b.ipv4.stats["delivered"] == 20
+            await ca.send((B_IP, 9), b"closed")
+            await ca.send((B_IP, 7), bytes(3000))  # (two fragments)
+            assert await receive(cb) == (bytes(3000), (A_IP, ca.port))
+            assert b.udp.drops["no-listener"] == 1 and b.icmp.stats["errors-sent"] == 1
+            assert len(long_way) == 2 and b.udp.stats["received"] == 21 and b.ipv4.stats["reassembled"] == 1
+
+    asyncio.run(main())
+
+
 def test_large_datagrams_fragment_and_reassemble():
     async def main():
         async with two_stacks(mtu=1500) as (a, b, _):
