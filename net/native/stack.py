@@ -91,6 +91,8 @@ _ZERO_MAC = bytes(6)
 TX_HIGH_WATER = 1024
 """Frames queued for the device above which senders wait (back-pressure)."""
 TX_LOW_WATER = 256
+SOURCE_SHARE = 4
+"""The transmit sources' (TCP's) least share of a burst: 1/SOURCE_SHARE (`NativeStack.pull`)."""
 UDP_RECEIVE_QUEUE = 1024
 """Datagrams a channel holds for the application before further ones are dropped."""
 UDP_ERRORS_KEPT = 16
@@ -544,12 +546,20 @@ class NativeStack(api.NetworkStack):
     # -- transmit --------------------------------------------------------------------
 
     def pull(self, n):
-        """Up to `n` frames for the device (the DevicePoller's transmit source)."""
+        """Up to `n` frames for the device (the DevicePoller's transmit source).
+
+        The sources (TCP) are asked for what fills the burst, and at least `n` //
+        `SOURCE_SHARE` frames whatever waits already: UDP datagrams queue at once, their
+        senders stopping only at `TX_HIGH_WATER`, and a sender that kept the queue full
+        left no room, ever, for the shard's TCP (an iperf3 UDP download's TEST_START
+        never left its control connection)."""
         tx = self.arp.tx
-        if self._tx_sources and len(tx) < n:
+        if self._tx_sources:
             now = self.now()
+            budget = max(n - len(tx), n // SOURCE_SHARE)
+            queued = len(tx)
             for source in self._tx_sources:
-                room = n - len(tx)
+                room = budget - (len(tx) - queued)
                 if room <= 0:
                     break
                 source(room, now)

@@ -109,6 +109,43 @@ def test_datagrams_to_a_bound_port_take_the_one_unpack_path(monkeypatch):
     asyncio.run(main())
 
 
+def test_a_udp_flood_does_not_starve_the_shards_tcp():
+    """UDP datagrams queue for the device at once (their sender waits only at
+    `TX_HIGH_WATER`), while TCP's segments are pulled when there is room: a sender that
+    keeps the queue full must leave TCP a share of each burst. (Seen as an iperf3 -u -R
+    test whose TEST_START never left the control connection.)"""
+    async def main():
+        async with two_stacks() as (a, b, _):
+            server = b.listen(("", 8000))
+            accepted = asyncio.ensure_future(server.accept())
+            client = await a.connect((B_IP, 8000))
+            conn, _ = await accepted
+            ca, cb = a.udp_channel(("", 0)), b.udp_channel(("", 7))
+            flooding = True
+            sent = 0
+
+            async def flood():
+                nonlocal sent
+                while flooding and sent < 200_000:  # (bounded: a stack that starves TCP never ends it)
+                    await ca.send((B_IP, 7), bytes(200))
+                    sent += 1
+            flooder = asyncio.ensure_future(flood())
+            await asyncio.wait_for(_until(lambda: len(a.arp.tx) > 300), 30)  # the queue is full of datagrams
+            await client.write(b"over TCP, during the flood")
+            assert await asyncio.wait_for(conn.read(), 30) == b"over TCP, during the flood"
+            assert not flooder.done()  # (it arrived during the flood, not after)
+            flooding = False
+            await flooder
+            cb.close()
+
+    asyncio.run(main())
+
+
+async def _until(cond):
+    while not cond():
+        await asyncio.sleep(0.001)
+
+
 def test_large_datagrams_fragment_and_reassemble():
     async def main():
         async with two_stacks(mtu=1500) as (a, b, _):
