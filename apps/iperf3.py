@@ -72,6 +72,7 @@ COOKIE_S = 10.0  # a connection must name its test within this
 STREAMS_S = 10.0  # and a test's streams must all connect within this
 FINISH_S = 10.0  # a stream's last block and FIN must leave within this, or it is reset
 DRAIN_S = 2.0  # how long what the client says it sent may still be on its way
+UDP_QUIET_S = 0.1  # a UDP stream's drain ends when no datagram came for this long
 WRITE_OCTETS = 1 << 20  # what a sending stream writes at once (`_Stream.send`)
 PORT_WRAP_GAP = 16384  # (a connection's next port is a few above; Linux's range is 28232 wide)
 UDP_CONNECT_MSG = b"9876"  # a UDP stream's first datagram: iperf3 3.x writes 0x36373839 in host order
@@ -351,6 +352,7 @@ class _UdpStream:
         self.packets_base = self.errors_base = 0
         self.jitter = 0.0
         self._transit = None
+        self.arrived = asyncio.Event()  # set by each datagram: `drain` waits on it
 
     def datagram(self, data, now):
         header = self.header
@@ -369,6 +371,7 @@ class _UdpStream:
         if self._transit is not None:
             self.jitter += (abs(transit - self._transit) - self.jitter) / 16
         self._transit = transit
+        self.arrived.set()
 
     def mark_omitted(self):
         self.base = self.octets
@@ -380,7 +383,18 @@ class _UdpStream:
                 "packets": self.packets - self.packets_base}
 
     async def drain(self, sent, deadline):
-        """Nothing to wait for: a datagram lost on the way never comes."""
+        """Until the `sent` octets the client counted have arrived, or none came for
+        `UDP_QUIET_S` (the rest was lost on the way), or `deadline`: a shard behind in its
+        work may not have read all that reached it before the client's TEST_END."""
+        while self.octets - self.base < sent:
+            left = min(deadline - time.monotonic(), UDP_QUIET_S)
+            if left <= 0:
+                return
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), left)
+            except asyncio.TimeoutError:
+                return
 
     async def send(self, _blocks):
         """Datagrams of the test's length, numbered, with their send time, at the test's
