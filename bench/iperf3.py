@@ -12,9 +12,11 @@ measures, for each shard count of ``--smp``, with one stream per shard:
 * and ``iperf3 -s`` itself on the same veth path, the kernel's TCP with a C server.
 
 Upload is the client sending (``iperf3 -c``), download the server sending
-(``-R``). Each cell is the receiver's rate from the client's ``--json`` report,
-the median of ``--rounds`` rounds, the three servers measured in turn within a
-round. Prints a markdown table.
+(``-R``); then the same over UDP (``-u -b 0 -l 1400``: as fast as the sender can,
+1400-octet datagrams), where the receiver's rate is what arrived and the share of
+datagrams lost is shown beside it. Each cell is the receiver's figure from the
+client's ``--json`` report, the median of ``--rounds`` rounds, the three servers
+measured in turn within a round. Prints a markdown table.
 """
 import argparse
 import datetime
@@ -29,12 +31,16 @@ from shoal.drivers.netns import KernelPeer, stop_process
 START_S = 60
 
 
-def _gbit_s(runner, host, seconds, streams, reverse):
-    argv = ["iperf3", "-c", host, "-t", str(seconds), "-P", str(streams), "--json"] + (["-R"] if reverse else [])
+UDP = ["-u", "-b", "0", "-l", "1400"]
+
+
+def _received(runner, host, seconds, streams, options):
+    """The receiver's side of a test: its sum in the client's report."""
+    argv = ["iperf3", "-c", host, "-t", str(seconds), "-P", str(streams), "--json", *options]
     result = runner.run(argv, timeout=seconds + 60)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    return json.loads(result.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+    return json.loads(result.stdout)["end"]["sum_received"]
 
 
 def _wait_until_answers(runner, host, app):
@@ -51,8 +57,14 @@ def _wait_until_answers(runner, host, app):
 
 
 def _measure(runner, host, app, seconds, smp):
+    """(upload, download, UDP upload, UDP download): Gbit/s received, and for UDP the
+    percentage of datagrams lost."""
     _wait_until_answers(runner, host, app)
-    return (_gbit_s(runner, host, seconds, smp, False), _gbit_s(runner, host, seconds, smp, True))
+    out = []
+    for options in ([], ["-R"], UDP, UDP + ["-R"]):
+        got = _received(runner, host, seconds, smp, options)
+        out.append((got["bits_per_second"] / 1e9, got.get("lost_percent")))
+    return out
 
 
 def bench_native(seconds, smp):
@@ -101,14 +113,18 @@ def main(argv=None):
             for name, bench in benches:
                 cells[name].append(bench(args.seconds, smp))
         for name, _ in benches:
-            up = statistics.median(c[0] for c in cells[name])
-            down = statistics.median(c[1] for c in cells[name])
-            rows.append((smp, name, up, down))
+            row = []
+            for i in range(4):
+                rate = statistics.median(c[i][0] for c in cells[name])
+                lost = [c[i][1] for c in cells[name] if c[i][1] is not None]
+                row.append(f"{rate:.2f}" + (f" ({statistics.median(lost):.0f} %)" if lost else ""))
+            rows.append((smp, name, row))
     print(f"# iperf3 ({datetime.datetime.now().isoformat(timespec='seconds')}, {args.seconds} s tests, "
           f"one stream per shard, median of {args.rounds} rounds)\n")
-    print("| --smp | server | upload Gbit/s | download Gbit/s |\n|---|---|---:|---:|")
-    for smp, name, up, down in rows:
-        print(f"| {smp} | {name} | {up:.2f} | {down:.2f} |")
+    print("| --smp | server | upload Gbit/s | download Gbit/s | UDP upload Gbit/s (lost) | UDP download Gbit/s (lost) |"
+          "\n|---|---|---:|---:|---:|---:|")
+    for smp, name, row in rows:
+        print(f"| {smp} | {name} | " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":
