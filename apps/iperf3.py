@@ -77,8 +77,8 @@ WRITE_OCTETS = 1 << 20  # what a sending stream writes at once (`_Stream.send`)
 PORT_WRAP_GAP = 16384  # (a connection's next port is a few above; Linux's range is 28232 wide)
 UDP_CONNECT_MSG = b"9876"  # a UDP stream's first datagram: iperf3 3.x writes 0x36373839 in host order
 UDP_CONNECT_REPLY = b"6789"  # (0x39383736, little-endian: what x86 and ARM clients compare)
-UDP_HEADER = struct.Struct("!IIi")  # a UDP datagram's send time (seconds, microseconds) and number
-UDP_HEADER_64 = struct.Struct("!IIq")  # (the number with --udp-counters-64bit)
+UDP_HEADER = struct.Struct("!III")  # a UDP datagram's send time (seconds, microseconds) and number
+UDP_HEADER_64 = struct.Struct("!IIQ")  # (the number with --udp-counters-64bit)
 UDP_BURST = 32  # datagrams a sending UDP stream sends before it lets the shard's other tasks run
 
 
@@ -401,6 +401,7 @@ class _UdpStream:
         rate (ahead of it, wait until what was sent is due, as iperf3 paces), until
         stopped or, with a `limit`, until that much is sent."""
         header, rate = self.header, self.rate
+        number_mask = (1 << 8 * (header.size - 8)) - 1
         datagram = bytearray(os.urandom(self.length))
         start = time.monotonic()
         while self.running and (self.limit is None or self.octets < self.limit):
@@ -409,7 +410,9 @@ class _UdpStream:
                 await asyncio.sleep(start + self.octets * 8 / rate - now)
                 continue
             self.packets += 1
-            header.pack_into(datagram, 0, int(now), int(now % 1 * 1e6), self.packets)
+            # (a number past the field's width wraps, as iperf3's own does without 64-bit counters)
+            header.pack_into(datagram, 0, int(now) & 0xFFFFFFFF, int(now % 1 * 1e6),
+                             self.packets & number_mask)
             self.octets += len(datagram)
             await self.channel.send(self.source, bytes(datagram))  # (the stack may keep what it is given)
             if not self.packets % UDP_BURST:
