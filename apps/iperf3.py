@@ -21,9 +21,9 @@ client's datagrams as iperf3's does (`_UdpStream`: octets, losses, reordering,
 jitter), or sends its own at the test's rate (-b, per stream). What this server does
 not do (SCTP, a download without an end, authentication) is refused with SERVER_ERROR
 and iperf3's IEUNIMP, which the client prints as "an option you are trying to set is
-not implemented yet". The socket settings a client
-asks of the server's side (-w, -M, -S, -C) are not applied there, and
---get-server-output gets no text: the client runs and reports as usual.
+not implemented yet". The socket settings a client asks of the server's side (-w, -M,
+-S, -C) are not applied there, and --get-server-output gets no text: the client runs
+and reports as usual.
 
 Sharding: every shard listens on the port, and the kernel (posix, SO_REUSEPORT) or
 the NIC queue (native) picks the shard of each connection, so the control
