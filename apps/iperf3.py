@@ -287,12 +287,7 @@ class _Stream:
 
     async def drain(self, sent, deadline):
         """Until the `sent` octets the client counted have arrived, or `deadline`."""
-        while self.octets - self.base < sent and time.monotonic() < deadline:
-            self.arrived.clear()
-            try:
-                await asyncio.wait_for(self.arrived.wait(), deadline - time.monotonic())
-            except asyncio.TimeoutError:
-                return
+        await _drain(self, sent, deadline, None)
 
     async def send(self, blocks):
         """Write `blocks` (whole blocks of the test's length, about a MiB: one write, and
@@ -386,15 +381,7 @@ class _UdpStream:
         """Until the `sent` octets the client counted have arrived, or none came for
         `UDP_QUIET_S` (the rest was lost on the way), or `deadline`: a shard behind in its
         work may not have read all that reached it before the client's TEST_END."""
-        while self.octets - self.base < sent:
-            left = min(deadline - time.monotonic(), UDP_QUIET_S)
-            if left <= 0:
-                return
-            self.arrived.clear()
-            try:
-                await asyncio.wait_for(self.arrived.wait(), left)
-            except asyncio.TimeoutError:
-                return
+        await _drain(self, sent, deadline, UDP_QUIET_S)
 
     async def send(self, _blocks):
         """Datagrams of the test's length, numbered, with their send time, at the test's
@@ -424,6 +411,22 @@ class _UdpStream:
             self.sender.cancel()
         if _udp_streams.get(self.source) is self:
             del _udp_streams[self.source]
+
+
+async def _drain(stream, sent, deadline, quiet):
+    """Until `stream` counted `sent` octets since the omitted seconds, or `deadline`, or
+    (with `quiet`) that long passed without anything arriving."""
+    while stream.octets - stream.base < sent:
+        left = deadline - time.monotonic()
+        if quiet is not None and quiet < left:
+            left = quiet
+        if left <= 0:
+            return
+        stream.arrived.clear()
+        try:
+            await asyncio.wait_for(stream.arrived.wait(), left)
+        except asyncio.TimeoutError:
+            return
 
 
 _udp_streams: dict = {}  # source address -> _UdpStream, on every shard

@@ -16,6 +16,7 @@ from shoal.net.native.config import NativeConfig
 from shoal.net.native.stack import NativeStack
 from shoal.net.native.wire import ethernet, ipv4 as wire_ipv4, udp as wire_udp
 from shoal.runtime.reactor import Reactor
+from test_native_tcp_virtual import connected_pair, until
 
 A_IP, B_IP = "10.9.0.1", "10.9.0.2"
 MASK = int(ipaddress.IPv4Address("255.255.255.0"))
@@ -116,10 +117,7 @@ def test_a_udp_flood_does_not_starve_the_shards_tcp():
     test whose TEST_START never left the control connection.)"""
     async def main():
         async with two_stacks() as (a, b, _):
-            server = b.listen(("", 8000))
-            accepted = asyncio.ensure_future(server.accept())
-            client = await a.connect((B_IP, 8000))
-            conn, _ = await accepted
+            _server, client, conn = await connected_pair(a, b, 8000)
             ca, cb = a.udp_channel(("", 0)), b.udp_channel(("", 7))
             flooding = True
             sent = 0
@@ -130,7 +128,7 @@ def test_a_udp_flood_does_not_starve_the_shards_tcp():
                     await ca.send((B_IP, 7), bytes(200))
                     sent += 1
             flooder = asyncio.ensure_future(flood())
-            await asyncio.wait_for(_until(lambda: len(a.arp.tx) > 300), 30)  # the queue is full of datagrams
+            await until(lambda: len(a.arp.tx) > 300, "a queue full of datagrams")
             await client.write(b"over TCP, during the flood")
             assert await asyncio.wait_for(conn.read(), 30) == b"over TCP, during the flood"
             assert not flooder.done()  # (it arrived during the flood, not after)
@@ -139,11 +137,6 @@ def test_a_udp_flood_does_not_starve_the_shards_tcp():
             cb.close()
 
     asyncio.run(main())
-
-
-async def _until(cond):
-    while not cond():
-        await asyncio.sleep(0.001)
 
 
 def test_large_datagrams_fragment_and_reassemble():
