@@ -242,11 +242,14 @@ class HttpSession:
         return fd, st.st_size, ctype
 
     def release(self) -> None:
-        """Close files still queued (the connection ended before they were sent)."""
+        """Close files still queued (the connection ended before they were sent), and let
+        the parser go: it refers back to the session, and the cycle would leave both to
+        the garbage collector, once per connection."""
         for item in self.responses:
             if isinstance(item, _FileBody):
                 os.close(item.fd)
         self.responses.clear()
+        self.parser = None
 
 
 async def _send_file(conn: net.Connection, body: _FileBody) -> None:

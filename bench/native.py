@@ -1,7 +1,7 @@
 """The native stack against the posix stack (and pytcp), with the Linux kernel as the client.
 
     python bench/native.py [--duration 3] [--connections 1,16] [--size-mb 20] [--runs 3] [--no-tso]
-                           [--smp 1,2] [--rounds 3]
+                           [--smp 1,2] [--rounds 3] [--churn 16]
 
 In one run, the same ``python -m shoal.apps.httpd --smp N --root DIR`` is measured
 
@@ -12,7 +12,9 @@ In one run, the same ``python -m shoal.apps.httpd --smp N --root DIR`` is measur
 
 so that in both cases the load generators (wrk and curl) run inside a namespace and
 cross one virtual link. For each: wrk requests/s for ``GET /`` (a 14-byte body)
-at each connection count, bulk download MB/s of a ``--size-mb`` file with curl
+at each connection count, new connections/s (``--churn N``: wrk with N connections
+sending ``Connection: close``, so each request is a connection opened and closed, the
+server closing first and keeping TIME-WAIT), bulk download MB/s of a ``--size-mb`` file with curl
 (the best of ``--runs``; pytcp gets one, it is slow), and upload MB/s of as many bytes
 to a small sink app on the same stack (`SINK_APP`, timed by the kernel-side client
 from its first byte sent to the sink's answer; not for pytcp), for each shard count of ``--smp``
@@ -21,7 +23,7 @@ shards share the listening port through SO_REUSEPORT). With ``--rounds R`` each
 native/posix pair is measured R times, alternating, and each cell is the median. A
 second table gives how busy each CPU was (from /proc/stat) during each wrk run, which
 tells whether the server's cores or the load generator's ran out.
-pytcp (PyPI, 2.7) is the pure-Python peer the issue names:
+pytcp (PyPI, 2.7) is the pure-Python peer the issue names (its new connections/s are not measured):
 if it is installed, a small HTTP server on its Berkeley-like sockets (a thread per
 connection, the same response bytes for ``GET /``) runs on a TAP of its own and is
 measured the same way; otherwise the output says why not. Prints a markdown table; every interface
@@ -184,8 +186,11 @@ def wait_banner(app):
 def _median_row(rounds, connections):
     """One table row from several rounds of `measure`: the median of each cell."""
     row = {}
-    for key in [f"_rps{c}" for c in connections] + ["_mbs", "_up"]:
+    for key in [f"_rps{c}" for c in connections] + ["_mbs", "_up"] + (["_churn"] if "_churn" in rounds[0] else []):
         row[key] = statistics.median(r[key] for r in rounds)
+    if "_churn" in row:
+        errors = any("errors" in r["churn"] for r in rounds)
+        row["churn"] = f"{row['_churn']:,.0f}" + (" (errors)" if errors else "")
     for c in connections:
         errors = any("errors" in r[f"rps{c}"] for r in rounds)
         row[f"rps{c}"] = f"{row[f'_rps{c}']:,.0f}" + (" (errors)" if errors else "")
@@ -196,9 +201,9 @@ def _median_row(rounds, connections):
     return row
 
 
-def wrk(peer, url, connections, duration):
-    r = peer.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}", "--timeout", "5s", url],
-                 timeout=duration + 60)
+def wrk(peer, url, connections, duration, close=False):
+    r = peer.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}", "--timeout", "5s",
+                  *(["-H", "Connection: close"] if close else []), url], timeout=duration + 60)
     out = r.stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if r.returncode != 0 or m is None:
@@ -230,7 +235,7 @@ def _cpu_times():
     return out
 
 
-def measure(peer, base_url, connections, duration, runs):
+def measure(peer, base_url, connections, duration, runs, churn):
     row = {}
     for c in connections:
         before = _cpu_times()
@@ -241,20 +246,24 @@ def measure(peer, base_url, connections, duration, runs):
         # how busy each CPU was during the run: which side (server or client) ran out of CPU
         row[f"cpu{c}"] = "/".join(f"{100 * (b[0] - a[0]) / max(b[1] - a[1], 1):.0f}"
                                   for a, b in zip(before, after))
+    if churn:
+        rps, errors = wrk(peer, f"{base_url}/", churn, duration, close=True)
+        row["churn"] = f"{rps:,.0f}" + (" (errors)" if errors else "")
+        row["_churn"] = rps
     mb_s = curl_mb_s(peer, f"{base_url}/big.bin", runs)
     row["mbs"] = f"{mb_s:.1f}"
     row["_mbs"] = mb_s
     return row
 
 
-def bench_native(root, connections, duration, runs, tso, smp=1):
+def bench_native(root, connections, duration, runs, tso, smp=1, churn=0):
     with KernelPeer(open_device=False, subnet="10.213.12") as peer:
         app = peer.start_shoal(["-m", "shoal.apps.httpd", "--smp", str(smp), "--network-stack", "native",
                                 "--tcp-tso", "on" if tso else "off", "--host-ipv4-addr", peer.shoal_ip,
                                 "--root", root])
         try:
             wait_banner(app)
-            return measure(_Runner(peer), f"http://{peer.shoal_ip}:10000", connections, duration, runs)
+            return measure(_Runner(peer), f"http://{peer.shoal_ip}:10000", connections, duration, runs, churn)
         finally:
             stop_process(app)
 
@@ -298,12 +307,12 @@ def bench_posix_sink(size, runs, smp=1):
             stop_process(app)
 
 
-def bench_posix(root, connections, duration, runs, smp=1):
+def bench_posix(root, connections, duration, runs, smp=1, churn=0):
     with VethPeer() as peer:
         app = start_httpd(["--network-stack", "posix", "--address", peer.server_ip, "--root", root], smp)
         try:
             wait_banner(app)
-            return measure(peer, f"http://{peer.server_ip}:10000", connections, duration, runs)
+            return measure(peer, f"http://{peer.server_ip}:10000", connections, duration, runs, churn)
         finally:
             stop_process(app)
 
@@ -432,7 +441,7 @@ def bench_pytcp(root, connections, duration, runs):
                 if "pytcp: listening" in line:
                     break
             try:
-                return measure(_Runner(peer), f"http://{peer.shoal_ip}:10000", connections, duration, runs)
+                return measure(_Runner(peer), f"http://{peer.shoal_ip}:10000", connections, duration, runs, 0)
             except RuntimeError as e:
                 return f"failed under load: {str(e)[:300]}"
         finally:
@@ -455,6 +464,8 @@ def main(argv=None):
                         help="native rows with TSO from TCP off: one-MSS segments (see the docstring)")
     parser.add_argument("--smp", default="1", help="shard counts, e.g. 1,2 (a row pair each)")
     parser.add_argument("--rounds", type=int, default=1, help="native/posix pairs per shard count (median kept)")
+    parser.add_argument("--churn", type=int, default=16,
+                        help="wrk connections for new connections/s (Connection: close); 0 skips it")
     args = parser.parse_args(argv)
     why = unavailable()
     if why is not None:
@@ -475,10 +486,10 @@ def main(argv=None):
         for smp in shard_counts:
             rounds = {"native": [], "posix": []}
             for _ in range(args.rounds):  # alternating, so drifting machine load hits both alike
-                row = bench_native(root, connections, args.duration, args.runs, args.tso, smp)
+                row = bench_native(root, connections, args.duration, args.runs, args.tso, smp, args.churn)
                 row["_up"] = bench_native_sink(args.size_mb << 20, args.runs, args.tso, smp)
                 rounds["native"].append(row)
-                row = bench_posix(root, connections, args.duration, args.runs, smp)
+                row = bench_posix(root, connections, args.duration, args.runs, smp, args.churn)
                 row["_up"] = bench_posix_sink(args.size_mb << 20, args.runs, smp)
                 rounds["posix"].append(row)
             rows[f"native (TAP) --smp {smp}"] = _median_row(rounds["native"], connections)
@@ -490,16 +501,20 @@ def main(argv=None):
     tso = "TSO from TCP " + ("on" if args.tso else "off (--no-tso)")
     print(f"# shoal httpd: native vs posix vs pytcp ({datetime.datetime.now().isoformat(timespec='seconds')}, "
           f"wrk -d{args.duration}, {args.size_mb} MB file, median of {args.rounds} round(s), native: {tso})\n")
-    header = "| stack | " + " | ".join(f"wrk -c{c} req/s" for c in connections) + " | curl MB/s | upload MB/s |"
+    churn = f" new conn/s (wrk -c{args.churn}, close) |" if args.churn else ""
+    header = "| stack | " + " | ".join(f"wrk -c{c} req/s" for c in connections) + f" |{churn} curl MB/s | upload MB/s |"
     print(header)
-    print("|" + "---|" * (len(connections) + 3))
+    print("|" + "---|" * (len(connections) + 3 + bool(args.churn)))
     for name, row in rows.items():
         print(f"| {name} | " + " | ".join(row[f"rps{c}"] for c in connections)
+              + (f" | {row.get('churn', 'not measured')}" if args.churn else "")
               + f" | {row['mbs']} | {row.get('up', 'not measured')} |")
     print()
     for smp in shard_counts:
         native, posix = rows[f"native (TAP) --smp {smp}"], rows[f"posix (veth) --smp {smp}"]
         ratios = [f"-c{c}: {native[f'_rps{c}'] / posix[f'_rps{c}']:.2f}" for c in connections]
+        if args.churn:
+            ratios.append(f"new connections: {native['_churn'] / posix['_churn']:.2f}")
         print(f"native/posix, --smp {smp}: {', '.join(ratios)}, bulk: {native['_mbs'] / posix['_mbs']:.2f}, "
               f"upload: {native['_up'] / posix['_up']:.2f}")
     if len(shard_counts) > 1:

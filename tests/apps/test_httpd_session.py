@@ -1,5 +1,6 @@
 """HttpSession, the httpd's per-connection request handling, without sockets."""
 import os
+import weakref
 
 import pytest
 
@@ -108,3 +109,14 @@ def test_files_stay_under_root(dates, tmp_path):
     for path in (b"/../secret", b"/%2e%2e/secret", b"/link", b"/", b"/ok.txt%00", b"/%ff"):
         assert s._open(path) is None, path
     assert HttpSession(None, dates)._open(b"/ok.txt") is None
+
+
+def test_a_released_session_goes_without_the_garbage_collector(dates):
+    """The parser refers back to its session; `release` (the end of every connection)
+    breaks that cycle, so reference counting frees the session at once."""
+    s = HttpSession(None, dates)
+    s.feed(REQ)
+    s.release()
+    gone = weakref.ref(s)
+    del s
+    assert gone() is None

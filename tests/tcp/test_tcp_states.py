@@ -623,6 +623,22 @@ def time_wait(**kw):
     return conn
 
 
+def test_a_fin_past_the_peers_fin_is_acknowledged_not_taken():
+    """After the peer's FIN its sequence space has ended: a FIN at RCV.NXT (no retransmission,
+    which would lie before it) gets an ACK and leaves RCV.NXT where it is."""
+    conn = time_wait()
+    send_seg(conn, seg(IRS + 2, ISS + 2, ACK | FIN), T0 + 1)
+    [a] = pull(conn, T0 + 1)
+    assert a.flags == ACK and a.ack == IRS + 2 and conn.rcv_nxt == IRS + 2
+    assert conn.state is State.TIME_WAIT and conn.drops["fin-after-fin"] == 1
+    conn = established()
+    send_seg(conn, seg(IRS + 1, ISS + 1, ACK | FIN))
+    pull(conn)
+    send_seg(conn, seg(IRS + 2, ISS + 1, ACK | FIN))  # in CLOSE-WAIT too
+    [a] = pull(conn)
+    assert a.ack == IRS + 2 and conn.state is State.CLOSE_WAIT
+
+
 def test_new_syn_in_time_wait_reopens():
     conn = time_wait()
     assert conn.segment_arrived(wire_roundtrip(seg(IRS + 100_000, 0, SYN, mss=1460)), T0 + 1)  # MAY-2

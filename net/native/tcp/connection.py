@@ -57,6 +57,7 @@ from .rtt import RttEstimator
 from .sack import DUP_THRESH, MAX_DUP_THRESH, Scoreboard, dsack_block, receive_blocks
 from .sendbuf import SendBuffer
 from .seq import HALF, MASK, Seq, as_seq, seq_attribute, seq_max, seq_min, signed_distance
+from . import time_wait
 
 QUARTER = HALF >> 1  # (of the sequence space: `_new_ack`)
 
@@ -741,6 +742,24 @@ class Connection:
 
     # ------------------------------------------------------------------ segment arrival
 
+    def hibernate(self, owner_config=None):
+        """This connection, in TIME-WAIT with nothing left to send, as a compact record
+        (`tcp.time_wait`) for its owner to keep until 2*MSL pass; `revive` rebuilds it. The
+        record leaves the configuration out if it is `owner_config`."""
+        if self.state is not TIME_WAIT or self.wants_transmit():
+            raise ValueError(f"only a connection in TIME-WAIT with nothing to send hibernates: {self!r}")
+        return time_wait.record(self, owner_config)
+
+    @classmethod
+    def revive(cls, record, now, owner_config=None):
+        """The connection a `hibernate` record was made from, for a segment that reached it:
+        a new connection given the numbers TIME-WAIT's rules read (RFC 9293 3.10.7.4)."""
+        conn = cls(record[time_wait.CONFIG] or owner_config, record[time_wait.LOCAL],
+                   record[time_wait.REMOTE], record[time_wait.ISS], now, record[time_wait.TS_OFFSET])
+        time_wait.restore(conn, record)
+        conn.state = TIME_WAIT
+        return conn
+
     def acknowledges_new(self, ack):
         """SND.UNA < `ack` (a plain int) <= SND.MAX: an ACK of this value would take new data,
         not be dropped (RFC 9293 3.10.7.4, RFC 5961 5.2). The TCP layer asks before it lets
@@ -768,7 +787,7 @@ class Connection:
         self._seg_ce = ce
         if st is SYN_SENT:
             self._syn_sent_arrival(seg, now)
-        elif st is TIME_WAIT and seg.flags & (SYN | ACK | RST) == SYN and self._syn_reopens(seg):
+        elif st is TIME_WAIT and time_wait.syn_reopens(seg, self.ts_ok, self.ts_recent, self._rcv_nxt):
             self.counters["time-wait-reopen"] += 1
             self._enter_closed()
             return True
@@ -855,11 +874,6 @@ class Connection:
                 self._events.append(_READABLE)
         self._update_timers(now)
         return True
-
-    def _syn_reopens(self, seg):
-        if self.ts_ok and seg.timestamp is not None:
-            return Seq(seg.timestamp[0]) > Seq(self.ts_recent)
-        return Seq(seg.seq) > self.rcv_nxt
 
     def _syn_sent_arrival(self, seg, now):
         flags = seg.flags
@@ -1406,6 +1420,13 @@ class Connection:
                 self._recent_ofo = dseq
                 self.ack_now = True  # RFC 5681 4.2: out-of-order data gets an immediate ACK
                 self.counters["out-of-order"] += 1
+        if fin and self._eof:
+            # The peer's FIN came already: its sequence space has ended, and a FIN at or past
+            # RCV.NXT is no retransmission (that would lie before it). Acknowledged, not taken:
+            # RCV.NXT stays (Linux answers it in TIME-WAIT the same way).
+            self.drops["fin-after-fin"] += 1
+            self.ack_now = True
+            fin = False
         if fin:
             fin_seq = dseq + len(payload)
             if fin_seq == self.rcv_nxt:
