@@ -162,3 +162,46 @@ def test_syn_from_non_unicast_source_discarded(bad):
     lst.segment_arrived(syn, (bad, 40000), T0)
     assert not lst.half_open and lst.transmit(T0) == []  # MUST-63
     assert lst.drops["syn-from-bad-address"] == 1
+
+
+def test_a_full_half_open_table_costs_no_scan_per_segment(monkeypatch):
+    """With 256 half-open connections (a SYN flood), a SYN answered with a cookie, and the
+    owner's questions after it (deadline, anything to send, the pull), look at a few
+    connections, not all of them."""
+    from shoal.net.native.tcp.connection import Connection
+    lst = make(max_half_open=256)
+    for i in range(256):
+        lst.segment_arrived(syn_from(i), client(i), T0)
+    lst.transmit(T0, 10_000)
+    assert lst.poll_at() is not None
+    looked = []
+    for name in ("poll_at", "wants_transmit"):
+        real = getattr(Connection, name)
+        monkeypatch.setattr(Connection, name, lambda self, real=real, name=name: looked.append(name) or real(self))
+    lst.segment_arrived(syn_from(1000), client(1000), T0 + 0.1)
+    assert lst.counters["syncookie-sent"] == 1
+    assert lst.poll_at() is not None and lst.wants_transmit()
+    [(remote, cookie)] = lst.transmit(T0 + 0.1)
+    assert remote == client(1000) and cookie.flags == SYN | ACK
+    assert len(looked) <= 4, looked
+
+
+def test_deadlines_that_move_often_neither_pile_up_nor_get_lost():
+    """Each retransmitted SYN moves a half-open connection's deadline (a heap entry each);
+    the stale entries are swept, and the connection still times out."""
+    lst = make(max_half_open=4, syncookies=False)
+    lst.segment_arrived(syn_from(1), client(1), T0)
+    now = T0
+    for k in range(2000):
+        now = T0 + k * 0.0001
+        lst.segment_arrived(syn_from(1), client(1), now)  # the same SYN again: SYN,ACK again
+        lst.transmit(now)
+    assert len(lst._timers) <= 64 + 4
+    for _ in range(100):
+        t = lst.poll_at()
+        if t is None:
+            break
+        now = t
+        lst.poll(now)
+        lst.transmit(now, 100)
+    assert not lst.half_open and now - T0 > 60
