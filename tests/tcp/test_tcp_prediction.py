@@ -23,7 +23,8 @@ from test_tcp_netsim import NearWrapIsn, transfer
 def snapshot(conn):
     """Every attribute of `conn`, nested state objects included, as comparable values."""
     out = {}
-    for name, value in vars(conn).items():
+    for name in type(conn).__slots__:
+        value = getattr(conn, name)
         if isinstance(value, SendBuffer):  # the text and where it starts, however it is chunked
             value = ("SendBuffer", value._dropped, bytes(value.view(0, value.size)))
         elif isinstance(value, ReceiveBuffer):

@@ -1,9 +1,9 @@
 """A connection in TIME-WAIT, kept as a compact record until 2*MSL has passed.
 
-Why: a `Connection` costs about 6.9 KB and 25 objects the garbage collector tracks
+Why: a `Connection` costs about 4.4 KB and 24 objects the garbage collector tracks
 (buffers, estimators, the congestion controller, counters; `bench/time_wait.py`). A
 server that closes first keeps every connection it served for 2*MSL (60 s, RFC 9293
-MUST-13): at 4,000 connections a second, 240,000 machines, 1.7 GB, and every full
+MUST-13): at 4,000 connections a second, 240,000 machines, 1 GB, and every full
 collection walks them all (within 8 s of such a load a shard was stalled 300-550 ms at a
 time). What TIME-WAIT still does (RFC 9293 3.10.7.4: acknowledge a retransmitted FIN and
 restart the timer, answer or drop other segments, let a newer SYN open a new incarnation,
