@@ -107,9 +107,9 @@ EPHEMERAL = (49152, 65535)
 MAX_REPLIES = 1024
 """Stateless replies (RSTs for segments to no socket) waiting for a pull; more are dropped."""
 FIN_WAIT_2_TIMEOUT = 60.0
+"""Seconds an orphan (closed by the application) may wait in FIN-WAIT-2 for the peer's FIN."""
 MAX_TIME_WAIT = 65536
 """TIME-WAIT records a shard keeps (`tcp.time_wait`); past them connections close without."""
-"""Seconds an orphan (closed by the application) may wait in FIN-WAIT-2 for the peer's FIN."""
 FLUSH_LOW_WATER = 64 * 1024
 """Unsent octets under which `flush` returns."""
 SENDFILE_WINDOW = 1 << 20

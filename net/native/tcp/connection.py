@@ -51,13 +51,12 @@ from dataclasses import dataclass, replace
 from operator import itemgetter
 
 from ..wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, TcpSegment
-from . import congestion
+from . import congestion, time_wait
 from .recvbuf import ReceiveBuffer
 from .rtt import RttEstimator
 from .sack import DUP_THRESH, MAX_DUP_THRESH, Scoreboard, dsack_block, receive_blocks
 from .sendbuf import SendBuffer
 from .seq import HALF, MASK, Seq, as_seq, seq_attribute, seq_max, seq_min, signed_distance
-from . import time_wait
 
 QUARTER = HALF >> 1  # (of the sequence space: `_new_ack`)
 
