@@ -26,6 +26,10 @@
                             a connection drops DF after two timeouts in a row. ``off``: segments
                             go without DF and a narrower hop fragments them (as Linux's
                             ``ip_no_pmtu_disc=1``).
+``--tcp-max-time-wait N``   connections a shard keeps in TIME-WAIT (default 65,536, as a
+                            compact record each, `tcp.time_wait`); past that a closing
+                            connection skips it, counted (Linux's ``tcp_max_tw_buckets``).
+                            0 keeps none: every 4-tuple is free again at once.
 ``--tcp-ecn on|off``        Explicit Congestion Notification (RFC 3168), default ``off``.
                             With ``on`` every connection asks for ECN in its SYN and accepts
                             a peer's ECN-setup SYN (section 6.1.1), sends ECT(0) on new data
@@ -54,6 +58,7 @@ TCP_CONGESTION = ("cubic", "newreno")
 ON_OFF = ("on", "off")
 MAX_MIN_RTO = 60.0
 """RFC 6298 2.5: a maximum RTO of at least 60 s; the minimum may not exceed it."""
+DEFAULT_MAX_TIME_WAIT = 65536
 
 
 class ConfigError(ValueError):
@@ -77,6 +82,7 @@ class NativeConfig:
     tcp_tso: bool = True
     tcp_tlp: bool = True
     tcp_pmtud: bool = True
+    tcp_max_time_wait: int = DEFAULT_MAX_TIME_WAIT
 
 
 def add_options(parser):
@@ -106,6 +112,9 @@ def add_options(parser):
                        help="TCP tail loss probes (RFC 8985; default on)")
     group.add_argument("--tcp-pmtud", default="on", choices=ON_OFF,
                        help="TCP path MTU discovery (RFC 1191; default on): DF on every segment")
+    group.add_argument("--tcp-max-time-wait", type=int, default=None, metavar="N",
+                       help=f"connections a shard keeps in TIME-WAIT (default {DEFAULT_MAX_TIME_WAIT:,}); "
+                            "past that a closing connection skips it (counted)")
     group.add_argument("--tcp-ecn", default="off", choices=ON_OFF,
                        help="ask for and accept ECN on every TCP connection (RFC 3168). Default off: "
                             "it is negotiated per connection, Linux's default tcp_ecn=2 accepts it but "
@@ -173,6 +182,11 @@ def from_args(args):
     congestion = getattr(args, "tcp_congestion", None) or "cubic"
     if congestion not in TCP_CONGESTION:
         raise ConfigError(f"--tcp-congestion {congestion!r}: choose one of {', '.join(TCP_CONGESTION)}")
+    max_time_wait = getattr(args, "tcp_max_time_wait", None)
+    if max_time_wait is None:
+        max_time_wait = DEFAULT_MAX_TIME_WAIT
+    elif not 0 <= max_time_wait <= 1 << 24:
+        raise ConfigError(f"--tcp-max-time-wait {max_time_wait} must be between 0 and {1 << 24:,}")
     min_rto = getattr(args, "tcp_min_rto", None)
     if min_rto is not None and not 0 < min_rto <= MAX_MIN_RTO:
         raise ConfigError(f"--tcp-min-rto {min_rto} must be above 0 and at most {MAX_MIN_RTO:g} seconds")
@@ -187,6 +201,7 @@ def from_args(args):
         tcp_tso=_on_off(args, "tcp_tso", "on"),
         tcp_tlp=_on_off(args, "tcp_tlp", "on"),
         tcp_pmtud=_on_off(args, "tcp_pmtud", "on"),
+        tcp_max_time_wait=max_time_wait,
     )
     if dhcp:
         return config

@@ -333,7 +333,7 @@ class NativeStack(api.NetworkStack):
             self.udp.hand_off = self._hand_off_udp
         self.device_poller = DevicePoller(device, self.receive_frames, self.pull, batch, done=self._sent)
         self.poller = _StackPoller(self)
-        self.tcp = TcpLayer(self, rng, tcp_config)
+        self.tcp = TcpLayer(self, rng, tcp_config, max_time_wait=config.tcp_max_time_wait)
 
     # -- lifecycle -------------------------------------------------------------------
 

@@ -63,14 +63,15 @@ per 4-tuple, a `Listener` per listening port) to one `NativeStack`:
   tcp_fin_timeout), and data reaching an orphan is discarded and counted.
 * **TIME-WAIT is a record.** A connection that reaches TIME-WAIT with nothing left
   to send stays in the 4-tuple dict as its `tcp.time_wait` record, a tuple the garbage
-  collector does not track (960 bytes, against 4.4 KB and 24 tracked objects for the machine),
-  and its 2*MSL deadline goes on a heap of its own, ``(deadline, 4-tuple)``. A segment
-  for it revives the machine (`Connection.revive`), which answers it by RFC 9293's
-  rules and goes back to a record if still in TIME-WAIT; a SYN that opens a new
+  collector does not track (960 bytes, against 4.4 KB and 24 tracked objects for the
+  machine), and its 2*MSL deadline goes on a heap of its own, ``(deadline, 4-tuple)``. A
+  segment for it revives the machine (`Connection.revive`), which answers it by RFC
+  9293's rules and goes back to a record if still in TIME-WAIT; a SYN that opens a new
   incarnation goes straight to the listener (`time_wait.syn_reopens`). At
-  `max_time_wait` records (Linux's tcp_max_tw_buckets), a connection closes without
-  TIME-WAIT, counted in ``time-wait-overflow``: a server that closes first would
-  otherwise hold one per connection of the last 2*MSL (240,000 at 4,000 a second).
+  `max_time_wait` records (``--tcp-max-time-wait``; Linux's tcp_max_tw_buckets), a
+  connection closes without TIME-WAIT, counted in ``time-wait-overflow``: a server that
+  closes first would otherwise hold one per connection of the last 2*MSL (240,000 at
+  4,000 a second).
 * **Errors.** REFUSED, RESET and TIMED_OUT become ConnectionRefusedError,
   ConnectionResetError and TimeoutError naming both addresses; an ICMP error that
   aborts (protocol/port unreachable) keeps its errno; a soft error (ICMP net or
@@ -90,6 +91,7 @@ from dataclasses import replace
 
 from shoal.net import api
 
+from .config import DEFAULT_MAX_TIME_WAIT
 from .packet import Packet
 from .tcp.connection import (CLOSE_WAIT, CLOSED, ESTABLISHED, FIN_WAIT_2, SYN_RECEIVED, TIME_WAIT,
                              TSO_MAX_PAYLOAD, Connection, Event, TcpConfig, TcpError, reset_for)
@@ -108,8 +110,6 @@ MAX_REPLIES = 1024
 """Stateless replies (RSTs for segments to no socket) waiting for a pull; more are dropped."""
 FIN_WAIT_2_TIMEOUT = 60.0
 """Seconds an orphan (closed by the application) may wait in FIN-WAIT-2 for the peer's FIN."""
-MAX_TIME_WAIT = 65536
-"""TIME-WAIT records a shard keeps (`tcp.time_wait`); past them connections close without."""
 FLUSH_LOW_WATER = 64 * 1024
 """Unsent octets under which `flush` returns."""
 SENDFILE_WINDOW = 1 << 20
@@ -582,7 +582,7 @@ class TcpLayer:
     """
 
     def __init__(self, stack, rng, config=None, *, fin_wait_2_timeout=FIN_WAIT_2_TIMEOUT,
-                 max_time_wait=MAX_TIME_WAIT):
+                 max_time_wait=DEFAULT_MAX_TIME_WAIT):
         self.stack = stack
         self.ipv4 = stack.ipv4
         base = config if config is not None else TcpConfig()

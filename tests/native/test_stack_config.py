@@ -50,6 +50,7 @@ def test_dhcp_configuration_leaves_addresses_to_the_lease():
     (["--host-ipv4-addr", "10.0.0.255"], "network or broadcast address"),
     (["--host-ipv4-addr", "224.0.0.1", "--netmask-ipv4-addr", "255.255.255.255"], "cannot be a host's address"),
     (["--host-ipv4-addr", "10.0.0.2", "--mtu", "100"], "--mtu 100 is outside"),
+    (["--host-ipv4-addr", "10.0.0.2", "--tcp-max-time-wait", "-1"], "--tcp-max-time-wait -1 must be between 0"),
     (["--host-ipv4-addr", "10.0.0.2", "--hw-address", "01:00:5e:00:00:01"], "multicast"),
     (["--host-ipv4-addr", "10.0.0.2", "--hw-address", "02:00:00"], "not a MAC address"),
 ])
@@ -85,6 +86,18 @@ def test_tcp_switches_take_only_on_or_off(option, value, capsys):
     args = argparse.Namespace(host_ipv4_addr="10.0.0.2", **{option[2:].replace("-", "_"): value or "maybe"})
     with pytest.raises(ConfigError, match=f"{option} .*: choose on or off"):
         from_args(args)
+
+
+def test_tcp_max_time_wait_reaches_the_tcp_layer():
+    import random
+
+    from shoal.drivers.virtual import VirtualWire
+    from shoal.net.native.stack import NativeStack
+
+    for argv, kept in (((), 65536), (("--tcp-max-time-wait", "0"), 0), (("--tcp-max-time-wait", "1000"), 1000)):
+        config = parse("--host-ipv4-addr", "10.0.0.2", *argv)
+        stack = NativeStack(VirtualWire().a, config, rng=random.Random(1), tcp_config=tcp_config(config))
+        assert config.tcp_max_time_wait == kept and stack.tcp.max_time_wait == kept
 
 
 def test_tcp_tso_off_keeps_segments_to_one_mss_on_a_tso_device():
