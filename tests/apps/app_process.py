@@ -2,10 +2,12 @@
 
 `AppProcess` starts ``python -m shoal.apps.NAME ...`` on a free loopback port,
 waits (with a generous bound, never a fixed sleep) until `ready()` says it
-answers, and stops it by its PID with SIGTERM, returning the exit status and
-everything it printed.
+answers, or until it prints `banner`, and stops it by its PID with SIGTERM,
+returning the exit status and everything it printed.
 """
+import functools
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -32,17 +34,33 @@ def accepts(port):
 
 
 class AppProcess:
-    def __init__(self, app, port, *options, ready=None):
+    def __init__(self, app, port, *options, ready=None, banner=None):
+        """`banner`: bytes the app prints once every shard listens. A port that accepts says
+        only that one shard does: a UDP flow begun then may meet the others' sockets join
+        the port's SO_REUSEPORT group, and its next datagrams go to another shard."""
         self.port = port
+        self._head = b""  # output read while waiting for the banner
         cmd = [sys.executable, "-m", f"shoal.apps.{app}", "--address", LOCAL, "--port", str(port), *options]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if banner is not None:
+            ready = functools.partial(self._printed, banner)
         ready = ready or (lambda: accepts(port))
         deadline = time.monotonic() + STARTUP_S
         while not ready():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.kill()
-                raise AssertionError(f"{app} did not start:\n{self.proc.stdout.read().decode()}")
+                raise AssertionError(f"{app} did not start:\n{(self._head + self.proc.stdout.read()).decode()}")
             time.sleep(0.05)
+
+    def _printed(self, banner):
+        """Whether the output so far holds `banner` (reads what is there, never waits)."""
+        fd = self.proc.stdout.fileno()
+        while select.select([fd], [], [], 0)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            self._head += chunk
+        return banner in self._head
 
     def stop(self):
         """SIGTERM by PID; the exit status and the output."""
@@ -52,7 +70,7 @@ class AppProcess:
         except subprocess.TimeoutExpired:
             self.kill()
             raise
-        return self.proc.returncode, out.decode()
+        return self.proc.returncode, (self._head + out).decode()
 
     def kill(self):
         if self.proc.poll() is None:

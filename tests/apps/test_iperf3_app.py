@@ -50,7 +50,8 @@ def check_counts(report, streams):
 
 class Server(AppProcess):
     def __init__(self, *options):
-        super().__init__("iperf3", free_port(), "--network-stack", "posix", *options)
+        super().__init__("iperf3", free_port(), "--network-stack", "posix", *options,
+                         banner=b"iperf3: tcp and udp on")  # (every shard's UDP socket bound)
 
     def stop_cleanly(self):
         code, out = self.stop()
