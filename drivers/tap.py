@@ -209,8 +209,8 @@ class TapDevice(Device):
 
     def _write_each(self, writes):
         """Write each ``(buffers, n_frames)``; returns the frames taken (a prefix of the burst)."""
-        fd, stats = self._fd, self.stats
-        taken = 0
+        fd, stats, vnet_hdr = self._fd, self.stats, self.vnet_hdr
+        taken = sent = partial = 0  # (counted once per burst: a counter's += costs as much as the test)
         for bufs, n in writes:
             try:
                 if len(bufs) == 1:
@@ -224,16 +224,20 @@ class TapDevice(Device):
                 # Retrying cannot help: consume it and count why.
                 stats[f"tx_error_{errno.errorcode.get(e.errno, e.errno)}"] += n
             else:
-                stats["tx_frames"] += n
+                sent += n
                 if n > 1:
                     stats["tx_super_frames"] += 1
-                elif self.vnet_hdr:
+                elif vnet_hdr:
                     head = bufs[0]
                     if head is vnet.PARTIAL_TCP4:
-                        stats["tx_checksum_partial"] += 1
+                        partial += 1
                     elif head is not vnet.PLAIN:
                         stats["tx_tso_frames"] += 1
             taken += n
+        if sent:
+            stats["tx_frames"] += sent
+            if partial:
+                stats["tx_checksum_partial"] += partial
         return taken
 
     def fileno(self):

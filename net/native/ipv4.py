@@ -39,9 +39,9 @@ Safety rules, each counted in `drops`:
 import errno
 import struct
 from bisect import insort
-from collections import Counter
 
 from .arp import BROADCAST_IP
+from .counts import Counts
 from .packet import Packet
 from .wire import WireError
 from .wire import ipv4 as wire_ipv4
@@ -107,9 +107,9 @@ class Ipv4:
         self.max_reassemblies = max_reassemblies
         self.max_fragments = max_fragments
         self.memory_used = 0
-        self.drops = Counter()
-        self.tx_drops = Counter()
-        self.stats = Counter()
+        self.drops = Counts()
+        self.tx_drops = Counts()
+        self.stats = Counts()
         self._ident = ident & 0xFFFF
         self._next_hops = {}  # dst -> route(dst), while the configuration stays (see `send`)
         self._reasm = {}  # key -> _Reassembly, in creation order (= deadline order)

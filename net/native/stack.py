@@ -73,6 +73,7 @@ from shoal.net import api
 from . import config as native_config
 from . import ownership
 from .arp import Arp
+from .counts import Counts
 from .dhcp import DhcpClient
 from .icmp import Icmp
 from .ipv4 import Ipv4
@@ -320,8 +321,8 @@ class NativeStack(api.NetworkStack):
         self.icmp = Icmp(self.ipv4)
         self.udp = Udp(self.ipv4, self.icmp, first_ephemeral=rng.randrange(49152, 65536))
         self.dhcp = DhcpClient(self.mac, rng) if config.dhcp and shard == 0 else None
-        self.drops = Counter()
-        self.stats = Counter()
+        self.drops = Counts()
+        self.stats = Counts()
         self._timer_clients = [self.arp, self.ipv4] + ([self.dhcp] if self.dhcp else [])
         self._tx_sources = []
         self._channels = set()

@@ -92,6 +92,7 @@ from dataclasses import replace
 from shoal.net import api
 
 from .config import DEFAULT_MAX_TIME_WAIT
+from .counts import Counts
 from .packet import Packet
 from .tcp.connection import (CLOSE_WAIT, CLOSED, ESTABLISHED, FIN_WAIT_2, SYN_RECEIVED, TIME_WAIT,
                              TSO_MAX_PAYLOAD, Connection, Event, TcpConfig, TcpError, reset_for)
@@ -146,8 +147,10 @@ class NativeTcpConnection(api.Connection):
     def __init__(self, layer, tcp):
         self._layer = layer
         self.tcp = tcp
-        # the layer's "anything to send?" is the machine's own (asked after every event: no wrapper)
+        # the layer's "anything to send?" and "when next?" are the machine's own, asked after
+        # every event without a wrapper; `poll_at` below takes over once an orphan's timer is set
         self.wants_transmit = tcp.wants_transmit
+        self.poll_at = tcp.poll_at
         self.key = (tcp.local[1], tcp.remote[0], tcp.remote[1])
         self.alive = True
         self.timer_at = None
@@ -168,6 +171,7 @@ class NativeTcpConnection(api.Connection):
     # -- layer side ------------------------------------------------------------------
 
     def poll_at(self):
+        """The earliest of the machine's deadlines and the orphan's (FIN-WAIT-2 after close)."""
         t = self.tcp.poll_at()
         o = self.orphan_at
         if o is not None and (t is None or o < t):
@@ -202,7 +206,9 @@ class NativeTcpConnection(api.Connection):
         """Handle the machine's events; returns True when the layer may forget the connection
         (it is CLOSED, or in TIME-WAIT, kept as a record, with nothing left to send)."""
         tcp = self.tcp
-        events = tcp.take_events()
+        events = tcp.events
+        if events:
+            tcp.events = []  # (`take_events`, without the call for the usual empty list)
         for ev in events:
             if ev is Event.READABLE or ev is Event.EOF or ev is Event.URGENT:
                 self._wake_reader()
@@ -227,6 +233,7 @@ class NativeTcpConnection(api.Connection):
                 tcp.recv()
             if tcp.state is FIN_WAIT_2 and self.orphan_at is None:
                 self.orphan_at = now + self._layer.fin_wait_2_timeout
+                del self.poll_at  # (the machine's: now the method, which counts this deadline too)
         if self._flushers and (self._exc is not None or tcp.state is CLOSED
                                or tcp.send_queued <= FLUSH_LOW_WATER):
             for fut in self._flushers:
@@ -597,8 +604,8 @@ class TcpLayer:
         self.isn = IsnGenerator(rng.randbytes(32))
         self.conns = {}
         self.servers = {}
-        self.drops = Counter()
-        self.stats = Counter()
+        self.drops = Counts()
+        self.stats = Counts()
         self.mappings = FileMappings(self.stats)  # files' windows for `sendfile`
         self._dirty = {}
         self._heap = []

@@ -14,8 +14,8 @@ section 4.1.3.1) unless it was a broadcast. Bad datagrams are counted in `drops`
 """
 import errno
 import struct
-from collections import Counter
 
+from .counts import Counts
 from .packet import Packet
 from .wire import WireError
 from .wire import ipv4 as wire_ipv4
@@ -47,8 +47,8 @@ class Udp:
         self.hand_off = None
         self.ephemeral = ephemeral
         self._next_port = ephemeral[0] if first_ephemeral is None else first_ephemeral
-        self.drops = Counter()
-        self.stats = Counter()
+        self.drops = Counts()
+        self.stats = Counts()
 
     def bind(self, port, endpoint, allowed=None):
         """Bind `endpoint` to `port` (0: an ephemeral port, one `allowed(port)` accepts when

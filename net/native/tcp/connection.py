@@ -24,6 +24,8 @@ Its outputs are data:
 * events - `take_events()` returns the `Event`s since the last call: CONNECTED,
   READABLE, WRITABLE, EOF, URGENT, RETRANSMITTING (R1 crossed), the errors REFUSED,
   RESET and TIMED_OUT, and finally CLOSED (the owner may forget the connection).
+  They wait in the list `events`, which an owner may read and replace itself:
+  after most segments it is empty, and looking is cheaper than a call.
 
 Segment processing follows RFC 9293 section 3.10.7 step by step (sequence check,
 RST, SYN, ACK, URG, text, FIN) with RFC 5961 challenge ACKs for in-window RSTs and
@@ -46,10 +48,10 @@ after a retransmission timeout, RFC 5681 go-back-N with SACKed ranges skipped).
 """
 import enum
 from bisect import bisect_right
-from collections import Counter
 from dataclasses import dataclass, replace
 from operator import itemgetter
 
+from ..counts import Counts
 from ..wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, TcpSegment
 from . import congestion, time_wait
 from .recvbuf import ReceiveBuffer
@@ -275,7 +277,7 @@ class Connection:
     # connections: +4 %, docs/benchmarks.md), and a machine is 4.4 KB instead of 6.9.
     __slots__ = (
         "_challenge_window", "_cwr_due", "_dsack", "_ece_pending", "_ecn_recover", "_ecn_syn",
-        "_ecn_syn_reset", "_eof", "_events", "_fin_queued", "_ka_due", "_ka_probes",
+        "_ecn_syn_reset", "_eof", "_fin_queued", "_ka_due", "_ka_probes",
         "_last_ack_sent", "_last_data_tx", "_last_rx", "_ofo", "_ofo_fin", "_persist_backoff",
         "_probe_due", "_probes", "_rack_lost", "_rack_new", "_rack_point", "_rack_rxt",
         "_rack_serial", "_rcv_adv", "_rcv_grown_edge", "_rcv_nxt", "_rcv_unacked", "_rcvbuf",
@@ -285,7 +287,7 @@ class Connection:
         "_sndbuf_seq", "_tlp_due", "_tlp_end", "_tlp_retrans", "_ts_offset", "_tx_flight",
         "_unacceptable_ack_at", "_undo_dsacked", "_undo_marker", "_undo_retrans", "_undo_span",
         "_undo_state", "_undo_until", "ack_now", "cc", "config", "counters", "delack_at", "df",
-        "drops", "dupacks", "ecn_ok", "high_rxt", "irs", "iss", "keepalive_at", "local",
+        "drops", "dupacks", "ecn_ok", "events", "high_rxt", "irs", "iss", "keepalive_at", "local",
         "max_snd_wnd", "passive_open", "path_mtu", "persist_at", "rcv_buffer", "rcv_mss", "rcv_up",
         "rcv_wscale", "recovery", "remote", "retries", "rto_at", "rtt", "sack_ok", "scoreboard",
         "snd_mss", "snd_up", "snd_wnd", "snd_wscale", "state", "timewait_at", "tlp_at", "ts_ok",
@@ -410,9 +412,9 @@ class Connection:
         self.persist_at = None
         self.keepalive_at = None
         self.timewait_at = None
-        self._events = []
-        self.drops = Counter()
-        self.counters = Counter()
+        self.events = []
+        self.drops = Counts()
+        self.counters = Counts()
 
     # ------------------------------------------------------------------ opening
 
@@ -520,17 +522,17 @@ class Connection:
         if self.state not in _CAN_SEND or self._fin_queued:
             raise TcpError(f"connection closing ({self.state.value})")
         sndbuf = self._sndbuf
-        n = len(data)
+        n = size = len(data)
         room = self.config.send_buffer - sndbuf.size
         if room < n:
             # (the limit may now be below what is queued: cwnd shrank after a loss)
             room = max(self.send_limit - sndbuf.size, 0)
             if room < n:
                 n = room
-        if n < len(data):
+        if n < size:
             self._send_blocked = True
         if n:
-            sndbuf.append(memoryview(data)[:n] if n < len(data) else data, borrowed)  # (a slice of bytes would copy)
+            sndbuf.append(memoryview(data)[:n] if n < size else data, borrowed)  # (a slice of bytes would copy)
             if urgent:
                 self.snd_up = Seq(self._sndbuf_seq + sndbuf.size)
         return n
@@ -607,7 +609,8 @@ class Connection:
             buffer = self.rcv_buffer
             cur = (self._rcv_adv - self._rcv_nxt) & MASK  # RCV.ADV - RCV.NXT, if ahead
             increase = buffer - self._rcvbuf.size - (cur if 0 < cur < HALF else 0)
-            if increase >= min(buffer // 2, 2 * self.rcv_mss):
+            step = 2 * self.rcv_mss
+            if increase >= step or increase >= buffer >> 1:  # (`min(buffer // 2, step)`, without the call)
                 self.ack_now = True
 
     def close(self):
@@ -752,14 +755,14 @@ class Connection:
         return True
 
     def take_events(self):
-        ev = self._events
-        self._events = []
+        ev = self.events
+        self.events = []
         return ev
 
     def _emit(self, ev):
-        if (ev is _READABLE or ev is _WRITABLE) and ev in self._events:
+        if (ev is _READABLE or ev is _WRITABLE) and ev in self.events:
             return
-        self._events.append(ev)
+        self.events.append(ev)
 
     # ------------------------------------------------------------------ segment arrival
 
@@ -891,8 +894,8 @@ class Connection:
                 self.ack_now = True  # SHLD-19: at least every second full segment
             elif self.delack_at is None:
                 self.delack_at = now + self.config.delayed_ack  # MUST-40
-            if _READABLE not in self._events:  # (`_emit`, inline)
-                self._events.append(_READABLE)
+            if _READABLE not in self.events:  # (`_emit`, inline)
+                self.events.append(_READABLE)
         self._update_timers(now)
         return True
 
@@ -2071,7 +2074,13 @@ class Connection:
                     n -= tail
                 return n
         else:
-            n = min(mss, avail, wnd_left, cwnd_left)
+            n = mss  # min(mss, avail, wnd_left, cwnd_left), without the call
+            if avail < n:
+                n = avail
+            if wnd_left < n:
+                n = wnd_left
+            if cwnd_left < n:
+                n = cwnd_left
         if n <= 0:
             return 0
         if not at_max:

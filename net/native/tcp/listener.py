@@ -30,8 +30,8 @@ then cost a call per half-open connection; 63 % of the stack's time per SYN went
 import heapq
 import itertools
 import struct
-from collections import Counter
 
+from ..counts import Counts
 from ..wire.tcp import ACK, RST, SYN, TcpSegment
 from .connection import Connection, State, unicast_ipv4
 from .seq import Seq
@@ -59,8 +59,8 @@ class Listener:
         self._timers = []  # (deadline, n, remote), lazily deleted (see the module docstring)
         self._order = itertools.count()
         self._touched = {}  # remote -> None: connections an input changed since the last pull
-        self.drops = Counter()
-        self.counters = Counter()
+        self.drops = Counts()
+        self.counters = Counts()
 
     # --------------------------------------------------------------- segments
 

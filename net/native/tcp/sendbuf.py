@@ -75,12 +75,17 @@ class SendBuffer:
     def view(self, offset, n):
         """Octets ``[offset, offset + n)``, cut at the buffer's end: the chunk itself or a view
         of it when one chunk holds them, else one joined copy."""
-        n = min(n, self.size - offset)
+        left = self.size - offset
+        if n > left:
+            n = left
         if n <= 0:
             return b""
+        chunks, first = self._chunks, self._first
+        if not offset and n == left and first == len(chunks) - 1 and len(chunks[first]) == n:
+            return chunks[first]  # the whole buffer, one whole chunk: a response written in one piece
         pos = self._dropped + offset
-        chunks, starts = self._chunks, self._starts
-        i = bisect_right(starts, pos, self._first) - 1
+        starts = self._starts
+        i = bisect_right(starts, pos, first) - 1
         chunk = chunks[i]
         start = pos - starts[i]
         end = start + n
