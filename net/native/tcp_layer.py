@@ -94,7 +94,7 @@ from shoal.net import api
 from .config import DEFAULT_MAX_TIME_WAIT
 from .counts import Counts
 from .packet import Packet
-from .tcp.connection import (CLOSE_WAIT, CLOSED, ESTABLISHED, FIN_WAIT_2, SYN_RECEIVED, TIME_WAIT,
+from .tcp.connection import (CLOSE_WAIT, CLOSED, ERRORS, ESTABLISHED, FIN_WAIT_2, SYN_RECEIVED, TIME_WAIT,
                              TSO_MAX_PAYLOAD, Connection, Event, TcpConfig, TcpError, reset_for)
 from .tcp.isn import IsnGenerator
 from .tcp.listener import Listener
@@ -121,6 +121,9 @@ _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 MAX_HALF_OPEN = 256
 """Half-open connections per listener; beyond them SYNs get SYN cookies (see `tcp.listener`)."""
 _QUOTE = struct.Struct("!HHI")
+_WAKE_READER = (Event.READABLE, Event.EOF, Event.URGENT)
+"""The events that wake a waiting reader (as globals: on CPython 3.11 each ``Event.X`` in
+`settle`, which looks at every segment's events, would go through EnumType's lookup)."""
 PATH_MTU_LIFETIME = 600.0
 """Seconds a learned path MTU is given to new connections: RFC 1191 6.3's ten minutes, after
 which a path may have widened (Linux's mtu_expires)."""
@@ -210,7 +213,7 @@ class NativeTcpConnection(api.Connection):
         if events:
             tcp.events = []  # (`take_events`, without the call for the usual empty list)
         for ev in events:
-            if ev is Event.READABLE or ev is Event.EOF or ev is Event.URGENT:
+            if ev in _WAKE_READER:
                 self._wake_reader()
             elif ev is Event.WRITABLE:
                 self._wake_writers()
@@ -223,7 +226,7 @@ class NativeTcpConnection(api.Connection):
                 self._layer.stats["soft-errors"] += 1
             elif ev is Event.RETRANSMITTING:
                 self._layer.stats["retransmitting"] += 1
-            elif ev in (Event.REFUSED, Event.RESET, Event.TIMED_OUT, Event.UNREACHABLE):
+            elif ev in ERRORS:
                 self._failed(ev)
             elif ev is Event.CLOSED:
                 self._wake_all()

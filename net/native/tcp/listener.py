@@ -33,7 +33,7 @@ import struct
 
 from ..counts import Counts
 from ..wire.tcp import ACK, RST, SYN, TcpSegment
-from .connection import Connection, State, unicast_ipv4
+from .connection import CLOSED, SYN_RECEIVED, Connection, unicast_ipv4
 from .seq import Seq
 
 COOKIE_MSS = (536, 1200, 1360, 1400, 1440, 1460, 4312, 8960)
@@ -107,10 +107,10 @@ class Listener:
     def _settle(self, remote, conn, now):
         """Move a connection along: half-open -> accept queue -> accepted, or forget it."""
         st = conn.state
-        if st is State.CLOSED:
+        if st is CLOSED:
             self.half_open.pop(remote, None)
             self.ready.pop(remote, None)
-        elif st is not State.SYN_RECEIVED and remote in self.half_open:
+        elif st is not SYN_RECEIVED and remote in self.half_open:
             del self.half_open[remote]
             if len(self.ready) >= self.backlog:
                 conn.abort()
