@@ -2059,28 +2059,20 @@ class Connection:
         smax = self._snd_max
         at_max = (nxt - smax) & MASK < HALF  # SND.NXT >= SND.MAX: not going back
         tso = self.config.tso_max
-        if (tso >= 2 * mss and at_max and not self._cwr_due
-                and (self.snd_up is None or self.snd_up <= self.snd_nxt)):
-            n = tso - tso % mss  # min(that, avail, wnd_left, cwnd_left), without the call
-            if avail < n:
-                n = avail
-            if wnd_left < n:
-                n = wnd_left
-            if cwnd_left < n:
-                n = cwnd_left
-            if n > mss:
-                tail = n % mss
-                if tail and not self._small_ok(tail, n == avail, n == wnd_left, False):
-                    n -= tail
-                return n
-        else:
-            n = mss  # min(mss, avail, wnd_left, cwnd_left), without the call
-            if avail < n:
-                n = avail
-            if wnd_left < n:
-                n = wnd_left
-            if cwnd_left < n:
-                n = cwnd_left
+        tso_ok = (tso >= 2 * mss and at_max and not self._cwr_due
+                  and (self.snd_up is None or self.snd_up <= self.snd_nxt))
+        n = tso - tso % mss if tso_ok else mss  # min(that, avail, wnd_left, cwnd_left), without the call
+        if avail < n:
+            n = avail
+        if wnd_left < n:
+            n = wnd_left
+        if cwnd_left < n:
+            n = cwnd_left
+        if tso_ok and n > mss:
+            tail = n % mss
+            if tail and not self._small_ok(tail, n == avail, n == wnd_left, False):
+                n -= tail
+            return n
         if n <= 0:
             return 0
         if not at_max:
