@@ -50,15 +50,15 @@ def emit(buf, offset, eth_dst, eth_src, src, dst, ident, ttl, df, tos, seg, devi
     plen = len(payload)
     total = DATAGRAM_HEADER_LEN + plen  # IPv4 total length
     frag = FLAG_DF if df else 0
-    s = (0x4500 | tos) + total + ident + frag + ((ttl << 8) | PROTO_TCP) \
-        + (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)
+    addresses = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)  # (in both sums)
+    s = (0x4500 | tos) + total + ident + frag + ((ttl << 8) | PROTO_TCP) + addresses
     s = (s & 0xFFFF) + (s >> 16)
     ip_csum = ~((s & 0xFFFF) + (s >> 16)) & 0xFFFF
     sport, dport, seq, ack, flags, window, urgent = \
         seg.src_port, seg.dst_port, seg.seq & 0xFFFFFFFF, seg.ack & 0xFFFFFFFF, seg.flags, seg.window, seg.urgent
     tsval, tsecr = seg.timestamp
     # pseudo-header (RFC 9293 3.1): addresses, protocol, TCP length
-    s = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + PROTO_TCP + 32 + plen
+    s = addresses + PROTO_TCP + 32 + plen
     if device_checksum:
         s = (s & 0xFFFF) + (s >> 16)
         tcp_csum = (s & 0xFFFF) + (s >> 16)
@@ -106,14 +106,13 @@ def parse(frame, mac, address, verify):
     if src == 0xFFFFFFFF or src >> 28 == 0xE or src == address:
         return None
     # the IPv4 header's words, checksum included, sum to all ones when intact (RFC 1071)
-    s = (0x4500 | tos) + total + ident + frag + ((ttl << 8) | proto) + ip_csum \
-        + (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)
+    addresses = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)  # (in both sums)
+    s = (0x4500 | tos) + total + ident + frag + ((ttl << 8) | proto) + ip_csum + addresses
     s = (s & 0xFFFF) + (s >> 16)
     if (s & 0xFFFF) + (s >> 16) != 0xFFFF:
         return None
     end = ETHERNET_HEADER_LEN + total
-    if verify and _checksum.sum16(frame[_TCP_OFFSET:end], (src >> 16) + (src & 0xFFFF) + (dst >> 16)
-                                   + (dst & 0xFFFF) + PROTO_TCP + total - 20) != 0xFFFF:
+    if verify and _checksum.sum16(frame[_TCP_OFFSET:end], addresses + PROTO_TCP + total - 20) != 0xFFFF:
         return None
     return src, tos, _tcp.TcpSegment(sport, dport, seq, ack, flags, window, urgent, None, None, False,
                                      (tsval, tsecr), (), frame[HEADER_LEN:end])

@@ -50,13 +50,12 @@ def parse(frame, mac, address, verify):
     if src == 0xFFFFFFFF or src >> 28 == 0xE or src == address:
         return None
     # the IPv4 header's words, checksum included, sum to all ones when intact (RFC 1071)
-    s = (0x4500 | tos) + total + ident + frag + ((ttl << 8) | proto) + ip_csum \
-        + (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)
+    addresses = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)  # (in both sums)
+    s = (0x4500 | tos) + total + ident + frag + ((ttl << 8) | proto) + ip_csum + addresses
     s = (s & 0xFFFF) + (s >> 16)
     if (s & 0xFFFF) + (s >> 16) != 0xFFFF:
         return None
     end = _UDP_OFFSET + length
-    if verify and csum and _checksum.sum16(frame[_UDP_OFFSET:end], (src >> 16) + (src & 0xFFFF) + (dst >> 16)
-                                           + (dst & 0xFFFF) + PROTO_UDP + length) != 0xFFFF:
+    if verify and csum and _checksum.sum16(frame[_UDP_OFFSET:end], addresses + PROTO_UDP + length) != 0xFFFF:
         return None
     return src, sport, dport, frame[HEADER_LEN:end]
