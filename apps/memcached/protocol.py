@@ -233,7 +233,8 @@ class Parser:
 
     def _next_line(self):
         buf = self._buf
-        nl = buf.find(b"\n", max(self._scan, self._pos))
+        scan, pos = self._scan, self._pos
+        nl = buf.find(b"\n", scan if scan > pos else pos)  # (no builtin `max`: once per command)
         if nl < 0:
             self._scan = len(buf)
             pending = len(buf) - self._pos

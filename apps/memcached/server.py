@@ -107,7 +107,7 @@ async def serve_connection(conn, frontend, item_size_max):
                     replies.append(reply)
             _BATCH_SECONDS.observe(perf_counter() - started)
             if replies:
-                counters["bytes_written"] += sum(len(r) for r in replies)
+                counters["bytes_written"] += sum(map(len, replies))
                 await conn.write(replies)
             if closing:
                 return
