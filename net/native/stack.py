@@ -64,7 +64,7 @@ import logging
 import random
 import socket
 import struct
-from collections import Counter, deque
+from collections import deque
 
 from shoal.drivers.base import DevicePoller, VerifiedFrame, frame_copy
 from shoal.drivers.steering import flow_queue
@@ -158,7 +158,7 @@ class NativeUdpChannel(api.UdpChannel):
         self._waiter = None
         self._closed = False
         self.errors = deque(maxlen=UDP_ERRORS_KEPT)
-        self.stats = Counter()
+        self.stats = Counts()
 
     # -- Udp endpoint ----------------------------------------------------------------
 
