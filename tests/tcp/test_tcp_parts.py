@@ -252,6 +252,70 @@ def test_pipe_and_next_seg():
     assert rng == (300, 400) and rule == 1  # now 4 ranges above it
 
 
+def _holes(sb, una, smax):
+    """The unSACKed ranges in [una, smax)."""
+    out, cur = [], una
+    for a, b in sb.blocks:
+        if a > cur:
+            out.append((cur, a))
+        cur = seq_max(cur, b)
+    return out + [(cur, smax)] if smax > cur else out
+
+
+def _set_pipe_by_definition(sb, una, smax, high_rxt, mss):
+    """RFC 6675 section 4's SetPipe as written: IsLost asked for each hole."""
+    pipe = 0
+    for a, b in _holes(sb, una, smax):
+        if not sb.is_lost(a, mss):
+            pipe += b - a
+        if high_rxt is not None and high_rxt > a:
+            pipe += seq_min(b, high_rxt) - a
+    return pipe
+
+
+def _next_seg_by_definition(sb, una, smax, high_rxt, mss):
+    """NextSeg rules 1 and 3 as written: IsLost asked for each candidate."""
+    high = sb.high_sacked()
+    if high is None:
+        return None, 0
+    candidate = None
+    for a, b in _holes(sb, una, high):
+        if high_rxt is not None:
+            if b <= high_rxt:
+                continue
+            a = seq_max(a, high_rxt)
+        if sb.is_lost(a, mss):
+            return (a, seq_min(b, a + mss)), 1
+        candidate = candidate or (a, seq_min(b, a + mss))
+    return (candidate, 3) if candidate else (None, 0)
+
+
+@given(st.integers(0, 2**32 - 1), st.lists(st.tuples(st.integers(1, 60), st.integers(1, 60)), max_size=12),
+       st.integers(0, 700), st.sampled_from([None, 0, 150, 333, 900]), st.integers(2, 6), st.integers(0, 9))
+def test_scoreboard_answers_as_by_definition(base, gaps, rxt, lost_below, dup_thresh, tail):
+    """`pipe` and `next_seg` judge all holes in one pass (suffix sums of the blocks above),
+    `sacked_between` bisects: the answers are those of IsLost asked hole by hole and of a sum
+    over every block, across the wrap of sequence space."""
+    mss = 20
+    una = Seq(base)
+    blocks, at = [], 0
+    for gap, size in gaps:
+        blocks.append((una + at + gap, una + at + gap + size))
+        at += gap + size
+    smax = una + at + tail
+    sb = Scoreboard()
+    sb.update(blocks, una, smax + 1)
+    sb.dup_thresh = dup_thresh
+    sb.lost_below = None if lost_below is None else una + lost_below
+    high_rxt = una + rxt if rxt < at else None
+    assert sb.pipe(una, smax, high_rxt, mss) == _set_pipe_by_definition(sb, una, smax, high_rxt, mss)
+    assert sb.next_seg(una, smax, high_rxt, mss) == _next_seg_by_definition(sb, una, smax, high_rxt, mss)
+    for lo in range(0, at + tail, 7):
+        for hi in (lo, lo + 1, lo + 13, lo + 61, at + tail):
+            assert sb.sacked_between(una + lo, una + hi) == sum(
+                max(0, min(b - una, hi) - max(a - una, lo)) for a, b in sb.blocks), (lo, hi)
+
+
 def test_receive_blocks_order():
     ranges = [(Seq(10), Seq(20)), (Seq(30), Seq(40)), (Seq(50), Seq(60))]
     assert receive_blocks(ranges, Seq(35), 3) == ((30, 40), (10, 20), (50, 60))

@@ -7,13 +7,18 @@ The space between SND.UNA and SND.MAX that is not SACKed is a list of *holes*. R
 octet, so every octet of a hole has the same SACKed data above it: `IsLost` is
 constant across a hole. `pipe` (SetPipe, RFC 6675 section 4) and `next_seg`
 (NextSeg, rules 1 and 3; rule 2, new data, is the connection's business) work hole
-by hole. After a retransmission timeout the sender clears the board (RFC 2018
+by hole, all holes judged in one pass (`_judged_holes`). After a retransmission timeout the sender clears the board (RFC 2018
 section 8: SACK information is advisory and the receiver may renege).
 
 `receive_blocks` is the receiver's half: which SACK blocks to put in an ACK.
 `dsack_block` tells a D-SACK block (RFC 2883) in what a receiver sent.
 """
+from bisect import bisect_right
+from operator import itemgetter
+
 from .seq import Seq, seq_max, seq_min
+
+_block_end = itemgetter(1)
 
 DUP_THRESH = 3
 MAX_DUP_THRESH = 300
@@ -100,12 +105,16 @@ class Scoreboard:
         return sum(b - a for a, b in self.blocks)
 
     def sacked_between(self, start, end):
-        """SACKed octets in [start, end)."""
+        """SACKed octets in [start, end). The blocks are sorted and disjoint: a bisection
+        finds the first that ends above `start`, and the scan stops at the first that starts
+        at `end` or later (RACK asks this for every retransmission it watches, on every ACK)."""
+        blocks = self.blocks
         n = 0
-        for a, b in self.blocks:
-            lo, hi = seq_max(a, start), seq_min(b, end)
-            if hi > lo:
-                n += hi - lo
+        for i in range(bisect_right(blocks, start, key=_block_end), len(blocks)):
+            a, b = blocks[i]
+            if a >= end:
+                break
+            n += (b if b < end else end) - (a if a > start else start)
         return n
 
     def high_sacked(self):
@@ -130,23 +139,40 @@ class Scoreboard:
                 octets += b - seq_max(a, seq + 1)
         return ranges >= dup_thresh or octets > (dup_thresh - 1) * mss
 
-    def holes(self, snd_una, snd_max):
-        """Unsacked ``(start, end)`` ranges in [SND.UNA, SND.MAX), lowest first."""
+    def _judged_holes(self, snd_una, snd_max, mss):
+        """The unSACKed ranges in [SND.UNA, SND.MAX), lowest first, each with what `is_lost`
+        says of its octets by the SACKed data above (`lost_below` is left to the caller):
+        ``(start, end, lost)``.
+
+        The ranges above a hole are exactly the blocks after it, so their count and
+        octets are suffix sums, and one pass judges every hole. (`is_lost` per hole scans
+        every block: quadratic in the blocks, which a small MSS and a wide window with
+        many drops make hundreds, and SetPipe runs on every ACK of a recovery.)
+        """
+        blocks = self.blocks
+        n = len(blocks)
+        above = [0] * (n + 1)  # octets SACKed in blocks[i:]
+        for i in range(n - 1, -1, -1):
+            a, b = blocks[i]
+            above[i] = above[i + 1] + (b - a)
+        dup_thresh = self.dup_thresh
+        octets = (dup_thresh - 1) * mss
         out = []
         cur = snd_una
-        for a, b in self.blocks:
+        for i, (a, b) in enumerate(blocks):
             if a > cur:
-                out.append((cur, a))
+                out.append((cur, a, n - i >= dup_thresh or above[i] > octets))
             cur = seq_max(cur, b)
         if snd_max > cur:
-            out.append((cur, snd_max))
+            out.append((cur, snd_max, False))  # nothing SACKed above the last hole
         return out
 
     def pipe(self, snd_una, snd_max, high_rxt, mss):
         """SetPipe (RFC 6675 section 4): octets believed to be in the network."""
         pipe = 0
-        for a, b in self.holes(snd_una, snd_max):
-            if not self.is_lost(a, mss):
+        lost_below = self.lost_below
+        for a, b, lost in self._judged_holes(snd_una, snd_max, mss):
+            if not lost and (lost_below is None or a >= lost_below):
                 pipe += b - a
             if high_rxt is not None and high_rxt > a:
                 pipe += seq_min(b, high_rxt) - a
@@ -164,13 +190,14 @@ class Scoreboard:
         if high is None:
             return None, 0
         candidate = None
-        for a, b in self.holes(snd_una, high):
+        lost_below = self.lost_below
+        for a, b, lost in self._judged_holes(snd_una, high, mss):
             if high_rxt is not None:
                 if b <= high_rxt:
                     continue
-                a = seq_max(a, high_rxt)
+                a = seq_max(a, high_rxt)  # (still inside the hole: the same blocks lie above)
             seg = (a, seq_min(b, a + mss))
-            if self.is_lost(a, mss):
+            if lost or (lost_below is not None and a < lost_below):
                 return seg, 1
             if candidate is None:
                 candidate = seg
