@@ -206,6 +206,24 @@ def test_a_lost_retransmission_waiting_for_cwnd_after_an_rto_leaves_no_idle_pull
     assert client.counters["rack-lost-retransmit"] + server.counters["rack-lost-retransmit"] > 0
 
 
+def test_in_sack_recovery_wants_transmit_is_what_the_pull_sends():
+    """`wants_transmit` answers for the pull: in SACK recovery it sees the rescue
+    retransmission (RFC 6675 NextSeg rule 4) and what is left of RACK's list, not the
+    list itself. An entry the peer acknowledges before the pull (two ACKs in one receive
+    burst: the first makes it lost, the second covers it) leaves nothing to send, and a
+    True there is a poller that spins (the seed sweep found one in LAST-ACK)."""
+    conn = rack_conn()
+    t = T0 + 1
+    first_lost_in_recovery(conn, t)
+    sacks(conn, [(6000, 7000), (1000, 6000)], t + RTT)
+    assert conn._rack_lost == [(BASE, BASE + 1000)]
+    sacks(conn, [(6000, 7000)], t + RTT, ack=1000)  # the first retransmission arrived after all
+    assert conn.recovery == "sack" and conn.wants_transmit()
+    assert sent(pull(conn, t + RTT)) == [(7000, 1000)] and conn.counters["rescue-retransmit"] == 1
+    conn._rack_lost.append((conn.snd_una - 1000, conn.snd_una))  # as the burst above leaves it
+    assert not conn.wants_transmit() and pull(conn, t + RTT) == []
+
+
 def test_a_recovery_starting_behind_the_last_ones_retransmission_does_not_send_it_twice():
     """Recovery E1 retransmits a hole (6000) and ends a moment later; the next duplicate ACK
     starts E2 with that hole still missing, its retransmission less than a round trip on its

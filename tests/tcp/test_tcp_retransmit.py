@@ -1,7 +1,8 @@
 """Retransmission (RFC 6298), fast retransmit/NewReno (RFC 5681/6582), persist and keepalive timers."""
 import pytest
 
-from tcp_harness import ACK, FIN, IRS, ISS, RST, SYN, T0, State, drive, established, pull, send_seg, seg, syn_sent
+from tcp_harness import (ACK, FIN, IRS, ISS, RST, SYN, T0, State, drive, established, pull, send_seg, seg,
+                         syn_received, syn_sent)
 from shoal.net.native.tcp.connection import TSO_MAX_PAYLOAD, Event
 from shoal.net.native.wire.tcp import ECE
 
@@ -263,6 +264,39 @@ def test_old_ack_does_not_update_window():
     # an older ACK (reordered) with a newer sequence number must not move the window
     send_seg(conn, seg(IRS + 2, BASE + 1000, ACK, window=100))
     assert conn.snd_wnd == 5000 and conn.snd_wl1 == IRS + 1
+
+
+def test_an_ack_on_an_old_segment_keeps_the_peers_right_edge():
+    """The peer's retransmission that fills a hole in its own text (SEG.SEQ < SND.WL1)
+    acknowledges new data but may not update the window (RFC 9293 3.10.7.4). SND.UNA
+    moves, SND.WND loses what was acknowledged: the right edge stays where the peer put it,
+    and nothing goes beyond it (found by the seed sweep's wire check: the edge crept
+    forward by the acknowledged octets)."""
+    conn = established(peer_window=20000, peer_mss=1460)
+    conn.send(b"x" * 60000)
+    pull(conn)
+    edge = BASE + 20000
+    send_seg(conn, seg(IRS + 101, BASE, ACK, 20000, payload=b"b" * 100))  # out of order: IRS + 1 lost
+    pull(conn)
+    send_seg(conn, seg(IRS + 201, BASE + 2920, ACK, 20000 - 2920))  # SND.WL1 = IRS + 201
+    pull(conn)
+    send_seg(conn, seg(IRS + 1, BASE + 14600, ACK, 5400, payload=b"a" * 100))  # the hole filled
+    assert conn.snd_wl1 == IRS + 201 and conn.snd_una == BASE + 14600
+    assert conn.snd_una + conn.snd_wnd == edge
+    assert all(s.seq + len(s.payload) <= edge for s in pull(conn))
+    send_seg(conn, seg(IRS + 201, BASE + 14600, ACK, 10000))  # a window update proper moves it
+    assert conn.snd_wnd == 10000
+    assert edge < max(s.seq + len(s.payload) for s in pull(conn)) <= BASE + 24600
+
+
+def test_the_window_of_the_ack_that_ends_the_handshake_counts_from_that_ack():
+    """Both opens take the window of the segment that acknowledges the SYN whole: it is
+    relative to its ACK (ISS + 1), so acknowledging the SYN takes nothing off it."""
+    conn = established(peer_window=20000)
+    assert conn.snd_una == BASE and conn.snd_wnd == 20000
+    conn, _synack = syn_received()
+    send_seg(conn, seg(IRS + 1, BASE, ACK, 20000))
+    assert conn.state is State.ESTABLISHED and conn.snd_wnd == 20000
 
 
 def tlp_conn(rtt=0.05, **kw):

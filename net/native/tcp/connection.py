@@ -929,12 +929,13 @@ class Connection:
             self.drops["no-syn"] += 1
             return
         self._take_syn(seg, now)
+        if flags & ACK:
+            self._new_ack(seg.ack & MASK, seg, now)  # (first: the window below is relative to this ACK)
         self.snd_wnd = seg.window  # unscaled in a SYN (RFC 7323 2.2)
         self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
         self.snd_wl1 = Seq(seg.seq)
         if flags & ACK:
             self.snd_wl2 = Seq(seg.ack)
-            self._new_ack(seg.ack & MASK, seg, now)
             self.state = ESTABLISHED
             self._emit(Event.CONNECTED)
             self.ack_now = True
@@ -1106,8 +1107,20 @@ class Connection:
 
     def _new_ack(self, a, seg, now):
         """SND.UNA < SEG.ACK = `a` (a plain int) <= SND.MAX: new data acknowledged (RFC 9293
-        3.10.7.4, RFC 6298 5.3). Wraparound arithmetic on plain ints (see `_predicted_arrival`)."""
+        3.10.7.4, RFC 6298 5.3). Wraparound arithmetic on plain ints (see `_predicted_arrival`).
+
+        SND.WND loses the acknowledged octets, so that SND.UNA + SND.WND, the right edge
+        the sender fills up to, stays where the peer put it (as BSD keeps it). The window a
+        segment offers is relative to its own ACK; only a segment that passes the SND.WL1/
+        SND.WL2 test sets it afresh, after this. A segment that fails the test can still
+        acknowledge new data: the peer's retransmission filling a hole in its own text
+        (SEG.SEQ < SND.WL1), sent with its latest ACK. Without the subtraction the edge
+        crept forward by what such a segment acknowledged, and text went beyond the window
+        the peer had offered (RFC 9293 3.8.6.2.1), for the receiver to drop.
+        """
         acked = (a - self._snd_una) & MASK
+        wnd = self.snd_wnd - acked
+        self.snd_wnd = wnd if wnd > 0 else 0
         sndbuf = self._sndbuf
         base = self._sndbuf_seq
         n = (a - base) & MASK
@@ -1867,8 +1880,10 @@ class Connection:
         if self._rack_lost and self._in_rto_recovery() and self._rto_resend_room():
             return True
         if self.recovery == "sack":
-            if self.cc.cwnd - self._pipe() >= self.snd_mss and (self._rack_lost or self.scoreboard.next_seg(
-                    self.snd_una, self.snd_max, self.high_rxt, self.snd_mss)[1]):
+            if self.cc.cwnd - self._pipe() >= self.snd_mss and (
+                    self._rack_range() is not None  # (what is left of RACK's list, as the pull sees it)
+                    or self.scoreboard.next_seg(self.snd_una, self.snd_max, self.high_rxt, self.snd_mss)[1]
+                    or self._rescue_open()):
                 return True
         return self._next_data_len() > 0 or self._fin_sendable()
 
@@ -2165,6 +2180,14 @@ class Connection:
                 continue
             return
 
+    def _rescue_open(self):
+        """May `_rescue_range` send (no side effect: `wants_transmit` asks too)? Not while
+        SND.UNA has not passed RescueRxt, nor when the highest octet sent is SACKed."""
+        if self._rescue_rxt is not None and self.snd_una <= self._rescue_rxt:
+            return False
+        high = self.scoreboard.high_sacked()
+        return high is None or high < self.snd_max
+
     def _rescue_range(self):
         """NextSeg rule (4) of RFC 6675 section 4: the rescue retransmission.
 
@@ -2174,11 +2197,9 @@ class Connection:
         SND.UNA has not passed RescueRxt), one segment ending with the highest outstanding
         octet goes, and RescueRxt becomes the RecoveryPoint. None when it does not apply.
         """
-        if self._rescue_rxt is not None and self.snd_una <= self._rescue_rxt:
+        if not self._rescue_open():
             return None
         high = self.scoreboard.high_sacked()
-        if high is not None and high >= self.snd_max:
-            return None  # the highest octet sent is SACKed: nothing unSACKed at the top
         start = seq_max(self.snd_max - self.snd_mss, high if high is not None else self.snd_una)
         self._rescue_rxt = self.recover
         self.counters["rescue-retransmit"] += 1
