@@ -30,7 +30,7 @@ T0 = 100.0
 __all__ = ["ACK", "FIN", "PSH", "RST", "SYN", "TcpSegment", "Connection", "State", "TcpConfig",
            "LOCAL", "REMOTE", "ISS", "IRS", "T0", "seg", "send_seg", "pull", "syn_sent",
            "established", "syn_received", "wire_roundtrip", "Sim", "reset_for", "Listener",
-           "IsnGenerator", "drive", "config", "sha", "write_pcap"]
+           "IsnGenerator", "drive", "config", "sha", "write_pcap", "WireCheck"]
 
 
 def wire_roundtrip(s, src=REMOTE[0], dst=LOCAL[0]):
@@ -165,11 +165,62 @@ class Endpoint:
             lst.poll(now)
 
 
+def _after(a, b):
+    """a - b in sequence space, signed."""
+    return ((a - b + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+
+
+class WireCheck:
+    """What a TCP may put on the wire, checked on every segment it emits (before the link's
+    faults): an ACK or SACK block never covers text the peer has not sent, and text never
+    goes past the highest right edge (SEG.ACK + the scaled SEG.WND, RFC 9293 3.8.6.2.1) the
+    peer ever offered, but for the one octet of a zero-window probe. Kept per direction of
+    each connection; a connection reopened with a new ISN (TIME-WAIT) is not followed
+    further, old and new sequence spaces being incomparable."""
+
+    def __init__(self):
+        self.sides = {}  # (src ip, port, dst ip, port) -> [ISN, end of the text sent, highest edge offered, SYN's wscale]
+        self.reopened = set()
+        self.segments = 0
+
+    def seen(self, src_ip, dst_ip, s):
+        flow = (src_ip, s.src_port, dst_ip, s.dst_port)
+        back = (dst_ip, s.dst_port, src_ip, s.src_port)
+        if s.flags & RST or flow in self.reopened:
+            return
+        side = self.sides.get(flow)
+        if s.flags & SYN:
+            if side is not None and side[0] != s.seq:
+                self.reopened.update((flow, back))
+                return
+            if side is None:
+                side = self.sides[flow] = [s.seq, s.seq, None, s.wscale]
+        if side is None:
+            return  # (a segment of a connection whose SYN this link never carried)
+        self.segments += 1
+        end = (s.seq + len(s.payload) + (1 if s.flags & SYN else 0) + (1 if s.flags & FIN else 0)) & 0xFFFFFFFF
+        if _after(end, side[1]) > 0:
+            side[1] = end
+        peer = self.sides.get(back)
+        if s.flags & ACK and peer is not None:
+            assert _after(s.ack, peer[1]) <= 0, f"ACK of text never sent (peer's end {peer[1]}): {s}"
+            for left, right in s.sack or ():
+                assert 0 < _after(right, left) and _after(right, peer[1]) <= 0, f"SACK of text never sent: {s}"
+            shift = side[3] if side[3] is not None and peer[3] is not None else 0
+            edge = (s.ack + (s.window if s.flags & SYN else s.window << shift)) & 0xFFFFFFFF
+            if side[2] is None or _after(edge, side[2]) > 0:
+                side[2] = edge
+        if s.payload and peer is not None and peer[2] is not None:
+            over = _after((s.seq + len(s.payload)) & 0xFFFFFFFF, peer[2])
+            assert over <= 1, f"{over} octets beyond the peer's offered window: {s}"
+
+
 class Sim:
     """Two endpoints over a seeded faulty link with a bottleneck (rate, drop-tail queue).
 
     With `ecn_threshold`, ECT frames that find at least that many frames queued are
-    marked Congestion Experienced instead of waiting for the queue to overflow.
+    marked Congestion Experienced instead of waiting for the queue to overflow. Every
+    segment sent passes `WireCheck` first.
     """
 
     def __init__(self, seed=1, loss=0.0, dup=0.0, reorder=0.0, corrupt=0.0, delay=0.005,
@@ -192,6 +243,7 @@ class Sim:
         self.frames = 0
         self.trace = collections.deque(maxlen=20_000)  # (time, src ip, dst ip, segment bytes)
         self.faults = {"loss": 0, "dup": 0, "reorder": 0, "corrupt": 0, "queue-drop": 0, "ce": 0}
+        self.wire_check = WireCheck()
 
     def emit(self, src, dst_ip, s, mss=0):
         if mss and len(s.payload) > mss:
@@ -203,6 +255,7 @@ class Sim:
             self._emit_one(src, dst_ip, s)
 
     def _emit_one(self, src, dst_ip, s):
+        self.wire_check.seen(src.ip, dst_ip, s)
         frame = bytearray(wire.build(s, src.ip, dst_ip))
         dst = self.a if dst_ip == self.a.ip else self.b
         self.frames += 1
