@@ -179,7 +179,8 @@ class WireCheck:
     further, old and new sequence spaces being incomparable."""
 
     def __init__(self):
-        self.sides = {}  # (src ip, port, dst ip, port) -> [ISN, end of the text sent, highest edge offered, SYN's wscale]
+        # (src ip, port, dst ip, port) -> [ISN, end of the text sent, highest edge offered, SYN's wscale]
+        self.sides = {}
         self.reopened = set()
         self.segments = 0
 

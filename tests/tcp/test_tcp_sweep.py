@@ -31,7 +31,9 @@ def scenario(seed, max_size):
 
     def size():
         r = rng.random()
-        return 0 if r < 0.1 else int(_log_uniform(rng, 1, max_size) if r < 0.5 else rng.uniform(max_size / 10, max_size))
+        if r < 0.1:
+            return 0
+        return int(_log_uniform(rng, 1, max_size) if r < 0.5 else rng.uniform(max_size / 10, max_size))
 
     def maybe(p, hi):
         return rng.uniform(0, hi) if rng.random() < p else 0.0
@@ -44,7 +46,8 @@ def scenario(seed, max_size):
     cfg = dict(msl=1.0, sack=rng.random() < 0.75, timestamps=rng.random() < 0.75,
                window_scaling=rng.random() < 0.75, nodelay=rng.random() < 0.3, ecn=rng.random() < 0.35,
                congestion=rng.choice(["cubic", "newreno"]), min_rto=rng.choice([0.2, 1.0]),
-               send_buffer=int(_log_uniform(rng, 4096, 1 << 20)), recv_buffer=int(_log_uniform(rng, 4096, 1 << 20)),
+               send_buffer=int(_log_uniform(rng, 4096, 1 << 20)),
+               recv_buffer=int(_log_uniform(rng, 4096, 1 << 20)),
                delayed_ack=rng.choice([0.0, 0.04, 0.2]), initial_window=rng.choice([10, rng.randint(1, 10)]),
                tail_loss_probe=rng.random() < 0.8, hystart=rng.random() < 0.8)
     if rng.random() < 0.4:
