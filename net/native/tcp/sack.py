@@ -7,8 +7,9 @@ The space between SND.UNA and SND.MAX that is not SACKed is a list of *holes*. R
 octet, so every octet of a hole has the same SACKed data above it: `IsLost` is
 constant across a hole. `pipe` (SetPipe, RFC 6675 section 4) and `next_seg`
 (NextSeg, rules 1 and 3; rule 2, new data, is the connection's business) work hole
-by hole, all holes judged in one pass (`_judged_holes`). After a retransmission timeout the sender clears the board (RFC 2018
-section 8: SACK information is advisory and the receiver may renege).
+by hole, all holes judged in one pass (`_judged_holes`). After a retransmission
+timeout the sender clears the board (RFC 2018 section 8: SACK information is
+advisory and the receiver may renege).
 
 `receive_blocks` is the receiver's half: which SACK blocks to put in an ACK.
 `dsack_block` tells a D-SACK block (RFC 2883) in what a receiver sent.
