@@ -75,8 +75,14 @@ DRAIN_S = 2.0  # how long what the client says it sent may still be on its way
 UDP_QUIET_S = 0.1  # a UDP stream's drain ends when no datagram came for this long
 WRITE_OCTETS = 1 << 20  # what a sending stream writes at once (`_Stream.send`)
 PORT_WRAP_GAP = 16384  # (a connection's next port is a few above; Linux's range is 28232 wide)
-UDP_CONNECT_MSG = b"9876"  # a UDP stream's first datagram: iperf3 3.x writes 0x36373839 in host order
-UDP_CONNECT_REPLY = b"6789"  # (0x39383736, little-endian: what x86 and ARM clients compare)
+UDP_CONNECT_REPLIES = {
+    b"9876": b"6789", b"6789": b"9876",  # 0x36373839, answered with 0x39383736
+    b"\x15\xcd\x5b\x07": b"\xb1\x68\xde\x3a", b"\x07\x5b\xcd\x15": b"\x3a\xde\x68\xb1",  # 123456789, 987654321
+}
+"""A UDP stream's first datagram, and the answer its client compares: both are a 32-bit
+value the client writes and reads in its own byte order (little-endian on x86 and ARM,
+big-endian on s390x). Older iperf3 clients use the numeric pair, current ones the text
+pair; each gets the answer of its own pair."""
 UDP_HEADER = struct.Struct("!III")  # a UDP datagram's send time (seconds, microseconds) and number
 UDP_HEADER_64 = struct.Struct("!IIQ")  # (the number with --udp-counters-64bit)
 UDP_BURST = 32  # datagrams a sending UDP stream sends before it lets the shard's other tasks run
@@ -294,17 +300,22 @@ class _Stream:
         TSO segments that seldom span two writes, which the send buffer would join)
         until stopped or, with a `limit`, until that much is sent (the client then ends
         the test), letting the shard's other tasks run after each write (`write` waits
-        only for a full buffer)."""
+        only for a full buffer). A reset ends it quietly: the client closes the streams it
+        receives on unread when its test ends, which resets them, and its reader task (the
+        connection's) sees the same reset."""
         view = memoryview(blocks)
-        while self.running:
-            n = len(blocks)
-            if self.limit is not None:
-                n = min(n, self.limit - self.octets)
-                if n <= 0:
-                    return
-            self.octets += n
-            await self.conn.write(view[:n] if n < len(blocks) else blocks)
-            await asyncio.sleep(0)
+        try:
+            while self.running:
+                n = len(blocks)
+                if self.limit is not None:
+                    n = min(n, self.limit - self.octets)
+                    if n <= 0:
+                        return
+                self.octets += n
+                await self.conn.write(view[:n] if n < len(blocks) else blocks)
+                await asyncio.sleep(0)
+        except ConnectionError:
+            pass
 
     async def close(self):
         """The last block (if sending), then FIN; a reset if that takes over `FINISH_S`."""
@@ -673,7 +684,8 @@ async def serve_udp(channel):
     while True:
         data, source = await channel.receive()
         stream = _udp_streams.get(source)
-        if len(data) == len(UDP_CONNECT_MSG) and bytes(data) == UDP_CONNECT_MSG:
+        reply = UDP_CONNECT_REPLIES.get(bytes(data)) if len(data) == 4 else None
+        if reply is not None:
             if stream is None:
                 key = ("udp", source)
                 verdict = await smp.submit_to(0, _classify_udp, smp.this_shard(), key)
@@ -685,7 +697,7 @@ async def serve_udp(channel):
                 _streams.setdefault(cookie, {})[key] = stream
                 await smp.submit_to(controller, _stream_joined, cookie)
             try:
-                await channel.send(source, UDP_CONNECT_REPLY)
+                await channel.send(source, reply)
             except OSError:
                 pass  # (an answer we cannot send: the client asks again, or gives up)
         elif stream is not None:

@@ -189,6 +189,32 @@ def test_a_udp_stream_counts_losses_reordering_and_jitter_as_iperf3():
     assert {k: v for k, v in stream.figures().items() if k != "jitter"} == {"bytes": 100, "errors": 1, "packets": 2}
 
 
+def test_a_stream_the_client_resets_while_the_server_sends_ends_quietly():
+    """The client closes the streams it receives on unread when its test ends, which
+    resets them: the sending task ends without an exception (left unretrieved, asyncio
+    would log it with its traceback when the task is collected)."""
+    import asyncio
+
+    from shoal.apps.iperf3 import _Stream
+
+    class ResetConnection:
+        writes = 0
+
+        async def write(self, data):
+            self.writes += 1
+            if self.writes == 3:
+                raise ConnectionResetError("connection reset by peer")
+
+    async def main():
+        stream = _Stream(ResetConnection())
+        stream.running = True
+        await stream.send(bytes(1000))
+        return stream
+
+    stream = asyncio.run(main())
+    assert stream.conn.writes == 3 and stream.octets == 3000
+
+
 def test_a_second_client_is_told_the_server_is_busy(server):
     first = subprocess.Popen(["iperf3", "-c", LOCAL, "-p", str(server.port), "-t", "3", "--forceflush"],
                              stdout=subprocess.PIPE, text=True)
@@ -281,6 +307,37 @@ def test_a_client_that_leaves_while_its_streams_connect_frees_the_server(server)
             break
         time.sleep(0.2)
     assert code == 0, report.get("error")
+
+
+@pytest.mark.parametrize("connect, reply", [(b"9876", b"6789"),  # 0x36373839 and its answer, little-endian
+                                            (b"6789", b"9876"),  # (big-endian)
+                                            (b"\x15\xcd\x5b\x07", b"\xb1\x68\xde\x3a"),  # older clients'
+                                            (b"\x07\x5b\xcd\x15", b"\x3a\xde\x68\xb1")],  # 123456789
+                         ids=["le", "be", "older-le", "older-be"])
+def test_a_udp_streams_connect_datagram_gets_the_answer_of_its_kind(connect, reply):
+    """An iperf3 client sends a 32-bit value in its own byte order as a UDP stream's first
+    datagram and compares the answer with the value of the same pair: older clients use
+    123456789 and 987654321, current ones "6789" and "9876"."""
+    srv = Server("--smp", "1")
+    try:
+        with control(srv.port) as sock, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            params = json.dumps({"udp": True, "parallel": 1, "time": 1, "len": 1400, "bandwidth": 10 ** 6})
+            sock.sendall(struct.pack("!I", len(params)) + params.encode())
+            assert sock.recv(1) == struct.pack("!b", 10)  # CREATE_STREAMS
+            udp.settimeout(1.0)
+            udp.connect((LOCAL, srv.port))
+            answer = None
+            for _ in range(RUN_S):  # (the client sends it again while no answer comes)
+                udp.send(connect)
+                try:
+                    answer = udp.recv(16)
+                    break
+                except socket.timeout:
+                    continue
+            assert answer == reply
+        srv.stop_cleanly()
+    finally:
+        srv.kill()
 
 
 @pytest.mark.root
