@@ -1,6 +1,6 @@
 """What one small request and its response cost the native stack, in CPU instructions.
 
-    python bench/request_cost.py [--requests 1280,3840] [--connections 64] [--loop uvloop]
+    python bench/request_cost.py [--requests 1280,3840] [--connections 64] [--loop uvloop] [--timestamps off]
 
 This machine's timings of the same run vary by up to 2x, which hides a change of a few
 percent. An instruction count does not vary: each row runs a workload under valgrind
@@ -14,6 +14,8 @@ instructions by the difference in requests, so start-up and imports cancel out.
   connection objects, the application's reads and writes and their futures, the event
   loop (``--loop``: uvloop, as under a shard's reactor by default, where installed, or
   asyncio's own). Half of it is about what one end spends.
+- ``--timestamps off``: both workloads without RFC 7323 timestamps, as with a peer that
+  does not use them (Windows, by default).
 - ``machine``: the TCP state machine alone (`tests/tcp/tcp_harness.established`), one
   end: the request's segment arrives, the application reads it and writes the
   response, the response's segment is pulled.
@@ -42,13 +44,14 @@ REQUEST = b"GET / HTTP/1.1\r\nHost: 10.9.0.2:8000\r\n\r\n"
 RESPONSE = b"HTTP/1.1 200 OK\r\nServer: shoal\r\nContent-Length: 14\r\n\r\nhello, world!\n"
 
 
-def stacks(requests, connections, loop):
+def stacks(requests, connections, loop, timestamps=True):
     """`requests` request/response exchanges over `connections` connections, on `loop`."""
     sys.path.insert(0, str(ROOT / "tests" / "native"))
-    from test_native_tcp_virtual import B_IP, two_stacks
+    from test_native_tcp_virtual import B_IP, test_config, two_stacks
 
     async def main():
-        async with two_stacks() as (a, b, _clock):
+        config = test_config(timestamps=timestamps)
+        async with two_stacks(tcp_a=config, tcp_b=config) as (a, b, _clock):
             server = b.listen(("", 8000))
             serving = []
 
@@ -86,18 +89,21 @@ def stacks(requests, connections, loop):
         runner.run(main())
 
 
-def machine(requests):
+def machine(requests, timestamps=True):
     """`requests` request/response exchanges through one `tcp.Connection`."""
     sys.path.insert(0, str(ROOT / "tests" / "tcp"))
     from tcp_harness import ACK, IRS, LOCAL, PSH, REMOTE, T0, TcpSegment, established
-    conn = established(T0, peer_opts={"timestamp": (1, 0), "sack_permitted": True, "wscale": 7},
-                       timestamps=True, sack=True, window_scaling=True, recv_buffer=1 << 20, send_buffer=1 << 20)
+    peer = {"sack_permitted": True, "wscale": 7}
+    if timestamps:
+        peer["timestamp"] = (1, 0)
+    conn = established(T0, peer_opts=peer, timestamps=timestamps, sack=True, window_scaling=True,
+                       recv_buffer=1 << 20, send_buffer=1 << 20)
     now, seq, tsval = T0, IRS + 1, 2
     for _ in range(requests):
         now += 0.0001
+        ts = (tsval, (int(now * 1000)) & 0xFFFFFFFF) if timestamps else None
         conn.segment_arrived(TcpSegment(REMOTE[1], LOCAL[1], seq, conn.snd_max.real, ACK | PSH, 1000, 0, None,
-                                        None, False, (tsval, (int(now * 1000)) & 0xFFFFFFFF), (),
-                                        memoryview(REQUEST)), now)
+                                        None, False, ts, (), memoryview(REQUEST)), now)
         seq += len(REQUEST)
         tsval += 1
         conn.take_events()
@@ -115,10 +121,11 @@ def _loop_default():
     return "uvloop"
 
 
-def instructions(workload, requests, connections, loop):
+def instructions(workload, requests, connections, loop, timestamps):
     """Instructions valgrind counts for one run of `workload`."""
     cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
-           "--worker", workload, "--requests", str(requests), "--connections", str(connections), "--loop", loop]
+           "--worker", workload, "--requests", str(requests), "--connections", str(connections), "--loop", loop,
+           "--timestamps", timestamps]
     env = dict(os.environ, PYTHONHASHSEED="0")
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
     found = re.search(r"Collected : (\d+)", out.stderr)
@@ -133,11 +140,14 @@ def main(argv=None):
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--loop", choices=("asyncio", "uvloop"), default=_loop_default(),
                     help="event loop of the stacks workload (default: uvloop where installed)")
+    ap.add_argument("--timestamps", choices=("on", "off"), default="on",
+                    help="RFC 7323 timestamps on both ends (off: as with a peer that does not use them)")
     ap.add_argument("--worker", choices=("stacks", "machine"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    timestamps = args.timestamps == "on"
     if args.worker is not None:  # one run, under valgrind
-        (stacks(int(args.requests), args.connections, args.loop) if args.worker == "stacks"
-         else machine(int(args.requests)))
+        (stacks(int(args.requests), args.connections, args.loop, timestamps) if args.worker == "stacks"
+         else machine(int(args.requests), timestamps))
         return
     try:
         small, large = (int(n) for n in args.requests.split(","))
@@ -148,12 +158,13 @@ def main(argv=None):
     if shutil.which("valgrind") is None:
         ap.error("valgrind is not installed (apt-get install valgrind)")
     print(f"# Instructions per request ({datetime.datetime.now().isoformat(timespec='seconds')}, tree {ROOT}, "
-          f"{small} and {large} requests, {args.connections} connections, {args.loop})\n")
+          f"{small} and {large} requests, {args.connections} connections, {args.loop}, "
+          f"timestamps {args.timestamps})\n")
     print("| workload | instructions per request |")
     print("|---|---:|")
     for workload in ("stacks", "machine"):
-        a = instructions(workload, small, args.connections, args.loop)
-        b = instructions(workload, large, args.connections, args.loop)
+        a = instructions(workload, small, args.connections, args.loop, args.timestamps)
+        b = instructions(workload, large, args.connections, args.loop, args.timestamps)
         print(f"| {workload} | {(b - a) / (large - small):,.0f} |", flush=True)
 
 

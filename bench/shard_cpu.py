@@ -1,7 +1,7 @@
 """CPU time per request of the httpd app under wrk, native against posix, from /proc.
 
     python bench/shard_cpu.py [--stacks native,posix] [--connections 64] [--duration 5] [--runs 2]
-                              [--rounds 3] [--smp 1]
+                              [--rounds 3] [--smp 1] [--peer-timestamps off]
 
 Requests per second on this machine vary by up to 2x between identical runs, with the
 load of the other CPU. The CPU the server spends per request varies much less: this
@@ -12,6 +12,8 @@ reads the user and system CPU time of the app's processes (the launcher and its
 shards) from ``/proc/PID/stat`` before and after each run. Each round measures every
 stack in turn, so a tree on ``PYTHONPATH`` (as a folder holding a ``shoal`` link to a
 checkout) is compared with another by running the script for each, alternating.
+``--peer-timestamps off`` turns RFC 7323 timestamps off in wrk's namespace, as with a
+client that does not use them (Windows, by default).
 Prints a markdown table, one row per run. Needs root, wrk and iproute2; every
 interface and namespace it makes is removed on exit.
 """
@@ -77,8 +79,10 @@ def measure(run, url, app, connections, duration):
 
 def run_stack(stack, root, args):
     """`args.runs` wrk runs against httpd on `stack`; a list of `measure` results."""
+    sysctl = ["sysctl", "-qw", f"net.ipv4.tcp_timestamps={int(args.peer_timestamps == 'on')}"]
     if stack == "native":
         with KernelPeer(open_device=False, subnet="10.213.15") as peer:
+            peer.run(sysctl)
             app = peer.start_shoal(["-m", "shoal.apps.httpd", "--smp", str(args.smp), "--network-stack", "native",
                                     "--host-ipv4-addr", peer.shoal_ip, "--root", root])
             try:
@@ -88,6 +92,7 @@ def run_stack(stack, root, args):
             finally:
                 stop_process(app)
     with bench_native.VethPeer(subnet="10.213.16") as peer:
+        peer.run(sysctl)
         app = bench_native.start_httpd(["--network-stack", "posix", "--address", peer.server_ip, "--root", root],
                                        args.smp)
         try:
@@ -106,6 +111,8 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=2, help="wrk runs per stack and round")
     ap.add_argument("--rounds", type=int, default=3, help="rounds over the stacks")
     ap.add_argument("--smp", type=int, default=1, help="shards of the app")
+    ap.add_argument("--peer-timestamps", choices=("on", "off"), default="on",
+                    help="RFC 7323 timestamps in wrk's namespace (off: as with a client that does not use them)")
     args = ap.parse_args(argv)
     stacks = args.stacks.split(",")
     if any(s not in ("native", "posix") for s in stacks):
@@ -115,7 +122,8 @@ def main(argv=None):
     if os.geteuid() != 0:
         ap.error("needs root (a TAP, namespaces and veth pairs)")
     print(f"# httpd CPU per request ({datetime.datetime.now().isoformat(timespec='seconds')}, tree {TREE}, "
-          f"wrk -t1 -c{args.connections} -d{args.duration}, --smp {args.smp})\n")
+          f"wrk -t1 -c{args.connections} -d{args.duration}, --smp {args.smp}, "
+          f"peer timestamps {args.peer_timestamps})\n")
     print("| round | stack | req/s | user us/request | system us/request |")
     print("|---:|---|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as root:

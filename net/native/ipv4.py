@@ -46,6 +46,7 @@ from .packet import Packet
 from .wire import WireError
 from .wire import ipv4 as wire_ipv4
 from .wire import tcp_frame
+from .wire.ethernet import HEADER_LEN as ETHERNET_HEADER_LEN
 from .wire.checksum import checksum, sum_chunks
 
 _FRAGMENT_OVERHEAD = 64  # bytes charged per stored fragment on top of its data
@@ -196,15 +197,17 @@ class Ipv4:
     def send_tcp(self, packet, seg, dst, now, ttl, df, tos, device_checksum):
         """`send` for the segment of an established connection, with all three headers in one
         pack (`wire.tcp_frame.emit`): `packet` holds `seg`'s payload, `seg` carries the
-        timestamp option alone, `ttl` is valid (`TcpConfig` checks it); a TSO super-segment
-        (``packet.gso_size``) may be up to an IPv4 datagram long, and its pieces take the
-        idents from the one it gets on (as in `send`). True once the frame is queued for
+        timestamp option alone or no option, `ttl` is valid (`TcpConfig` checks it); a TSO
+        super-segment (``packet.gso_size``) may be up to an IPv4 datagram long, and its pieces
+        take the idents from the one it gets on (as in `send`). True once the frame is queued for
         the driver. False, with nothing done, when it must go the long way
         (`tcp.emit_header`, then `send`): `dst` not yet routed by `send`, its next hop's MAC
         not fresh (`Arp.fresh`: unknown, or due for a refresh), or the datagram over the MTU.
         """
         next_hop = self._next_hops.get(dst)
-        size = len(seg.payload) + tcp_frame.DATAGRAM_HEADER_LEN
+        headers = (tcp_frame.DATAGRAM_HEADER_LEN if seg.timestamp is not None
+                   else tcp_frame.PLAIN_DATAGRAM_HEADER_LEN)
+        size = len(seg.payload) + headers
         gso = packet.gso_size
         if next_hop is None or (size > self.mtu and not (gso and size <= wire_ipv4.MAX_DATAGRAM)):
             return False
@@ -215,8 +218,8 @@ class Ipv4:
         ident = self._ident
         # (`send`'s count of a super-segment's datagrams, over the TCP header and text)
         self._ident = (ident + (-(-(size - wire_ipv4.HEADER_LEN) // gso) if gso else 1)) & 0xFFFF
-        tcp_frame.emit(packet.buf, packet.prepend(tcp_frame.HEADER_LEN), mac, l2.mac, self.address, dst, ident, ttl,
-                       df, tos, seg, device_checksum)
+        tcp_frame.emit(packet.buf, packet.prepend(ETHERNET_HEADER_LEN + headers), mac, l2.mac, self.address, dst,
+                       ident, ttl, df, tos, seg, device_checksum)
         l2.tx.append(packet)
         return True
 

@@ -8,9 +8,9 @@ Theory of operation
                                                           +--> Ipv4.receive --> Icmp | Udp | TcpLayer
     device <--tx_burst-- pull(n) <-- Arp.tx (every frame leaves through ARP, the link output)
 
-Receive: an established connection's segment in the common layout (`wire.tcp_frame`:
-Ethernet, IPv4 without options, TCP with timestamps) is parsed with one unpack, with
-the checks of the three layers, and goes to `TcpLayer.receive_segment` (the burst
+Receive: an established connection's segment in a common layout (`wire.tcp_frame`:
+Ethernet, IPv4 without options, TCP with timestamps or no options) is parsed with one
+unpack, with the checks of the three layers, and goes to `TcpLayer.receive_segment` (the burst
 ends with `TcpLayer.end_burst`, which delivers a pure ACK held to merge). A unicast
 UDP datagram in the common layout (`wire.udp_frame`: Ethernet, IPv4 without options,
 unfragmented) to a bound port goes the same way to its endpoint. Every other

@@ -39,7 +39,9 @@ def recording_layer():
 
 
 def ack(ack, port=5000, seq=100, ts=1000, flags=ACK, payload=b"", sack=(), window=1000):
-    return TcpSegment(port, 80, seq, ack, flags, window, 0, None, None, False, (ts, 7), sack, payload)
+    """A segment from A's `port`; ``ts=None``: without a timestamp (a peer that does not use them)."""
+    timestamp = None if ts is None else (ts, 7)
+    return TcpSegment(port, 80, seq, ack, flags, window, 0, None, None, False, timestamp, sack, payload)
 
 
 def feed(stack, *segs, tos=0):
@@ -88,6 +90,20 @@ def test_what_does_not_merge_goes_in_order():
     assert [entry[1:3] for entry in log[-3:]] == [(1000, 1), (2000, 1), (3000, 1)]
 
 
+def test_acks_without_timestamps_merge_and_one_with_a_timestamp_does_not_join_them():
+    """A peer that does not use timestamps (Windows, by default) sends segments without
+    options, which the stack also parses in one unpack. Its pure ACKs merge as others do;
+    a timestamp on one of them only (a peer that should not do that, RFC 7323 3.2) keeps
+    them apart."""
+    stack, log = recording_layer()
+    feed(stack, ack(1000, ts=None), ack(2000, ts=None), ack(3000, ts=None))
+    stack.tcp.end_burst(1000.0)
+    assert log == [(5000, 3000, 3, 0)]
+    feed(stack, ack(4000, ts=None), ack(5000), ack(6000, ts=None))
+    stack.tcp.end_burst(1000.0)
+    assert log[1:] == [(5000, 4000, 1, 0), (5000, 5000, 1, 0), (5000, 6000, 1, 0)]
+
+
 def one_pack_frame(stack, seg):
     frame = ethernet.build(stack.mac, b"\x02\x00\x00\x00\x00\x01", ethernet.ETHERTYPE_IPV4,
                            wire_ipv4.build(A, B, wire_ipv4.PROTO_TCP, wire_tcp.build(seg, A, B)))
@@ -104,4 +120,8 @@ def test_the_stack_ends_each_burst_and_the_long_way_delivers_the_held_ack_first(
     assert [entry[1] for entry in log] == [1000, 2000]
     stack.receive_frames([one_pack_frame(stack, ack(3000)), one_pack_frame(stack, ack(4000))])
     assert log[2:] == [(5000, 4000, 2, 0)]  # merged, and delivered when the burst ended
+    plain = [one_pack_frame(stack, ack(n, ts=None)) for n in (5000, 6000)]
+    assert tcp_frame.parse(plain[0], stack.mac, B, True) is not None  # (no options: one unpack too)
+    stack.receive_frames(plain)
+    assert log[3:] == [(5000, 6000, 2, 0)]
 

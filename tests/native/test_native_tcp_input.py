@@ -62,13 +62,18 @@ def test_crafted_segments_are_counted_and_answered_per_rfc():
                 frame(a, b, TcpSegment(1234, 80, seq=5, flags=SYN), dst=0x0A0900FF),  # broadcast
             ]
             answers = []
-            real = a.tcp.receive
+            real, real_parsed = a.tcp.receive, a.tcp.receive_segment
 
             def spy(hdr, datagram, packet, now):
                 answers.append(wire_tcp.parse(datagram[hdr.header_len:]))
                 real(hdr, datagram, packet, now)
 
+            def spy_parsed(src, tos, seg, now):  # (a segment without options comes parsed)
+                answers.append(seg)
+                real_parsed(src, tos, seg, now)
+
             a.ipv4.handlers[6] = spy
+            a.tcp.receive_segment = spy_parsed
             a.device.tx_burst(frames)
             await until(lambda: len(answers) >= 3, "the three RSTs")
             drops = tcp_b.counters()["drops"]

@@ -149,6 +149,23 @@ def test_httpd_download_survives_kernel_side_loss_and_duplication(root_dir):
         assert curl_sha(peer, f"http://{peer.shoal_ip}:10000/big.bin") == sha256_file(root_dir / "big.bin")
 
 
+@needs_curl
+@needs_wrk
+@needs_iptables
+def test_a_kernel_peer_without_timestamps(root_dir):
+    """Windows does not use RFC 7323 timestamps by default: once established, such a peer's
+    segments and shoal's carry no TCP option, a layout the stack parses and builds in one
+    unpack or pack as well (`wire.tcp_frame`). Here the kernel with tcp_timestamps off, and
+    2 % loss on its side."""
+    with app_on_tap("shoal.apps.httpd", "--root", str(root_dir), "--tcp-min-rto", "0.2") as (peer, _app):
+        peer.run(["sysctl", "-qw", "net.ipv4.tcp_timestamps=0"])
+        assert peer.run(["sysctl", "-n", "net.ipv4.tcp_timestamps"]).stdout.strip() == "0"
+        impair(peer)
+        url = f"http://{peer.shoal_ip}:10000"
+        assert curl_sha(peer, f"{url}/big.bin") == sha256_file(root_dir / "big.bin")
+        wrk(peer, f"{url}/", 16)
+
+
 @contextlib.contextmanager
 def narrow_hop(peer, mtu):
     """A namespace beyond the peer's, behind a veth whose end in the peer's namespace has

@@ -16,16 +16,17 @@ u32 = st.integers(0, 2**32 - 1)
 u16 = st.integers(0, 0xFFFF)
 segments = st.builds(lambda sp, dp, seq, ack, flags, win, urg, ts, data: TcpSegment(
     sp, dp, seq, ack, flags, win, urg, timestamp=ts, payload=data),
-    u16, u16, u32, u32, st.sampled_from([ACK, ACK | PSH, ACK | FIN, ACK | PSH | FIN, ACK | RST, 0]), u16, u16,
-    st.tuples(u32, u32), st.binary(max_size=300))
+    u16, u16, u32, u32, st.sampled_from([ACK, ACK | PSH, ACK | FIN, ACK | PSH | FIN, ACK | RST, RST, 0]), u16, u16,
+    st.none() | st.tuples(u32, u32), st.binary(max_size=300))  # (both layouts: with a timestamp, without options)
 
 
 def general_frame(seg, src=PEER, dst=US, ident=7, ttl=64, df=True, tos=0, device_checksum=False,
                   eth_dst=MAC_US, eth_src=MAC_PEER):
     """The frame as the three layers build it: `tcp.emit_header`, `ipv4.emit`, then Ethernet."""
-    hdr = bytearray(66)
+    tcp_len = tcp.header_len(seg)
+    hdr = bytearray(34 + tcp_len)
     tcp.emit_header(hdr, 34, seg, src, dst, None, device_checksum)
-    ipv4.emit(hdr, 14, src, dst, ipv4.PROTO_TCP, 32 + len(seg.payload), ident, ttl, df, False, 0, tos)
+    ipv4.emit(hdr, 14, src, dst, ipv4.PROTO_TCP, tcp_len + len(seg.payload), ident, ttl, df, False, 0, tos)
     ethernet.HEADER.pack_into(hdr, 0, eth_dst, eth_src, ethernet.ETHERTYPE_IPV4)
     return bytes(hdr) + bytes(seg.payload)
 
@@ -38,24 +39,29 @@ def fields(seg):
 @settings(deadline=None, max_examples=300)
 @given(segments, u32, u32, u16, st.integers(1, 255), st.booleans(), st.integers(0, 255), st.booleans())
 def test_emit_writes_what_the_three_layers_write(seg, src, dst, ident, ttl, df, tos, device_checksum):
-    buf = bytearray(80)
-    assert tcp_frame.emit(buf, 14, MAC_US, MAC_PEER, src, dst, ident, ttl, df, tos, seg, device_checksum) == 66
+    headers = 66 if seg.timestamp is not None else 54
+    buf = bytearray(14 + headers)
+    assert tcp_frame.emit(buf, 14, MAC_US, MAC_PEER, src, dst, ident, ttl, df, tos, seg, device_checksum) == headers
     assert bytes(buf[14:]) + bytes(seg.payload) == general_frame(seg, src, dst, ident, ttl, df, tos, device_checksum,
                                                                   MAC_US, MAC_PEER)
     if not device_checksum:  # both checksums are whole
         frame = bytes(buf[14:]) + bytes(seg.payload)
         assert reference_sum(frame[14:34]) == 0xFFFF
-        pseudo = struct.pack("!IIBBH", src, dst, 0, 6, 32 + len(seg.payload))
+        pseudo = struct.pack("!IIBBH", src, dst, 0, 6, headers - 34 + len(seg.payload))
         assert reference_sum(pseudo + frame[34:]) == 0xFFFF
 
 
-def test_emit_honours_a_swapped_segment_checksum(monkeypatch):
-    monkeypatch.setattr(tcp, "segment_checksum", lambda src, dst, chunks: 0x1234)
-    seg = TcpSegment(1, 2, 3, 4, ACK, 5, timestamp=(6, 7), payload=b"data")
+@pytest.mark.parametrize("timestamp", [(6, 7), None])
+def test_emit_honours_a_swapped_segment_checksum(monkeypatch, timestamp):
+    headers = []
+    monkeypatch.setattr(tcp, "segment_checksum",
+                        lambda src, dst, chunks: headers.append(bytes(chunks[0])) or 0x1234)
+    seg = TcpSegment(1, 2, 3, 4, ACK, 5, timestamp=timestamp, payload=b"data")
     buf = bytearray(66)
-    tcp_frame.emit(buf, 0, MAC_US, MAC_PEER, PEER, US, 0, 64, False, 0, seg, False)
+    n = tcp_frame.emit(buf, 0, MAC_US, MAC_PEER, PEER, US, 0, 64, False, 0, seg, False)
     assert struct.unpack_from("!H", buf, 34 + 16)[0] == 0x1234
-    assert bytes(buf) == general_frame(seg, PEER, US, 0, 64, False)[:66]
+    assert headers == [bytes(buf[34:50]) + b"\0\0" + bytes(buf[52:n])]  # (summed with a zero checksum field)
+    assert bytes(buf[:n]) == general_frame(seg, PEER, US, 0, 64, False)[:n]
 
 
 @settings(deadline=None, max_examples=300)
@@ -76,8 +82,9 @@ def test_parse_reads_what_the_three_layers_read(seg, ident, ttl, df, tos, paddin
 def frame_with(**change):
     """A valid frame to us, with some of its fields changed (checksums recomputed unless
     the change is a checksum)."""
-    seg = TcpSegment(4000, 80, 1000, 2000, change.pop("flags", ACK | PSH), 512, timestamp=(11, 22),
-                     payload=b"GET / HTTP/1.1\r\n\r\n")
+    seg = TcpSegment(4000, 80, 1000, 2000, change.pop("flags", ACK | PSH), 512,
+                     timestamp=change.pop("ts", (11, 22)), payload=b"GET / HTTP/1.1\r\n\r\n",
+                     sack=change.pop("sack", ()))
     raw = bytearray(general_frame(seg, change.pop("src", PEER), change.pop("dst", US),
                                   eth_dst=change.pop("eth_dst", MAC_US), eth_src=change.pop("eth_src", MAC_PEER)))
     for offset, value in change.pop("octets", {}).items():
@@ -108,8 +115,11 @@ def frame_with(**change):
     ("our own source address", frame_with(src=US)),
     ("a bad IPv4 checksum", frame_with(octets={24: 0})),
     ("a bad TCP checksum", frame_with(octets={34 + 16: 0, 34 + 17: 0})),
-    ("no options", frame_with(octets={34 + 12: 0x50})),
+    ("options other than the timestamp", frame_with(ts=None, sack=((5, 6),))),
+    ("the timestamp and SACK", frame_with(sack=((5, 6),))),
     ("SACK-permitted before the timestamp", frame_with(octets={54: tcp.OPT_SACK_PERM, 55: 2})),
+    ("a bad TCP checksum, no options", frame_with(ts=None, octets={34 + 16: 0, 34 + 17: 0})),
+    ("a data offset under the header", frame_with(ts=None, octets={34 + 12: 0x40})),
     ("SYN with FIN", frame_with(flags=SYN | FIN)),
     ("SYN with RST", frame_with(flags=SYN | RST | ACK)),
 ])
@@ -123,8 +133,9 @@ def test_parse_without_verify_skips_only_the_tcp_checksum():
     assert tcp_frame.parse(memoryview(frame_with(octets={24: 0})), MAC_US, US, False) is None
 
 
-def test_parse_of_short_frames():
-    raw = frame_with()
+@pytest.mark.parametrize("ts", [(11, 22), None])
+def test_parse_of_short_frames(ts):
+    raw = frame_with(ts=ts)
     assert tcp_frame.parse(memoryview(raw), MAC_US, US, True) is not None  # (the frame the cases above change)
     for n in range(len(raw)):
         got = tcp_frame.parse(memoryview(raw[:n]), MAC_US, US, True)
@@ -132,9 +143,9 @@ def test_parse_of_short_frames():
 
 
 @settings(deadline=None)
-@given(st.binary(max_size=120))
-def test_arbitrary_bytes_never_raise(data):
-    raw = bytearray(frame_with())
+@given(st.binary(max_size=120), st.sampled_from([(11, 22), None]))
+def test_arbitrary_bytes_never_raise(data, ts):
+    raw = bytearray(frame_with(ts=ts))
     raw[: len(data)] = data
     got = tcp_frame.parse(memoryview(raw), MAC_US, US, True)
     assert got is None or isinstance(got[2], TcpSegment)
