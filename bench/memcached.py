@@ -129,7 +129,7 @@ class Target:
                  "--tap-device", self.peer.ifname, "--host-ipv4-addr", self.peer.shoal_ip,
                  "--netmask-ipv4-addr", "255.255.255.0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             deadline = time.monotonic() + 60
-            while not self.peer.interface_exists():
+            while not self.peer.interface_up():
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the native server did not create its tap")
                 time.sleep(0.05)

@@ -432,7 +432,7 @@ def bench_pytcp(root, connections, duration, runs):
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             deadline = time.monotonic() + 60
-            while not peer.interface_exists():
+            while not peer.interface_exists():  # (pytcp's own tap)
                 if app.poll() is not None or time.monotonic() > deadline:
                     return "did not start: " + app.stdout.read()[-500:]
                 time.sleep(0.05)

@@ -18,7 +18,8 @@ the root namespace, so no traffic can leave the machine. `close` (or leaving the
 namespace, even after failures.
 
 With ``open_device=False`` the tap is left to a shoal process started by the test
-(``--tap-device peer.ifname``); once it exists (`interface_exists`), `adopt` moves
+(``--tap-device peer.ifname``); once it is up (`interface_up`: shoal's apps bring it up
+last, a program that does not can be waited for with `interface_exists`), `adopt` moves
 it into the namespace and configures it. `start_shoal` does all of that for an app
 run as ``python -m ...``, and `stop_process` stops it.
 
@@ -31,7 +32,7 @@ import subprocess
 import sys
 import time
 
-from shoal.drivers.tap import TapDevice
+from shoal.drivers.tap import IFF_UP, TapDevice
 
 
 def unavailable():
@@ -95,19 +96,31 @@ class KernelPeer:
         self._ip("-n", self.namespace, "link", "set", self.ifname, "mtu", str(self.mtu), "up")
 
     def interface_exists(self):
-        """True once the tap `ifname` exists in the root namespace (a shoal process created it)."""
+        """True once the tap `ifname` exists in the root namespace (a process created it)."""
         return os.path.exists(f"/sys/class/net/{self.ifname}")
+
+    def interface_up(self):
+        """True once the tap `ifname` is up in the root namespace: a shoal process created it,
+        and brings it up after it has attached every queue and made its last call that
+        names it (`TapDevice.bring_up`)."""
+        try:
+            with open(f"/sys/class/net/{self.ifname}/flags") as f:
+                return bool(int(f.read(), 16) & IFF_UP)
+        except OSError:
+            return False
 
     def start_shoal(self, args, timeout=60):
         """Start ``python ARGS --tap-device IFNAME`` (a shoal app on the native stack) in the
-        root namespace, wait (bounded) until it has created the tap, and `adopt` the tap.
-        The process's output is a text pipe; stop it with `stop_process`."""
+        root namespace, wait (bounded) until it has brought the tap up, and `adopt` the tap.
+        Moved earlier, between the app's creating the tap and its last calls that name the
+        interface (its MTU, its other queues), it would vanish from under the app. The
+        process's output is a text pipe; stop it with `stop_process`."""
         proc = subprocess.Popen([sys.executable, *args, "--tap-device", self.ifname],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + timeout
-        while not self.interface_exists():
+        while not self.interface_up():
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the app did not create tap {self.ifname}:\n{stop_process(proc)}")
+                raise RuntimeError(f"the app did not bring tap {self.ifname} up:\n{stop_process(proc)}")
             time.sleep(0.05)
         self.adopt()
         return proc

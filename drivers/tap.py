@@ -112,9 +112,8 @@ class TapDevice(Device):
                 self.mtu = struct.unpack_from("i", fcntl.ioctl(ctl, SIOCGIFMTU, _ifreq(self.name)), IFNAMSIZ)[0]
                 hw = fcntl.ioctl(ctl, SIOCGIFHWADDR, _ifreq(self.name))
                 self.kernel_mac = hw[IFNAMSIZ + 2:IFNAMSIZ + 8]
-                if up:
-                    flags = struct.unpack_from("H", fcntl.ioctl(ctl, SIOCGIFFLAGS, _ifreq(self.name)), IFNAMSIZ)[0]
-                    fcntl.ioctl(ctl, SIOCSIFFLAGS, _ifreq(self.name, "H", flags | IFF_UP))
+            if up:
+                self.bring_up()
         except BaseException:
             os.close(self._fd)
             self._fd = None
@@ -126,8 +125,16 @@ class TapDevice(Device):
         self._read_size = frame + (vnet.VNET_HDR_LEN if vnet_hdr else 0)
         self.stats = collections.Counter()
 
+    def bring_up(self):
+        """Set the interface up (``IFF_UP``). The last step of opening it, and the last use of
+        its name: a test may move an interface it sees up into another namespace, where
+        this process could no longer reach it by name (`netns.KernelPeer.start_shoal`)."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as ctl:
+            flags = struct.unpack_from("H", fcntl.ioctl(ctl, SIOCGIFFLAGS, _ifreq(self.name)), IFNAMSIZ)[0]
+            fcntl.ioctl(ctl, SIOCSIFFLAGS, _ifreq(self.name, "H", flags | IFF_UP))
+
     @classmethod
-    def open_queues(cls, name, count, mac=None, steering=True, randbytes=os.urandom, **options):
+    def open_queues(cls, name, count, mac=None, steering=True, randbytes=os.urandom, up=True, **options):
         """`count` queues of the tap `name` (created if absent), all with one MAC, in queue order.
 
         The kernel numbers a tap's queues in the order they attach, so opening them
@@ -135,20 +142,24 @@ class TapDevice(Device):
         queue i; the launcher does it before the shards fork and gives shard i the i-th.
         With ``steering`` (and more than one queue) the flow-steering program is
         attached, so queue i receives the flows `flow_queue` assigns to i; without it
-        the kernel's automq spreads new flows by its own hash. One queue is a plain tap."""
+        the kernel's automq spreads new flows by its own hash. One queue is a plain tap.
+        With ``up``, the interface goes up once every queue is attached (`bring_up`)."""
         if count < 1:
             raise ValueError(f"a tap needs at least one queue, not {count}")
         mac = mac or random_mac(randbytes)
         queues = []
         try:
             for _ in range(count):
-                queues.append(cls(queues[0].name if queues else name, mac=mac, multi_queue=count > 1, **options))
+                queues.append(cls(queues[0].name if queues else name, mac=mac, up=False, multi_queue=count > 1,
+                                  **options))
             if steering and count > 1:
                 program = steering_program.load_steering_program()
                 try:
                     fcntl.ioctl(queues[0].fileno(), TUNSETSTEERINGEBPF, struct.pack("i", program))
                 finally:
                     os.close(program)  # the tap holds its own reference now
+            if up:
+                queues[0].bring_up()
         except BaseException:
             for queue in queues:
                 queue.close()

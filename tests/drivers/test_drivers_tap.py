@@ -18,7 +18,7 @@ import io
 from shoal.drivers.base import PartialFrame, VerifiedFrame, frame_copy
 from shoal.drivers.faults import FaultInjector
 from shoal.drivers.pcap import PcapWriter, read_pcap
-from shoal.drivers.netns import KernelPeer, unavailable
+from shoal.drivers.netns import KernelPeer, stop_process, unavailable
 from shoal.drivers.tap import TapDevice
 
 pytestmark = [
@@ -214,3 +214,50 @@ def test_kernel_peer_cleans_up_namespace_and_tap():
         assert ns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert ifname not in subprocess.run(["ip", "link"], capture_output=True, text=True).stdout
+
+
+def _is_up(name):
+    with open(f"/sys/class/net/{name}/flags") as f:
+        return bool(int(f.read(), 16) & 0x1)
+
+
+def test_a_tap_of_several_queues_goes_up_once_all_are_attached():
+    """Up is the last step of opening a tap: a test waits for it before it moves the tap
+    into its namespace (`KernelPeer.start_shoal`), where the opening process could no
+    longer name it."""
+    seen = []
+
+    class Recording(TapDevice):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            seen.append(_is_up(self.name))
+
+    queues = Recording.open_queues(f"shq{os.urandom(3).hex()}", 2, steering=False)
+    try:
+        assert seen == [False, False] and _is_up(queues[0].name)
+    finally:
+        for queue in queues:
+            queue.close()
+
+
+SLOW_APP = r"""
+import sys, time
+from shoal.drivers.tap import TapDevice
+name = sys.argv[sys.argv.index("--tap-device") + 1]
+queues = TapDevice.open_queues(name, 2, steering=False, up=False)
+time.sleep(1.0)  # (as on a loaded machine, between creating the tap and naming it last)
+queues[0].bring_up()
+print("up", flush=True)
+time.sleep(120)  # (stopped by the test)
+"""
+
+
+def test_start_shoal_moves_the_tap_only_once_the_app_brought_it_up():
+    with KernelPeer(open_device=False) as peer:
+        app = peer.start_shoal(["-c", SLOW_APP])
+        try:
+            assert app.stdout.readline() == "up\n", stop_process(app)
+            link = peer.run(["ip", "link", "show", peer.ifname]).stdout
+            assert "state UP" in link or "LOWER_UP" in link, link
+        finally:
+            stop_process(app)

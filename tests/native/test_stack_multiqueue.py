@@ -525,7 +525,7 @@ def test_two_shards_serve_and_open_connections_with_the_kernel(tmp_path):
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             deadline = time.monotonic() + 60
-            while not peer.interface_exists():
+            while not peer.interface_up():
                 assert app.poll() is None and time.monotonic() < deadline, stop_process(app)
                 time.sleep(0.05)
             peer.adopt()
