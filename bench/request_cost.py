@@ -1,6 +1,7 @@
 """What one small request and its response cost the native stack, in CPU instructions.
 
     python bench/request_cost.py [--requests 1280,3840] [--connections 64] [--loop uvloop] [--timestamps off]
+                                 [--ecn on]
 
 This machine's timings of the same run vary by up to 2x, which hides a change of a few
 percent. An instruction count does not vary: each row runs a workload under valgrind
@@ -15,7 +16,8 @@ instructions by the difference in requests, so start-up and imports cancel out.
   loop (``--loop``: uvloop, as under a shard's reactor by default, where installed, or
   asyncio's own). Half of it is about what one end spends.
 - ``--timestamps off``: both workloads without RFC 7323 timestamps, as with a peer that
-  does not use them (Windows, by default).
+  does not use them (Windows, by default). ``--ecn on``: the ``stacks`` workload alone,
+  with ECN (RFC 3168) negotiated, as ``--tcp-ecn on`` does.
 - ``machine``: the TCP state machine alone (`tests/tcp/tcp_harness.established`), one
   end: the request's segment arrives, the application reads it and writes the
   response, the response's segment is pulled.
@@ -44,13 +46,13 @@ REQUEST = b"GET / HTTP/1.1\r\nHost: 10.9.0.2:8000\r\n\r\n"
 RESPONSE = b"HTTP/1.1 200 OK\r\nServer: shoal\r\nContent-Length: 14\r\n\r\nhello, world!\n"
 
 
-def stacks(requests, connections, loop, timestamps=True):
+def stacks(requests, connections, loop, timestamps=True, ecn=False):
     """`requests` request/response exchanges over `connections` connections, on `loop`."""
     sys.path.insert(0, str(ROOT / "tests" / "native"))
     from test_native_tcp_virtual import B_IP, test_config, two_stacks
 
     async def main():
-        config = test_config(timestamps=timestamps)
+        config = test_config(timestamps=timestamps, ecn=ecn)
         async with two_stacks(tcp_a=config, tcp_b=config) as (a, b, _clock):
             server = b.listen(("", 8000))
             serving = []
@@ -121,11 +123,11 @@ def _loop_default():
     return "uvloop"
 
 
-def instructions(workload, requests, connections, loop, timestamps):
+def instructions(workload, requests, connections, loop, timestamps, ecn):
     """Instructions valgrind counts for one run of `workload`."""
     cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
            "--worker", workload, "--requests", str(requests), "--connections", str(connections), "--loop", loop,
-           "--timestamps", timestamps]
+           "--timestamps", timestamps, "--ecn", ecn]
     env = dict(os.environ, PYTHONHASHSEED="0")
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
     found = re.search(r"Collected : (\d+)", out.stderr)
@@ -142,11 +144,14 @@ def main(argv=None):
                     help="event loop of the stacks workload (default: uvloop where installed)")
     ap.add_argument("--timestamps", choices=("on", "off"), default="on",
                     help="RFC 7323 timestamps on both ends (off: as with a peer that does not use them)")
+    ap.add_argument("--ecn", choices=("on", "off"), default="off",
+                    help="ECN (RFC 3168) negotiated in the stacks workload, as --tcp-ecn on does")
     ap.add_argument("--worker", choices=("stacks", "machine"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     timestamps = args.timestamps == "on"
     if args.worker is not None:  # one run, under valgrind
-        (stacks(int(args.requests), args.connections, args.loop, timestamps) if args.worker == "stacks"
+        (stacks(int(args.requests), args.connections, args.loop, timestamps, args.ecn == "on")
+         if args.worker == "stacks"
          else machine(int(args.requests), timestamps))
         return
     try:
@@ -159,12 +164,12 @@ def main(argv=None):
         ap.error("valgrind is not installed (apt-get install valgrind)")
     print(f"# Instructions per request ({datetime.datetime.now().isoformat(timespec='seconds')}, tree {ROOT}, "
           f"{small} and {large} requests, {args.connections} connections, {args.loop}, "
-          f"timestamps {args.timestamps})\n")
+          f"timestamps {args.timestamps}, ecn {args.ecn})\n")
     print("| workload | instructions per request |")
     print("|---|---:|")
-    for workload in ("stacks", "machine"):
-        a = instructions(workload, small, args.connections, args.loop, args.timestamps)
-        b = instructions(workload, large, args.connections, args.loop, args.timestamps)
+    for workload in ("stacks",) if args.ecn == "on" else ("stacks", "machine"):
+        a = instructions(workload, small, args.connections, args.loop, args.timestamps, args.ecn)
+        b = instructions(workload, large, args.connections, args.loop, args.timestamps, args.ecn)
         print(f"| {workload} | {(b - a) / (large - small):,.0f} |", flush=True)
 
 

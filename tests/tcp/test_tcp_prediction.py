@@ -112,8 +112,7 @@ def test_prediction_matches_the_full_path(checked_prediction, name, faults, opts
     assert checked_prediction["predicted"] > 10, checked_prediction
     if faults:
         assert checked_prediction["declined"] > 0, checked_prediction
-    if not opts.get("ecn"):  # (ECN always takes the full transmit path)
-        assert checked_prediction["predicted-tx"] > 10, checked_prediction
+    assert checked_prediction["predicted-tx"] > 10, checked_prediction
 
 
 def test_predicted_transmit_declines_a_go_back_and_keeps_karns_rule():

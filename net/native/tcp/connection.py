@@ -1904,20 +1904,22 @@ class Connection:
         It applies when all there is to send is new data from SND.NXT = SND.MAX (sized by
         `_next_data_len`, as always) and maybe an ACK: no reply, reset, retransmission,
         loss recovery, SACK state, retransmission RACK watches, probe, keepalive, FIN,
-        urgent data or ECN. The segments and the state after are exactly those of
-        `_transmit` (the tests compare the two);
-        `_data_segment`, `_build_data` and `_segment` are inlined for that case. Returns
-        None, having changed nothing, otherwise.
+        urgent data, nor an ECN signal to give (ECE to echo, CWR to set; with ECN, the
+        data goes as ECT, RFC 3168 6.1.5). The segments and the state after are exactly
+        those of `_transmit` (the tests compare the two); `_data_segment`, `_build_data`
+        and `_segment` are inlined for that case. Returns None, having changed nothing,
+        otherwise.
         """
         if (self._replies or self._rst_due is not None or self._rexmit_una or self.recovery is not None
                 or self.scoreboard.blocks or self._ka_due or self._probe_due or self._tlp_due or self._fin_queued
-                or self.ecn_ok or self.snd_up is not None or (self._ofo and self.sack_ok)
+                or self._ece_pending or self._cwr_due or self.snd_up is not None or (self._ofo and self.sack_ok)
                 or self._dsack is not None or self._rack_rxt or self._rack_lost):
             return None  # (RACK's lists: after an RTO, it must know what goes, `_rack_sent`)
         if self._snd_nxt != self._snd_max:
             return None  # going back after a timeout
         out = []
         sndbuf = self._sndbuf
+        ect = self.ecn_ok
         while len(out) < limit:
             n = self._next_data_len()
             if n <= 0:
@@ -1933,6 +1935,8 @@ class Connection:
                              0, None, None, False,
                              ((int(now * 1000) + self._ts_offset) & MASK, self.ts_recent) if self.ts_ok else None,
                              (), sndbuf.view(off, n))
+            if ect:
+                seg.ect = True
             # (`_ack_sent`, inline)
             self.ack_now = False
             self.delack_at = None
