@@ -15,12 +15,12 @@ instructions by the difference in requests, so start-up and imports cancel out.
   connection objects, the application's reads and writes and their futures, the event
   loop (``--loop``: uvloop, as under a shard's reactor by default, where installed, or
   asyncio's own). Half of it is about what one end spends.
-- ``--timestamps off``: both workloads without RFC 7323 timestamps, as with a peer that
-  does not use them (Windows, by default). ``--ecn on``: the ``stacks`` workload alone,
-  with ECN (RFC 3168) negotiated, as ``--tcp-ecn on`` does.
 - ``machine``: the TCP state machine alone (`tests/tcp/tcp_harness.established`), one
   end: the request's segment arrives, the application reads it and writes the
   response, the response's segment is pulled.
+- ``--timestamps off``: both workloads without RFC 7323 timestamps, as with a peer that
+  does not use them (Windows, by default). ``--ecn on``: the ``stacks`` workload alone,
+  with ECN (RFC 3168) negotiated, as ``--tcp-ecn on`` does.
 
 The stack comes from the tree that `shoal` is imported from, so ``PYTHONPATH`` naming
 another checkout (as a folder holding a ``shoal`` link to it) measures that tree.
