@@ -1,8 +1,15 @@
 """Suite-wide guards: no test may leave shared-memory segments or child processes behind."""
 import os
+from multiprocessing import resource_tracker
 
 import psutil
 import pytest
+
+# The first shared-memory segment a process makes starts multiprocessing's resource tracker, a
+# child that outlives the test. It is started without waiting for its exec, so for a moment it
+# shows this process's command line and the filter below cannot tell it apart: start it here,
+# before any test, so that it is in every test's baseline.
+resource_tracker.ensure_running()
 
 
 def _our_segments():
