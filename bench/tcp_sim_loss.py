@@ -1,7 +1,7 @@
 """Loss recovery in the simulator: shoal's TCP at both ends of a lossy, reordering link.
 
     python bench/tcp_sim_loss.py [--seeds 40] [--cases 0.02/0,0.05/0,0.05/0.05]
-                                 [--size-kb 1000] [--back-kb 100]
+                                 [--size-kb 1000] [--back-kb 100] [--sack off] [--timestamps off]
 
 The test suite's network simulator (tests/tcp/tcp_harness.py: per-segment loss and
 reordering each way, 5 ms delay, 100 Mbit/s) carries a transfer of ``--size-kb`` one way
@@ -10,7 +10,9 @@ the data), for seeds 1..``--seeds`` of each case ``loss/reordering``. Prints a m
 table of sums over the seeds: simulated seconds (time-wait included), retransmissions,
 D-SACKs received (retransmissions the receiver already had), RTOs, DupThresh raises
 for reordering, and reductions undone as spurious. Virtual time: the machine's load does
-not change the figures, only how long the script takes.
+not change the figures, only how long the script takes. ``--sack off`` and ``--timestamps
+off`` leave those options out of both ends' SYNs (a Windows peer has no timestamps by
+default; some middleboxes strip SACK).
 
 The simulator and the TCP come from the tree that `shoal` is imported from, so
 ``PYTHONPATH`` naming another checkout (as a folder holding a ``shoal`` link to it)
@@ -31,14 +33,14 @@ COUNTERS = (("retransmissions", "retransmit"), ("D-SACKs", "dsack-received"), ("
             ("DupThresh raised", "reordering-raised"), ("undone", "dsack-undo"))
 
 
-def run_case(transfer, sim_class, config, loss, reorder, seeds, size, back):
+def run_case(transfer, sim_class, config, loss, reorder, seeds, size, back, options):
     """Sums over the seeds: (simulated seconds, {column: count})."""
     seconds = 0.0
     counts = {name: 0 for name, _ in COUNTERS}
     for seed in range(1, seeds + 1):
         sim = sim_class(seed=seed, loss=loss, reorder=reorder)
         start = sim.now
-        client, server = transfer(sim, size, back, config(msl=1.0))
+        client, server = transfer(sim, size, back, config(msl=1.0, **options))
         seconds += sim.now - start
         for name, counter in COUNTERS:
             counts[name] += client.counters[counter] + server.counters[counter]
@@ -51,6 +53,8 @@ def main(argv=None):
     ap.add_argument("--cases", default="0.02/0,0.05/0,0.05/0.05", help="loss/reordering, comma-separated")
     ap.add_argument("--size-kb", type=int, default=1000)
     ap.add_argument("--back-kb", type=int, default=100)
+    ap.add_argument("--sack", choices=("on", "off"), default="on", help="SACK (RFC 2018) at both ends")
+    ap.add_argument("--timestamps", choices=("on", "off"), default="on", help="RFC 7323 timestamps at both ends")
     args = ap.parse_args(argv)
     try:
         cases = [tuple(float(x) for x in case.split("/")) for case in args.cases.split(",")]
@@ -65,13 +69,15 @@ def main(argv=None):
     from test_tcp_netsim import transfer
 
     print(f"# shoal's TCP in the simulator ({datetime.datetime.now().isoformat(timespec='seconds')}, "
-          f"tree {root}, seeds 1-{args.seeds}, {args.size_kb} KB and {args.back_kb} KB back)\n")
+          f"tree {root}, seeds 1-{args.seeds}, {args.size_kb} KB and {args.back_kb} KB back, "
+          f"SACK {args.sack}, timestamps {args.timestamps})\n")
     names = [name for name, _ in COUNTERS]
     print("| loss | reordering | simulated s | " + " | ".join(names) + " |")
     print("|---:|---:|---:|" + "---:|" * len(names))
     for loss, reorder in cases:
         seconds, counts = run_case(transfer, Sim, TcpConfig, loss, reorder, args.seeds,
-                                   args.size_kb * 1000, args.back_kb * 1000)
+                                   args.size_kb * 1000, args.back_kb * 1000,
+                                   {"sack": args.sack == "on", "timestamps": args.timestamps == "on"})
         print(f"| {loss:.0%} | {reorder:.0%} | {seconds:.1f} | " + " | ".join(str(counts[n]) for n in names) + " |",
               flush=True)
 

@@ -116,6 +116,69 @@ def test_fast_retransmit_and_newreno_recovery():
     assert conn.recovery is None and conn.cc.cwnd <= conn.cc.ssthresh + 1000
 
 
+def _after_a_timeout(**kw):
+    """A NewReno connection whose ten-segment flight timed out (recover = BASE + 10000) and
+    whose retransmission of the first segment was acknowledged: cwnd two segments."""
+    conn = established(peer_mss=1000, nodelay=True, congestion="newreno", initial_window=10, **kw)
+    conn.send(b"x" * 20000)
+    assert len(pull(conn)) == 10
+    conn.poll(T0 + 1)
+    assert [s.seq for s in pull(conn, T0 + 1)] == [BASE] and conn.recover == BASE + 10000
+    send_seg(conn, seg(IRS + 1, BASE + 1000, ACK), T0 + 1.1)
+    assert [s.seq for s in pull(conn, T0 + 1.1)] == [BASE + 1000, BASE + 2000]
+    return conn
+
+
+def test_after_a_timeout_duplicate_acks_after_small_advances_start_fast_retransmit():
+    """RFC 6582 4.1 (ACK heuristic): the retransmission proceeds a segment or two per ACK
+    and one of it is lost. Three duplicate ACKs below "recover" then start recovery, instead
+    of leaving the hole to a second, backed-off timeout."""
+    conn = _after_a_timeout()
+    send_seg(conn, seg(IRS + 1, BASE + 2000, ACK), T0 + 1.2)  # the segment at BASE + 2000 is lost
+    pull(conn, T0 + 1.2)
+    dupack(conn, BASE + 2000, 3)
+    assert conn.recovery == "newreno" and conn.counters["fast-retransmit"] == 1
+    r = pull(conn, T0 + 1.3)[0]
+    assert r.seq == BASE + 2000 and len(r.payload) == 1000
+
+
+def test_after_a_timeout_duplicate_acks_after_a_jump_start_no_fast_retransmit():
+    """RFC 6582 section 4: the cumulative ACK jumped over text the receiver already had (its
+    ACKs were lost, not the text); the duplicates that follow may be its answers to our
+    unneeded retransmissions, and recover's guard holds."""
+    conn = _after_a_timeout()
+    send_seg(conn, seg(IRS + 1, BASE + 6000, ACK), T0 + 1.2)  # five segments at once
+    pull(conn, T0 + 1.2)
+    assert conn.cc.cwnd > 1000
+    dupack(conn, BASE + 6000, 4)
+    assert conn.recovery is None and conn.counters["fast-retransmit"] == 0
+
+
+def test_duplicate_acks_right_after_a_timeout_start_no_fast_retransmit():
+    """RFC 6582 4.1's window test: with cwnd at one segment (the loss window), duplicates
+    that were on their way when the timer fired start nothing, however small the last
+    advance was."""
+    conn = established(peer_mss=1000, nodelay=True, congestion="newreno")
+    conn.send(b"x" * 5000)
+    pull(conn)
+    send_seg(conn, seg(IRS + 1, BASE + 1000, ACK), T0 + 0.05)
+    dupack(conn, BASE + 1000, 2)
+    conn.poll(conn.poll_at())
+    assert conn.counters["rto"] == 1 and conn.cc.cwnd == 1000
+    dupack(conn, BASE + 1000, 3)
+    assert conn.recovery is None and conn.counters["fast-retransmit"] == 0
+
+
+def test_after_a_timeout_a_sack_connection_keeps_the_recovery_point():
+    """With SACK the heuristic does not apply: RFC 6675 5.1 keeps RecoveryPoint's rule."""
+    conn = _after_a_timeout(sack=True, tail_loss_probe=False, peer_opts={"sack_permitted": True})
+    assert conn.sack_ok
+    send_seg(conn, seg(IRS + 1, BASE + 2000, ACK), T0 + 1.2)
+    pull(conn, T0 + 1.2)
+    dupack(conn, BASE + 2000, 3)
+    assert conn.recovery is None and conn.counters["fast-retransmit"] == 0
+
+
 def test_duplicate_ack_rules():
     conn = established(peer_mss=1000)
     conn.send(b"x" * 3000)

@@ -69,6 +69,9 @@ host's ACKs (Linux's first TLP had the same 10 ms floor)."""
 TLP_WORST_DELAYED_ACK = 0.2
 """WCDelAckT of RFC 8985 7.2: added to the PTO when one segment is in flight, whose ACK the
 receiver may delay."""
+RECOVER_HEURISTIC_SEGMENTS = 4
+"""RFC 6582 4.1: a cumulative ACK that moved SND.UNA by at most this many segments before
+duplicate ACKs below "recover" (`_loss_after_timeout`)."""
 IPV4_TCP_HEADERS = 40
 TS_OPTION_LEN = 12
 MIN_PATH_MTU = 552
@@ -276,7 +279,7 @@ class Connection:
     # on the machine, which a slot serves faster than a dict of a hundred keys (requests at 64
     # connections: +4 %, docs/benchmarks.md), and a machine is 4.4 KB instead of 6.9.
     __slots__ = (
-        "_challenge_window", "_cwr_due", "_dsack", "_ece_pending", "_ecn_recover", "_ecn_syn",
+        "_ack_advance", "_challenge_window", "_cwr_due", "_dsack", "_ece_pending", "_ecn_recover", "_ecn_syn",
         "_ecn_syn_reset", "_eof", "_fin_queued", "_ka_due", "_ka_probes",
         "_last_ack_sent", "_last_data_tx", "_last_rx", "_ofo", "_ofo_fin", "_persist_backoff",
         "_probe_due", "_probes", "_rack_lost", "_rack_new", "_rack_point", "_rack_rxt",
@@ -372,6 +375,7 @@ class Connection:
         self.dupacks = 0
         self.recovery = None            # None, "newreno" or "sack"
         self.recover = self.iss         # RFC 6582 "recover" / RFC 6675 RecoveryPoint
+        self._ack_advance = 0           # how far the last new ACK moved SND.UNA (`_loss_after_timeout`)
         self.high_rxt = None
         self._rescue_rxt = None           # RFC 6675's RescueRxt (`_rescue_range`)
         self._rexmit_una = False
@@ -1119,6 +1123,7 @@ class Connection:
         the peer had offered (RFC 9293 3.8.6.2.1), for the receiver to drop.
         """
         acked = (a - self._snd_una) & MASK
+        self._ack_advance = acked
         wnd = self.snd_wnd - acked
         self.snd_wnd = wnd if wnd > 0 else 0
         sndbuf = self._sndbuf
@@ -1238,10 +1243,27 @@ class Connection:
         if self.recovery is None:
             lost = self.sack_ok and self.scoreboard.is_lost(self.snd_una, self.snd_mss)
             # RFC 6582 3.2 step 2: no new recovery for losses from before the last one.
-            if (self.dupacks >= self.scoreboard.dup_thresh or lost) and self.snd_una >= self.recover:
+            if (self.dupacks >= self.scoreboard.dup_thresh or lost) and (
+                    self.snd_una >= self.recover or self._loss_after_timeout()):
                 self._enter_recovery(now)
         elif self.recovery == "newreno":
             cc.cwnd += self.snd_mss  # RFC 6582 3.2 step 3 (inflation)
+
+    def _loss_after_timeout(self):
+        """Do duplicate ACKs that do not cover "recover" show a new loss? RFC 6582 section 4.1's
+        ACK heuristic, for a connection without SACK.
+
+        After a timeout "recover" is SND.MAX (section 4), so that duplicate ACKs drawn by
+        retransmissions of text the receiver already had start no fast retransmit. Those
+        come after a cumulative ACK that jumped over that text. ACKs that move SND.UNA by
+        a few segments at a time, with the window grown past one segment, are the
+        retransmission proceeding instead, and duplicates then mean one of the
+        retransmissions (or new text) was lost: without this, each such loss waits for a
+        further, backed-off timeout (sweeps against the kernel at 9-14 % loss, without SACK
+        and timestamps, saw RTOs up to 25 s). With SACK, the scoreboard tells the two
+        apart (a D-SACK is no duplicate ACK), and RFC 6675 5.1 keeps RecoveryPoint's rule."""
+        return (not self.sack_ok and self.cc.cwnd > self.snd_mss
+                and self._ack_advance <= RECOVER_HEURISTIC_SEGMENTS * self.snd_mss)
 
     def _tlp_ack(self, seg, ack, advanced, dsack, now):
         """End of a loss-probe episode (RFC 8985 7.4): did the probe repair a loss?
