@@ -514,14 +514,19 @@ KERNEL_SERVER = textwrap.dedent("""
 
 @pytest.mark.root
 @pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
-def test_two_shards_serve_and_open_connections_with_the_kernel(tmp_path):
+@pytest.mark.parametrize("shards", [2, 4])
+def test_shards_serve_and_open_connections_with_the_kernel(tmp_path, shards):
+    """Each shard owns one queue of the TAP: the kernel's connections reach every shard and
+    are answered there, and each shard's own connections and UDP clients get their replies
+    (steered by both ports). Four shards run overprovisioned on a two-core machine."""
     app_path = tmp_path / "multishard_app.py"
     app_path.write_text(APP)
     with KernelPeer(subnet="10.213.9", open_device=False) as peer:
         server = peer.popen(["python3", "-u", "-c", KERNEL_SERVER], stdout=subprocess.PIPE, text=True)
         assert server.stdout.readline().strip() == "listening"
-        app = subprocess.Popen([sys.executable, str(app_path), peer.kernel_ip, "--smp", "2", "--network-stack",
-                                "native", "--host-ipv4-addr", peer.shoal_ip, "--tap-device", peer.ifname],
+        app = subprocess.Popen([sys.executable, str(app_path), peer.kernel_ip, "--smp", str(shards), "--overprovisioned",
+                                "--network-stack", "native", "--host-ipv4-addr", peer.shoal_ip,
+                                "--tap-device", peer.ifname],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             deadline = time.monotonic() + 60
@@ -533,16 +538,16 @@ def test_two_shards_serve_and_open_connections_with_the_kernel(tmp_path):
             clients = peer.run(["python3", "-c", KERNEL_CLIENTS, peer.shoal_ip, "40"], check=False, timeout=120)
             assert clients.returncode == 0, clients.stderr
             seen = eval(clients.stdout)  # a dict literal the client printed
-            assert sum(seen.values()) == 40 and set(seen) == {"shard 0", "shard 1"}, seen
+            assert sum(seen.values()) == 40 and set(seen) == {f"shard {n}" for n in range(shards)}, seen
             app.stdin.write("go\n")
             app.stdin.flush()
             line = app.stdout.readline()
             replies = collections.Counter(line.removeprefix("client:").strip().split(","))
-            assert replies == {"kernel saw from shard 0": 3, "kernel saw from shard 1": 3}, line
-            # UDP clients on both shards: 16 ephemeral ports, so some replies land on the other shard
+            assert replies == {f"kernel saw from shard {n}": 3 for n in range(shards)}, line
+            # UDP clients on every shard: 8 ephemeral ports each, so some replies land on other shards
             line = app.stdout.readline()
             answers = collections.Counter(line.removeprefix("udp:").strip().split(","))
-            assert answers == {"kernel heard udp from shard 0": 8, "kernel heard udp from shard 1": 8}, line
+            assert answers == {f"kernel heard udp from shard {n}": 8 for n in range(shards)}, line
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n--- app output ---\n{stop_process(app)}") from None
         finally:
