@@ -70,11 +70,13 @@ def emit(buf, offset, eth_dst, eth_src, src, dst, ident, ttl, df, tos, seg, devi
         seg.src_port, seg.dst_port, seg.seq & 0xFFFFFFFF, seg.ack & 0xFFFFFFFF, seg.flags, seg.window, seg.urgent
     # pseudo-header (RFC 9293 3.1): addresses, protocol, TCP length
     s = addresses + PROTO_TCP + tcp_len
+    swapped = False  # (`tcp.segment_checksum` replaced: summed by it over the headers as packed)
     if device_checksum:
         s = (s & 0xFFFF) + (s >> 16)
         tcp_csum = (s & 0xFFFF) + (s >> 16)
-    elif _tcp.segment_checksum is not _tcp._default_segment_checksum:  # (swapped: `tcp.segment_checksum`)
-        tcp_csum = 0  # (summed below, over the headers as packed)
+    elif _tcp.segment_checksum is not _tcp._default_segment_checksum:
+        swapped = True
+        tcp_csum = 0
     else:
         s += sport + dport + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF) + window + urgent
         if timestamp is None:
@@ -98,7 +100,7 @@ def emit(buf, offset, eth_dst, eth_src, src, dst, ident, ttl, df, tos, seg, devi
                          sport, dport, seq, ack, _TCP_TS, flags, window, tcp_csum, urgent,
                          _TS_LAYOUT, timestamp[0], timestamp[1])
         length = HEADER_LEN
-    if not tcp_csum and not device_checksum and _tcp.segment_checksum is not _tcp._default_segment_checksum:
+    if swapped:
         header = memoryview(buf)[offset + _TCP_OFFSET:offset + length]
         _CHECKSUM.pack_into(buf, offset + _TCP_OFFSET + 16, _tcp.segment_checksum(src, dst, (header, payload)))
     return length
