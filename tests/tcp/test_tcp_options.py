@@ -106,6 +106,40 @@ def test_rtt_sampled_without_timestamps_and_karn():
     assert conn.rtt.srtt == srtt
 
 
+def test_no_rtt_sample_from_a_syn_ack_sent_again_for_a_retransmitted_syn():
+    """The peer's SYN came again (its first SYN,ACK lost): the ACK that follows may answer
+    either SYN,ACK, so it gives no sample (Karn, MUST-18), not the second's wait."""
+    syn = wire_roundtrip(seg(IRS, 0, SYN, 65535, mss=1460))
+    conn = Connection.passive(config(), LOCAL, REMOTE, syn, ISS, T0)
+    pull(conn)
+    send_seg(conn, syn, T0 + 1.0)
+    [again] = pull(conn, T0 + 1.0)
+    assert again.flags == SYN | ACK and conn.counters["syn-ack-retransmit"] == 1
+    send_seg(conn, seg(IRS + 1, ISS + 1, ACK), T0 + 1.01)
+    assert conn.state is State.ESTABLISHED
+    assert conn.rtt.srtt is None and conn.rtt.rto == 1.0
+
+
+@pytest.mark.parametrize("echo_of, srtt", [("first SYN", None), ("second SYN", 0.01)])
+def test_after_a_syn_retransmission_only_an_echo_of_the_last_syn_is_a_sample(echo_of, srtt):
+    """A peer whose SYN,ACK was lost sends it again with the echo of the first SYN it got
+    (RFC 7323 4.3): timed from that SYN, the sample would be our timeout's wait (here 1 s),
+    and the RTO would start near 3 s above it. Only an echo of the SYN sent last is
+    unambiguous; otherwise RFC 6298 5.7's 3 s holds until data gives a sample."""
+    conn, first = syn_sent(**full_opts())
+    conn.poll(T0 + 1.0)
+    [second] = pull(conn, T0 + 1.0)
+    assert second.flags == SYN and second.timestamp[0] == first.timestamp[0] + 1000
+    echo = first.timestamp[0] if echo_of == "first SYN" else second.timestamp[0]
+    send_seg(conn, seg(IRS, ISS + 1, SYN | ACK, 65535, mss=1460, sack_permitted=True, wscale=7,
+                       timestamp=(9000, echo)), T0 + 1.01)
+    assert conn.state is State.ESTABLISHED
+    if srtt is None:
+        assert conn.rtt.srtt is None and conn.rtt.rto == 3.0  # RFC 6298 5.7
+    else:
+        assert conn.rtt.srtt == pytest.approx(srtt, abs=0.001)
+
+
 def sack_conn(**kw):
     conn = established(peer_mss=1000, peer_opts={"sack_permitted": True},
                        **full_opts(timestamps=False, **kw))

@@ -185,6 +185,46 @@ def test_ack_every_second_full_segment():
     assert ack.ack == IRS + 1 + 2920  # SHLD-19
 
 
+def test_ack_every_second_full_segment_with_timestamps():
+    """With timestamps a full-sized segment carries the MSS less the option's 12 octets
+    (1,448): two of them are the two full segments of SHLD-19, though short of 2 * 1,460.
+    So after a super-frame (segments the receiving device merged), which counts as a full
+    segment of at most that size."""
+    conn = established(timestamps=True, peer_opts={"timestamp": (7000, int(T0 * 1000))})
+    assert conn.ts_ok
+    send_seg(conn, seg(IRS + 1, ISS + 1, ACK, payload=b"w" * 4344, timestamp=(7001, 0)))
+    [ack] = pull(conn)
+    seq = IRS + 1 + 4344
+    assert ack.ack == seq
+    send_seg(conn, seg(seq, ISS + 1, ACK, payload=b"x" * 1448, timestamp=(7002, 0)))
+    assert pull(conn) == []
+    send_seg(conn, seg(seq + 1448, ISS + 1, ACK, payload=b"y" * 1448, timestamp=(7003, 0)))
+    [ack] = pull(conn)
+    assert ack.ack == seq + 2896
+
+
+def test_ack_every_second_segment_of_a_peer_with_a_smaller_mtu():
+    conn = established(peer_mss=1200)  # its MTU: it sends 1,200 octets, not our 1,460
+    seq = IRS + 1
+    for k in range(3):
+        send_seg(conn, seg(seq, ISS + 1, ACK, payload=b"z" * 1200))
+        seq += 1200
+        if k == 1:
+            [ack] = pull(conn)
+            assert ack.ack == IRS + 1 + 2400
+        else:
+            assert pull(conn) == []  # (the third waits for a fourth, or the timer)
+
+
+def test_small_segments_are_not_full_sized():
+    """A request-sized segment teaches nothing: two of them wait for the delayed ACK."""
+    conn = established()
+    send_seg(conn, seg(IRS + 1, ISS + 1, ACK | PSH, payload=b"a" * 100))
+    send_seg(conn, seg(IRS + 101, ISS + 1, ACK | PSH, payload=b"b" * 100))
+    assert pull(conn) == []
+    assert conn.poll_at() == pytest.approx(T0 + 0.04)
+
+
 def test_out_of_order_queued_and_acked_immediately():
     conn = established()
     send_seg(conn, seg(IRS + 4, ISS + 1, ACK, payload=b"def"))

@@ -283,7 +283,7 @@ class Connection:
         "_ecn_syn_reset", "_eof", "_fin_queued", "_ka_due", "_ka_probes",
         "_last_ack_sent", "_last_data_tx", "_last_rx", "_ofo", "_ofo_fin", "_persist_backoff",
         "_probe_due", "_probes", "_rack_lost", "_rack_new", "_rack_point", "_rack_rxt",
-        "_rack_serial", "_rcv_adv", "_rcv_grown_edge", "_rcv_nxt", "_rcv_unacked", "_rcvbuf",
+        "_rack_serial", "_rcv_adv", "_rcv_full", "_rcv_grown_edge", "_rcv_nxt", "_rcv_unacked", "_rcvbuf",
         "_recent_ofo", "_recover", "_replies", "_rescue_rxt", "_rexmit_ts", "_rexmit_una",
         "_rst_due", "_rtt_seq", "_rtt_time", "_rxt_at_exit", "_sack_reported", "_seg_ce",
         "_send_blocked", "_snd_max", "_snd_nxt", "_snd_una", "_snd_wl1", "_snd_wl2", "_sndbuf",
@@ -363,6 +363,9 @@ class Connection:
         self._sack_reported = []       # inside the first SACK block of recent ACKs, latest first
         self._dsack = None  # (start, end): duplicate text of the latest segment, for the next ACK only
         self._rcv_unacked = 0
+        # The peer's full-sized segment, as far as seen: SHLD-19's "every second full-sized
+        # segment" counts in these (`_full_segment`).
+        self._rcv_full = min(DEFAULT_MSS_IPV4, self.rcv_mss - TS_OPTION_LEN)
         self._eof = False
         # machinery
         self.rtt = RttEstimator(config.initial_rto, config.min_rto, config.max_rto)
@@ -604,6 +607,21 @@ class Connection:
         if buffers:
             self._window_opened()
         return buffers
+
+    def _full_segment(self, plen):
+        """Learn the peer's full-sized segment from one of `plen` octets, larger than any
+        before: the delayed-ACK rule (SHLD-19, RFC 5681 4.2: an ACK for at least every
+        second full-sized segment) counts in these. A full segment is not our MSS: with
+        timestamps it carries 12 octets less (1,448 where the MSS is 1,460), and a peer
+        with a smaller MTU sends less still; counted against twice the MSS, two of them
+        fell short and only every third segment was acknowledged, which slowed the
+        peer's ACK clock and sent it loss probes and timeouts for its last two. As Linux
+        (its receive MSS estimate), it starts at the default MSS and grows with what
+        arrives, up to the MSS less the timestamp option; a super-frame counts as one
+        full segment."""
+        cap = self.rcv_mss - (TS_OPTION_LEN if self.ts_ok else 0)
+        full = self._rcv_full = plen if plen < cap else cap
+        return full
 
     def _window_opened(self):
         """The application took text: a window update is due if the window opened enough."""
@@ -894,7 +912,10 @@ class Connection:
             self._rcv_unacked += plen
             if 4 * (rcv_wnd - plen) < self.rcv_buffer:
                 self._grow_receive_buffer()
-            if self._rcv_unacked >= 2 * self.rcv_mss:
+            full = self._rcv_full
+            if plen > full:
+                full = self._full_segment(plen)
+            if self._rcv_unacked >= 2 * full:
                 self.ack_now = True  # SHLD-19: at least every second full segment
             elif self.delack_at is None:
                 self.delack_at = now + self.config.delayed_ack  # MUST-40
@@ -1468,8 +1489,12 @@ class Connection:
                     self._drain_ofo()
                     self.ack_now = True  # RFC 5681 4.2: ACK at once when a hole fills
                 else:
-                    self._rcv_unacked += len(payload)
-                    if self._rcv_unacked >= 2 * self.rcv_mss:
+                    plen = len(payload)
+                    self._rcv_unacked += plen
+                    full = self._rcv_full
+                    if plen > full:
+                        full = self._full_segment(plen)
+                    if self._rcv_unacked >= 2 * full:
                         self.ack_now = True  # SHLD-19: at least every second full segment
                     elif self.delack_at is None:
                         self.delack_at = now + self.config.delayed_ack  # MUST-40
@@ -2047,10 +2072,18 @@ class Connection:
             if cfg.timestamps:
                 seg.timestamp = (self._ts_now(now), 0)
         seg.flags = flags
+        if self.snd_max != self.iss:
+            # Sent before (SND.MAX passed ISS with the first copy): an ACK may answer either
+            # copy, so this one is not timed (Karn, RFC 6298 3, MUST-18), and with timestamps
+            # an echo older than it is no sample either (`_new_ack`). A peer that retransmits
+            # its SYN,ACK echoes the first SYN's TSval, which would time our wait as an RTT.
+            self._rtt_seq = None
+            if seg.timestamp is not None:
+                self._rexmit_ts = seg.timestamp[0]
+        elif self._rtt_seq is None:
+            self._rtt_seq, self._rtt_time = self.iss + 1, now
         self.snd_nxt = self.iss + 1
         self.snd_max = seq_max(self.snd_max, self.snd_nxt)
-        if self.retries == 0 and self._rtt_seq is None:
-            self._rtt_seq, self._rtt_time = self.snd_nxt, now
         if self.rto_at is None:
             self.rto_at = now + self.rtt.rto
         return seg
