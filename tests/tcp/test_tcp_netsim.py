@@ -173,6 +173,18 @@ def test_bottleneck_queue_drops_recovered_by_sack():
     assert client.counters["fast-retransmit"] > 0
 
 
+@pytest.mark.parametrize("cc", ["cubic", "newreno"])
+def test_slow_start_overshoot_into_a_drop_tail_queue_needs_no_timeout(cc):
+    """No random loss: slow start overfills the bottleneck's queue, a burst is dropped,
+    and the recovery's own sends (CUBIC's window stays larger) overflow it again. SACK
+    recovery and RACK repair it all, with no RTO: a rescue retransmission that RACK sent
+    again once let HighRxt pass holes never retransmitted (`Connection._rack_resend`)."""
+    sim = Sim(seed=1)
+    client, _ = transfer(sim, 1_000_000, 100_000, TcpConfig(msl=1.0, congestion=cc))
+    assert sim.faults["queue-drop"] > 0 and client.counters["fast-retransmit"] > 0
+    assert client.counters["rto"] == 0
+
+
 def test_zero_window_reader_stalls_then_resumes():
     """A slow reader closes its window; the sender probes and resumes (MUST-36, MUST-37)."""
     sim = Sim(seed=5)

@@ -251,3 +251,29 @@ def test_a_recovery_starting_behind_the_last_ones_retransmission_does_not_send_i
     assert (6000, 1000) not in sent(pull(conn, t3 + 0.0005))
     send_seg(conn, seg(IRS + 1, BASE + 12000, ACK), t2 + 0.001 + RTT)  # it arrives: everything is in
     assert conn.recovery is None and conn.counters["dsack-undo"] == 0 and conn.scoreboard.dup_thresh == 3
+
+
+def test_a_rescue_sent_again_leaves_the_holes_below_it_to_nextseg():
+    """Segments 2 and 8-10 of ten are lost, and the peer's window holds no more. Recovery
+    resends 2 and, as RFC 6675's rescue (rule 4), 10, which leaves HighRxt at 2. The
+    rescue is lost as well: once an eleventh segment, sent after it, is SACKed, RACK sends
+    it again. HighRxt must stay where it was, for 8 and 9 were never retransmitted: moved
+    past them, NextSeg (rule 3: below the highest SACKed octet, above HighRxt) would never
+    offer them, and only the RTO would (the simulator found it after slow start)."""
+    conn = rack_conn()
+    t = T0 + 1
+    conn.send(b"z" * 11_000)
+    assert sent(pull(conn, t - RTT)) == [(n * 1000, 1000) for n in range(10)]
+    for n in range(3, 8):  # the right edge stays at 10,000 (window = edge - ack)
+        sacks(conn, [(2000, n * 1000)], t, ack=1000, window=9000)
+    assert conn.recovery == "sack"
+    assert sent(pull(conn, t)) == [(1000, 1000), (9000, 1000)]
+    assert conn.counters["rescue-retransmit"] == 1 and conn.high_rxt == BASE + 2000
+    sacks(conn, [], t + RTT, ack=7000, window=4000)  # 2 arrived; room for the eleventh
+    assert sent(pull(conn, t + RTT)) == [(10_000, 1000)]
+    sacks(conn, [(10_000, 11_000)], t + 2 * RTT, ack=7000, window=4000)
+    assert conn.counters["rack-lost-retransmit"] == 1
+    assert sent(pull(conn, t + 2 * RTT)) == [(9000, 1000), (7000, 1000), (8000, 1000)]
+    assert conn.high_rxt == BASE + 10_000  # (NextSeg passed the rescue RACK just sent again)
+    sacks(conn, [], t + 3 * RTT, ack=11_000)
+    assert conn.recovery is None and conn.counters["rto"] == 0

@@ -2215,14 +2215,22 @@ class Connection:
     def _sack_recovery(self, now, limit, out):
         """RFC 6675 section 5 step (C): send while cwnd - pipe >= 1 SMSS, NextSeg's order."""
         mss = self.snd_mss
+        resent = {}  # start -> end of what RACK sent again in this pull
         while len(out) < limit:
             if self.cc.cwnd - self._pipe() < mss:
                 return
             rng = self._rack_range()
             if rng is not None:
-                out.append(self._rack_resend(rng, now))
+                seg = self._rack_resend(rng, now)
+                resent[rng[0]] = rng[0] + len(seg.payload)
+                out.append(seg)
                 continue
             rng, rule = self.scoreboard.next_seg(self.snd_una, self.snd_max, self.high_rxt, mss)
+            if rule and rng[0] in resent:
+                # A rescue above HighRxt that RACK just sent again (`_rack_resend`): NextSeg
+                # has reached it with every hole below retransmitted; it passes, not twice.
+                self.high_rxt = resent[rng[0]]
+                continue
             if rule == 1:
                 out.append(self._retransmit_range(rng[0], rng[1], now))
                 continue
@@ -2279,9 +2287,7 @@ class Connection:
         waits for the next, backed-off RTO while the peer SACKs everything around it.
         The lost ranges have left the network: they do not count as in flight."""
         while len(out) < limit and self._rto_resend_room():
-            high_rxt = self.high_rxt  # (RFC 6675's HighRxt belongs to SACK recovery)
             out.append(self._rack_resend(self._rack_range(), now))
-            self.high_rxt = high_rxt
 
     def _rto_resend_room(self):
         """Is there a lost retransmission to send again after an RTO, and cwnd room for it?"""
@@ -2392,8 +2398,16 @@ class Connection:
         return None
 
     def _rack_resend(self, rng, now):
-        """Retransmit `rng`, from `_rack_range`, and take what went out of RACK's list."""
+        """Retransmit `rng`, from `_rack_range`, and take what went out of RACK's list.
+
+        HighRxt stays (RFC 6675's, for NextSeg's order): what RACK sends again went once
+        already, below HighRxt or as the rescue retransmission above it, which rule (4)
+        keeps out of HighRxt. Moved by a resent rescue, HighRxt passed holes never yet
+        retransmitted, NextSeg never offered them, and only the RTO repaired them (in
+        the simulator, a slow-start overshoot into a drop-tail queue, every seed)."""
+        high_rxt = self.high_rxt
         seg = self._retransmit_range(rng[0], rng[1], now)
+        self.high_rxt = high_rxt
         sent_end = rng[0] + len(seg.payload) + (1 if seg.flags & FIN else 0)
         lost = self._rack_lost
         if sent_end < lost[0][1]:
