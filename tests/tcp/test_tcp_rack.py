@@ -225,7 +225,7 @@ def test_in_sack_recovery_wants_transmit_is_what_the_pull_sends():
 
 
 def test_a_recovery_starting_behind_the_last_ones_retransmission_does_not_send_it_twice():
-    """Recovery E1 retransmits a hole (6000) and ends a moment later; the next duplicate ACK
+    """Recovery E1 retransmits a hole (7000) and ends a moment later; the next duplicate ACK
     starts E2 with that hole still missing, its retransmission less than a round trip on its
     way. A second copy would come back as a D-SACK that undoes E2 and raises DupThresh for
     reordering that never happened (RFC 3708's test counts it as this episode's); instead
@@ -239,16 +239,16 @@ def test_a_recovery_starting_behind_the_last_ones_retransmission_does_not_send_i
     conn.send(b"y" * 6000)
     assert sent(pull(conn, t)) == [(0, 1000), (6000, 1000), (7000, 1000), (8000, 1000), (9000, 1000)]
     t2 = t + RTT
-    sacks(conn, [(1000, 6000), (7000, 8000)], t2)  # the retransmission of 0 is lost too: RACK resends it
+    sacks(conn, [(1000, 7000)], t2)  # 6000, sent after it, arrived: the retransmission of 0 is lost too
     assert sent(pull(conn, t2))[0] == (0, 1000)
-    sacks(conn, [(1000, 6000), (7000, 10000)], t2 + 0.001)  # 6000 is lost
-    assert sent(pull(conn, t2 + 0.001))[0] == (6000, 1000)
+    sacks(conn, [(1000, 7000), (8000, 10000)], t2 + 0.001)  # 7000 is lost
+    assert sent(pull(conn, t2 + 0.001))[0] == (7000, 1000)
     t3 = t2 + RTT
-    sacks(conn, [(7000, 10000)], t3, ack=6000)  # 0 arrived: E1 is over
+    sacks(conn, [(8000, 10000)], t3, ack=7000)  # 0 arrived: E1 is over
     assert conn.recovery is None
-    sacks(conn, [(7000, 11000)], t3 + 0.0005, ack=6000)  # E2, with 6000's retransmission on its way
+    sacks(conn, [(8000, 11000)], t3 + 0.0005, ack=7000)  # E2, with 7000's retransmission on its way
     assert conn.recovery == "sack" and conn.counters["retransmission-on-its-way"] == 1
-    assert (6000, 1000) not in sent(pull(conn, t3 + 0.0005))
+    assert (7000, 1000) not in sent(pull(conn, t3 + 0.0005))
     send_seg(conn, seg(IRS + 1, BASE + 12000, ACK), t2 + 0.001 + RTT)  # it arrives: everything is in
     assert conn.recovery is None and conn.counters["dsack-undo"] == 0 and conn.scoreboard.dup_thresh == 3
 
@@ -277,3 +277,37 @@ def test_a_rescue_sent_again_leaves_the_holes_below_it_to_nextseg():
     assert conn.high_rxt == BASE + 10_000  # (NextSeg passed the rescue RACK just sent again)
     sacks(conn, [], t + 3 * RTT, ack=11_000)
     assert conn.recovery is None and conn.counters["rto"] == 0
+
+
+def lost_hole_with_one_segment_sacked_above(conn, reordering_seen):
+    """Six segments out, 0 and 4 lost; recovery for 0 begins, and new text keeps coming.
+    Then 5 is SACKed: one segment above the hole at 4, which RFC 6675's IsLost does not
+    call lost (DupThresh segments above). Returns what the next pull sends."""
+    t = T0 + 1
+    conn.send(b"z" * 6000)
+    assert len(pull(conn, t - RTT)) == 6
+    for n in (2, 3, 4):
+        sacks(conn, [(1000, n * 1000)], t)
+    assert conn.recovery == "sack"
+    conn.send(b"y" * 2000)
+    assert sent(pull(conn, t)) == [(0, 1000), (6000, 1000), (7000, 1000)]
+    conn.send(b"x" * 3000)
+    if reordering_seen:
+        conn.scoreboard.dup_thresh = 4  # (as a D-SACK showing reordering raises it)
+    sacks(conn, [(1000, 4000), (5000, 6000)], t + RTT)
+    return sent(pull(conn, t + RTT))
+
+
+def test_in_recovery_a_hole_below_sacked_text_is_lost_at_once():
+    """RACK (RFC 8985 6.2) with its reordering window at 0, as in recovery while no
+    reordering has been seen: 4 was sent before 5, and 5's SACK is here, so 4 is lost
+    and goes ahead of new text, instead of waiting, counted in flight, for more SACKs."""
+    conn = rack_conn()
+    assert lost_hole_with_one_segment_sacked_above(conn, reordering_seen=False)[0] == (4000, 1000)
+
+
+def test_after_reordering_a_hole_below_sacked_text_waits_for_rfc_6675():
+    """Once reordering was seen (DupThresh raised), 5 may simply have overtaken 4:
+    RFC 6675's rule decides, and new text goes first (NextSeg rule 2 before rule 3)."""
+    conn = rack_conn()
+    assert lost_hole_with_one_segment_sacked_above(conn, reordering_seen=True)[0] == (8000, 1000)

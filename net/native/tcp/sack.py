@@ -38,8 +38,9 @@ class Scoreboard:
 
     `lost_below`, when set, is a sequence number below which every unSACKed octet is
     lost whatever `dup_thresh` says: RACK's verdict (RFC 8985 6.2) when text sent
-    after all of it was delivered (`Connection._probe_shows_loss`). It holds for one
-    recovery.
+    after all of it was delivered (`Connection._probe_shows_loss`, and in a recovery
+    without reordering the highest SACKed octet, `Connection._rack_marks_holes`). It
+    holds for one recovery.
     """
 
     __slots__ = ("blocks", "dup_thresh", "lost_below")
