@@ -7,7 +7,8 @@ The test suite's network simulator (tests/tcp/tcp_harness.py: per-segment loss a
 reordering each way, 5 ms delay, 100 Mbit/s) carries a transfer of ``--size-kb`` one way
 and ``--back-kb`` the other, both ends closing (`test_tcp_netsim.transfer`, which checks
 the data), for seeds 1..``--seeds`` of each case ``loss/reordering``. Prints a markdown
-table of sums over the seeds: simulated seconds (time-wait included), retransmissions,
+table of sums over the seeds: simulated seconds (time-wait included), seconds until
+both ends are closed or in TIME-WAIT (the transfer alone), retransmissions,
 D-SACKs received (retransmissions the receiver already had), RTOs, DupThresh raises
 for reordering, and reductions undone as spurious. Virtual time: the machine's load does
 not change the figures, only how long the script takes. ``--sack off`` and ``--timestamps
@@ -33,18 +34,41 @@ COUNTERS = (("retransmissions", "retransmit"), ("D-SACKs", "dsack-received"), ("
             ("DupThresh raised", "reordering-raised"), ("undone", "dsack-undo"))
 
 
+def timed(sim_class, closed_states):
+    """`sim_class` noting when each connection is first closed or in TIME-WAIT
+    (`finished`, by id): the transfer's end without TIME-WAIT, which a reset cuts short
+    (RFC 9293 lets a RST end TIME-WAIT; with duplication or reordering, a late segment
+    that reaches the closed side draws one)."""
+
+    class Timed(sim_class):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            self.finished = {}
+
+        def step(self):
+            stepped = super().step()
+            for endpoint in (self.a, self.b):
+                for conn in endpoint.conns.values():
+                    if conn.state in closed_states:
+                        self.finished.setdefault(id(conn), self.now)
+            return stepped
+
+    return Timed
+
+
 def run_case(transfer, sim_class, config, loss, reorder, seeds, size, back, options):
-    """Sums over the seeds: (simulated seconds, {column: count})."""
-    seconds = 0.0
+    """Sums over the seeds: (simulated seconds, seconds to the last FIN, {column: count})."""
+    seconds = to_fin = 0.0
     counts = {name: 0 for name, _ in COUNTERS}
     for seed in range(1, seeds + 1):
         sim = sim_class(seed=seed, loss=loss, reorder=reorder)
         start = sim.now
         client, server = transfer(sim, size, back, config(msl=1.0, **options))
         seconds += sim.now - start
+        to_fin += max(sim.finished[id(client)], sim.finished[id(server)]) - start
         for name, counter in COUNTERS:
             counts[name] += client.counters[counter] + server.counters[counter]
-    return seconds, counts
+    return seconds, to_fin, counts
 
 
 def main(argv=None):
@@ -65,21 +89,22 @@ def main(argv=None):
     root = pathlib.Path(shoal.net.native.tcp.connection.__file__).parents[3]
     harness = root / "tests" / "tcp"
     sys.path.insert(0, str(harness))
-    from tcp_harness import Sim, TcpConfig
+    from tcp_harness import Sim, State, TcpConfig
     from test_tcp_netsim import transfer
 
     print(f"# shoal's TCP in the simulator ({datetime.datetime.now().isoformat(timespec='seconds')}, "
           f"tree {root}, seeds 1-{args.seeds}, {args.size_kb} KB and {args.back_kb} KB back, "
           f"SACK {args.sack}, timestamps {args.timestamps})\n")
     names = [name for name, _ in COUNTERS]
-    print("| loss | reordering | simulated s | " + " | ".join(names) + " |")
-    print("|---:|---:|---:|" + "---:|" * len(names))
+    print("| loss | reordering | simulated s | to the last FIN s | " + " | ".join(names) + " |")
+    print("|---:|---:|---:|---:|" + "---:|" * len(names))
+    sim_class = timed(Sim, (State.TIME_WAIT, State.CLOSED))
     for loss, reorder in cases:
-        seconds, counts = run_case(transfer, Sim, TcpConfig, loss, reorder, args.seeds,
-                                   args.size_kb * 1000, args.back_kb * 1000,
-                                   {"sack": args.sack == "on", "timestamps": args.timestamps == "on"})
-        print(f"| {loss:.0%} | {reorder:.0%} | {seconds:.1f} | " + " | ".join(str(counts[n]) for n in names) + " |",
-              flush=True)
+        seconds, to_fin, counts = run_case(transfer, sim_class, TcpConfig, loss, reorder, args.seeds,
+                                           args.size_kb * 1000, args.back_kb * 1000,
+                                           {"sack": args.sack == "on", "timestamps": args.timestamps == "on"})
+        print(f"| {loss:.0%} | {reorder:.0%} | {seconds:.1f} | {to_fin:.1f} | "
+              + " | ".join(str(counts[n]) for n in names) + " |", flush=True)
 
 
 if __name__ == "__main__":
