@@ -2082,7 +2082,7 @@ class Connection:
             self._rtt_seq = None
             if seg.timestamp is not None:
                 self._rexmit_ts = seg.timestamp[0]
-        elif self._rtt_seq is None:
+        else:
             self._rtt_seq, self._rtt_time = self.iss + 1, now
         self.snd_nxt = self.iss + 1
         self.snd_max = seq_max(self.snd_max, self.snd_nxt)
