@@ -18,7 +18,12 @@ instructions by the difference in requests, so start-up and imports cancel out.
 - ``machine``: the TCP state machine alone (`tests/tcp/tcp_harness.established`), one
   end: the request's segment arrives, the application reads it and writes the
   response, the response's segment is pulled.
-- ``--timestamps off``: both workloads without RFC 7323 timestamps, as with a peer that
+- ``tap``: the TAP driver's Python work per request at the server, without its syscalls:
+  the request's frame as the kernel hands it up (behind a ``NEEDS_CSUM`` virtio-net
+  header, `TapDevice._strip`) and the response's frame as the device takes it
+  (`vnet.coalesce` over `frame_buffers`), in bursts of ``--connections`` frames (at most
+  64, a shard's burst).
+- ``--timestamps off``: the workloads without RFC 7323 timestamps, as with a peer that
   does not use them (Windows, by default). ``--ecn on``: the ``stacks`` workload alone,
   with ECN (RFC 3168) negotiated, as ``--tcp-ecn on`` does.
 
@@ -28,6 +33,7 @@ Needs valgrind (Debian's ``valgrind`` package).
 """
 import argparse
 import asyncio
+import collections
 import datetime
 import os
 import pathlib
@@ -115,6 +121,37 @@ def machine(requests, timestamps=True):
         assert len(out) == 1 and len(out[0].payload) == len(RESPONSE)
 
 
+def tap(requests, connections, timestamps=True):
+    """`requests` requests' worth of the TAP driver's per-frame Python work, in bursts."""
+    from shoal.drivers import vnet
+    from shoal.drivers.base import frame_buffers
+    from shoal.drivers.tap import TapDevice
+    from shoal.net.native.packet import Packet
+    from shoal.net.native.wire import tcp_frame
+    from shoal.net.native.wire.tcp import ACK, PSH, TcpSegment
+    mac, peer_mac = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
+    ts = (7, 9) if timestamps else None
+    burst = min(connections, 64)
+
+    def frame(port, data):
+        seg = TcpSegment(port, 8000, 1000, 2000, ACK | PSH, 500, 0, None, None, False, ts, (), memoryview(data))
+        packet = Packet(seg.payload)
+        packet.checksum_partial = True
+        length = tcp_frame.HEADER_LEN if timestamps else tcp_frame.PLAIN_HEADER_LEN
+        tcp_frame.emit(packet.buf, packet.prepend(length), mac, peer_mac, 1, 2, 1, 64, True, 0, seg, True)
+        return packet
+
+    responses = [frame(40000 + i, RESPONSE) for i in range(burst)]
+    header = vnet.VNET_HDR.pack(vnet.F_NEEDS_CSUM, vnet.GSO_NONE, 0, 0, 34, vnet.TCP_CSUM_OFFSET)
+    received = [header + b"".join(bytes(b) for b in frame(40000 + i, REQUEST).views()) for i in range(burst)]
+    device = TapDevice.__new__(TapDevice)  # the per-frame logic alone: no tap opened
+    device.stats = collections.Counter()
+    device.vnet_hdr = True
+    for _ in range(requests // burst):
+        device._strip(received)
+        vnet.coalesce(responses, frame_buffers)
+
+
 def _loop_default():
     try:
         import uvloop  # noqa: F401
@@ -146,13 +183,16 @@ def main(argv=None):
                     help="RFC 7323 timestamps on both ends (off: as with a peer that does not use them)")
     ap.add_argument("--ecn", choices=("on", "off"), default="off",
                     help="ECN (RFC 3168) negotiated in the stacks workload, as --tcp-ecn on does")
-    ap.add_argument("--worker", choices=("stacks", "machine"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=("stacks", "machine", "tap"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     timestamps = args.timestamps == "on"
     if args.worker is not None:  # one run, under valgrind
-        (stacks(int(args.requests), args.connections, args.loop, timestamps, args.ecn == "on")
-         if args.worker == "stacks"
-         else machine(int(args.requests), timestamps))
+        if args.worker == "stacks":
+            stacks(int(args.requests), args.connections, args.loop, timestamps, args.ecn == "on")
+        elif args.worker == "machine":
+            machine(int(args.requests), timestamps)
+        else:
+            tap(int(args.requests), args.connections, timestamps)
         return
     try:
         small, large = (int(n) for n in args.requests.split(","))
@@ -167,7 +207,7 @@ def main(argv=None):
           f"timestamps {args.timestamps}, ecn {args.ecn})\n")
     print("| workload | instructions per request |")
     print("|---|---:|")
-    for workload in ("stacks",) if args.ecn == "on" else ("stacks", "machine"):
+    for workload in ("stacks",) if args.ecn == "on" else ("stacks", "machine", "tap"):
         a = instructions(workload, small, args.connections, args.loop, args.timestamps, args.ecn)
         b = instructions(workload, large, args.connections, args.loop, args.timestamps, args.ecn)
         print(f"| {workload} | {(b - a) / (large - small):,.0f} |", flush=True)
