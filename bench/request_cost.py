@@ -135,9 +135,9 @@ def tap(requests, connections, timestamps=True):
 
     def frame(port, data):
         seg = TcpSegment(port, 8000, 1000, 2000, ACK | PSH, 500, 0, None, None, False, ts, (), memoryview(data))
-        packet = Packet(seg.payload)
-        packet.checksum_partial = True
         length = tcp_frame.HEADER_LEN if timestamps else tcp_frame.PLAIN_HEADER_LEN
+        packet = Packet(seg.payload, length)  # (as `TcpLayer.send_segment` makes it)
+        packet.checksum_partial = True
         tcp_frame.emit(packet.buf, packet.prepend(length), mac, peer_mac, 1, 2, 1, 64, True, 0, seg, True)
         return packet
 

@@ -114,10 +114,16 @@ class Packet:
             self._size += n
 
     def views(self):
-        """The packet's bytes as a list of memoryviews (for `writev` or `sum_chunks`)."""
-        if self.head == len(self.buf):
+        """The packet's bytes as a list of buffers (for `writev` or `sum_chunks`): the header
+        region (`buf` itself when the headers filled the headroom exactly, as TCP's segments
+        do: no view to make per frame), then the fragments."""
+        head = self.head
+        buf = self.buf
+        if head == len(buf):
             return list(self.frags)
-        return [memoryview(self.buf)[self.head :], *self.frags]
+        if not head:
+            return [buf, *self.frags]
+        return [memoryview(buf)[head:], *self.frags]
 
     def linearize(self):
         """The packet's bytes contiguous: a view when it already is, else one copy."""

@@ -94,7 +94,7 @@ from shoal.net import api
 
 from .config import DEFAULT_MAX_TIME_WAIT
 from .counts import Counts
-from .packet import Packet
+from .packet import DEFAULT_HEADROOM, Packet
 from .tcp.connection import (CLOSE_WAIT, CLOSED, ERRORS, ESTABLISHED, FIN_WAIT_2, SYN_RECEIVED, TIME_WAIT,
                              TSO_MAX_PAYLOAD, Connection, Event, TcpConfig, TcpError, reset_for)
 from .tcp.isn import IsnGenerator
@@ -103,6 +103,7 @@ from .tcp import time_wait
 from .tcp.seq import HALF, MASK, Seq
 from .wire import WireError
 from .wire import tcp as wire_tcp
+from .wire.tcp_frame import HEADER_LEN, PLAIN_HEADER_LEN
 from .wire.tcp import ACK
 
 PROTO_TCP = 6
@@ -880,7 +881,10 @@ class TcpLayer:
         self.stats["segments-sent"] += 1
         payload = seg.payload
         plen = len(payload)
-        pkt = Packet(payload if plen else None)
+        framed = seg.mss is None and seg.wscale is None and not seg.sack and not seg.sack_permitted
+        # (headroom for exactly the three headers of such a segment, for `Packet.views`)
+        pkt = Packet(payload if plen else None,
+                     (HEADER_LEN if seg.timestamp is not None else PLAIN_HEADER_LEN) if framed else DEFAULT_HEADROOM)
         tso = mss and plen > mss
         if tso:
             pkt.gso_size = mss
@@ -890,8 +894,7 @@ class TcpLayer:
             if seg.resent:
                 pkt.alone = True
             partial = pkt.checksum_partial = self._device_checksum
-        if (seg.mss is None and seg.wscale is None and not seg.sack and not seg.sack_permitted
-                and self.ipv4.send_tcp(pkt, seg, dst, now, ttl, df, tos, partial)):
+        if framed and self.ipv4.send_tcp(pkt, seg, dst, now, ttl, df, tos, partial):
             return  # an established connection's segment: all the frame's headers in one pack
         # the header into the headroom, its checksum over the payload, which stays a fragment
         # (or left to the device, which also computes that of each piece of a TSO segment)

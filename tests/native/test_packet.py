@@ -46,6 +46,17 @@ def test_views_lists_header_then_fragments():
     assert len(p) == 5
 
 
+def test_views_of_headers_that_fill_the_headroom_start_with_the_region_itself():
+    """TCP's segments get headroom for exactly their headers (`TcpLayer.send_segment`): the
+    views start with `buf` itself, no view made per frame. Without headers, only fragments."""
+    p = Packet(b"data", headroom=4)
+    p.buf[p.prepend(4):4] = b"head"
+    views = p.views()
+    assert views[0] is p.buf and [bytes(v) for v in views] == [b"head", b"data"]
+    assert [bytes(v) for v in Packet(b"xy", headroom=0).views()] == [b"xy"]
+    assert [bytes(v) for v in Packet.wrap(b"frame").views()] == [b"frame"]
+
+
 def test_release_hook_runs_once_after_last_holder():
     calls = []
     p = Packet.wrap(memoryview(b"frame"), release=lambda: calls.append(1))
