@@ -475,6 +475,7 @@ class NativeStack(api.NetworkStack):
         parse_tcp_frame, tcp_receive_segment = tcp_frame.parse, self.tcp.receive_segment
         parse_udp_frame, udp_endpoints, udp_stats = udp_frame.parse, self.udp.endpoints, self.udp.stats
         wrap, unpack_header = Packet.wrap, ethernet.HEADER.unpack_from
+        delivered = 0  # (TCP segments of the fast path, counted once for the burst)
         for frame in frames:
             verified = isinstance(frame, VerifiedFrame)
             view = frame if type(frame) is memoryview else memoryview(frame)
@@ -483,7 +484,7 @@ class NativeStack(api.NetworkStack):
                 # an established connection's segment, its three headers in one unpack, with
                 # the checks of Ethernet, IPv4 and TCP: straight to TCP, no Packet (nothing
                 # to release; what the connection keeps of the frame holds it)
-                ipv4_stats["delivered"] += 1  # (as `Ipv4.receive` counts a datagram it hands up)
+                delivered += 1  # (as `Ipv4.receive` counts a datagram it hands up)
                 src, tos, seg = got
                 tcp_receive_segment(src, tos, seg, now)
                 continue
@@ -540,6 +541,8 @@ class NativeStack(api.NetworkStack):
                     drops["ipv6" if ethertype == ethernet.ETHERTYPE_IPV6 else "unknown-ethertype"] += 1
             finally:
                 packet.release()
+        if delivered:
+            ipv4_stats["delivered"] += delivered
         self.tcp.end_burst(now)
         if self.dhcp is not None and (self.dhcp.tx or self.dhcp.events or self.dhcp.arp_tx):
             self._dhcp_output(now)

@@ -605,6 +605,7 @@ class TcpLayer:
         self._time_waits = 0  # TIME-WAIT records in `conns`
         self._time_wait_heap = []  # (2*MSL over, 4-tuple)
         self._held = None  # (src, tos, segment): a pure ACK held back to merge (`receive_segment`)
+        self._burst_segments = 0  # `receive_segment`'s count, into the stats at `end_burst`
         self._device_checksum = stack.device.offloads.tx_checksum
         self.isn = IsnGenerator(rng.randbytes(32))
         self.conns = {}
@@ -631,8 +632,10 @@ class TcpLayer:
         """A segment from `src` to our address that the stack parsed and checked, checksum
         included, with its frame (`wire.tcp_frame.parse`): what `receive` does after parsing.
         A pure ACK is held back to merge with the next (see the module docstring); the
-        stack calls `end_burst` after the frames of a burst."""
-        self.stats["segments-received"] += 1
+        stack calls `end_burst` after the frames of a burst, which also adds them to the
+        stats (an int per segment and one `Counts` update per burst cost less than one of
+        those per segment)."""
+        self._burst_segments += 1
         held = self._held
         if seg.flags == ACK and not seg.payload and not seg.sack:
             if held is not None:
@@ -663,6 +666,9 @@ class TcpLayer:
 
     def end_burst(self, now):
         """The stack's burst of received frames is over: deliver the pure ACK held back."""
+        if self._burst_segments:
+            self.stats["segments-received"] += self._burst_segments
+            self._burst_segments = 0
         held = self._held
         if held is not None:
             self._held = None
