@@ -871,6 +871,32 @@ def test_the_layer_counts_the_bytes_the_application_moves():
     run(main())
 
 
+def test_on_a_clean_wire_every_segment_sent_is_counted_received():
+    """The segments one stack's TCP sends are the ones the other's counts received, and
+    its IPv4 delivered, though the fast path adds both counts once per burst (`end_burst`)."""
+    async def main():
+        async with two_stacks() as (a, b, _):
+            server, client, conn = await connected_pair(a, b, 8013)
+            for _ in range(20):
+                await client.write(b"request")
+                assert await conn.read() == b"request"
+                await conn.write(b"response")
+                assert await client.read() == b"response"
+            await client.close()
+            await conn.close()
+
+            def counts(sender, receiver):
+                sent, got = sender.counters(), receiver.counters()
+                return (sent["tcp"]["stats"]["segments-sent"], got["tcp"]["stats"]["segments-received"],
+                        got["ipv4"]["stats"]["delivered"])
+            await until(lambda: b.tcp.conns == {}, "B's connection gone (the last ACK of the close in)")
+            for sender, receiver in ((a, b), (b, a)):
+                segments, received, delivered = counts(sender, receiver)
+                assert segments > 20 and received == delivered == segments
+
+    run(main())
+
+
 def test_real_reactor_sleeps_and_wakes_for_tcp_timers():
     """The runtime's reactor on real time: it sleeps when idle, and TCP's timers (delayed
     ACKs, retransmissions after losses) and application writes must wake it."""
