@@ -632,9 +632,9 @@ class TcpLayer:
         """A segment from `src` to our address that the stack parsed and checked, checksum
         included, with its frame (`wire.tcp_frame.parse`): what `receive` does after parsing.
         A pure ACK is held back to merge with the next (see the module docstring); the
-        stack calls `end_burst` after the frames of a burst, which also adds them to the
-        stats (an int per segment and one `Counts` update per burst cost less than one of
-        those per segment)."""
+        stack calls `end_burst` after the frames of a burst, which also adds their count to
+        the stats (an int per segment, and one `Counts` update per burst instead of one per
+        segment)."""
         self._burst_segments += 1
         held = self._held
         if seg.flags == ACK and not seg.payload and not seg.sack:
@@ -887,10 +887,11 @@ class TcpLayer:
         self.stats["segments-sent"] += 1
         payload = seg.payload
         plen = len(payload)
-        framed = seg.mss is None and seg.wscale is None and not seg.sack and not seg.sack_permitted
-        # (headroom for exactly the three headers of such a segment, for `Packet.views`)
-        pkt = Packet(payload if plen else None,
-                     (HEADER_LEN if seg.timestamp is not None else PLAIN_HEADER_LEN) if framed else DEFAULT_HEADROOM)
+        # no option but the timestamp: one pack writes all three headers (`Ipv4.send_tcp`), into
+        # headroom of exactly their size, which `Packet.views` then hands on without a view
+        one_pack = seg.mss is None and seg.wscale is None and not seg.sack and not seg.sack_permitted
+        headroom = (HEADER_LEN if seg.timestamp is not None else PLAIN_HEADER_LEN) if one_pack else DEFAULT_HEADROOM
+        pkt = Packet(payload if plen else None, headroom)
         tso = mss and plen > mss
         if tso:
             pkt.gso_size = mss
@@ -900,7 +901,7 @@ class TcpLayer:
             if seg.resent:
                 pkt.alone = True
             partial = pkt.checksum_partial = self._device_checksum
-        if framed and self.ipv4.send_tcp(pkt, seg, dst, now, ttl, df, tos, partial):
+        if one_pack and self.ipv4.send_tcp(pkt, seg, dst, now, ttl, df, tos, partial):
             return  # an established connection's segment: all the frame's headers in one pack
         # the header into the headroom, its checksum over the payload, which stays a fragment
         # (or left to the device, which also computes that of each piece of a TSO segment)
