@@ -172,6 +172,9 @@ class NativeTcpConnection(api.Connection):
         self._peer = (_text(tcp.remote[0]), tcp.remote[1])
         self._remote_ip = tcp.remote[0]
         self.on_send_error = self._send_failed
+        # (made on the shard's loop: its futures come from it without `asyncio.get_running_loop`,
+        # which costs a getpid system call per call, and a read waits once per request)
+        self._loop = asyncio.get_running_loop()
 
     # -- layer side ------------------------------------------------------------------
 
@@ -339,7 +342,7 @@ class NativeTcpConnection(api.Connection):
                 return [] if buffers else b""
             if self._reader is not None:
                 raise RuntimeError(f"read() already waiting on {self._describe()}")
-            self._reader = fut = asyncio.get_running_loop().create_future()
+            self._reader = fut = self._loop.create_future()
             try:
                 await fut
             finally:
@@ -359,7 +362,7 @@ class NativeTcpConnection(api.Connection):
     async def _send_when_writable(self, data, borrowed):
         """Queue the rest of a write as the send buffer frees room (back-pressure)."""
         while data is not None:
-            fut = asyncio.get_running_loop().create_future()
+            fut = self._loop.create_future()
             self._writers.append(fut)
             await fut
             data = self._send(data, borrowed)
@@ -406,7 +409,7 @@ class NativeTcpConnection(api.Connection):
         tcp = self.tcp
         while self._exc is None and tcp.state is not CLOSED \
                 and tcp.send_queued > FLUSH_LOW_WATER:
-            fut = asyncio.get_running_loop().create_future()
+            fut = self._loop.create_future()
             self._flushers.append(fut)
             await fut
         if self._exc is not None:
