@@ -21,13 +21,19 @@ Stall detection, like Seastar's ``--blocked-reactor-notify-ms``: a watchdog thre
 checks that the reactor's tick ran recently. While polling, the tick runs every
 iteration; while sleeping, a heartbeat timer runs it every half limit. So a tick
 older than the limit means one loop iteration (a task, a callback) has held the
-shard that long, and the watchdog logs the main thread's current stack.
+shard that long, and the watchdog logs the main thread's current stack. The checks
+run in C without the GIL (`runtime/_watchdog_build.py`): the thread takes the GIL
+only to log, instead of 4 times per limit, each a thread switch the shard waits for.
 """
+import array
 import logging
+import os
 import sys
 import threading
 import time
 import traceback
+
+from shoal.runtime._watchdog import ffi as _watchdog_ffi, lib as _watchdog
 
 log = logging.getLogger("shoal.reactor")
 
@@ -48,6 +54,9 @@ class Reactor:
         self.loop = loop
         self.idle_poll_time = idle_poll_time
         self.poll_mode = poll_mode
+        if stall_limit and clock is not time.monotonic:
+            raise ValueError("the stall detector measures ticks with time.monotonic: a reactor with "
+                             "another clock cannot have a stall_limit")
         self.stall_limit = stall_limit
         self._clock = clock
         self._pollers = []
@@ -57,10 +66,10 @@ class Reactor:
         self._heartbeat = None
         self._fatal = None
         self.sleeping = False
-        self.last_tick = clock()
+        self._last_tick = array.array("d", [clock()])  # (read by the watchdog's C loop)
         self.stats = {"ticks": 0, "polls_with_work": 0, "sleeps": 0, "wakeups": 0, "stalls": 0}
         self._watchdog = None
-        self._watchdog_stop = threading.Event()
+        self._watchdog_stop = None  # an eventfd, written to stop the watchdog
 
     def add_poller(self, poller):
         self._pollers.append(poller)
@@ -90,6 +99,7 @@ class Reactor:
         _current = self
         self._handle = self.loop.call_soon(self._tick)
         if self.stall_limit:
+            self._watchdog_stop = os.eventfd(0, os.EFD_CLOEXEC)
             self._watchdog = threading.Thread(target=self._watch, args=(threading.main_thread().ident,),
                                               name="shoal-stall-detector", daemon=True)
             self._watchdog.start()
@@ -103,9 +113,12 @@ class Reactor:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        self._watchdog_stop.set()
         if self._watchdog is not None:
+            os.eventfd_write(self._watchdog_stop, 1)
             self._watchdog.join()
+            self._watchdog = None
+            os.close(self._watchdog_stop)
+            self._watchdog_stop = None
         _current = None
 
     def check_fatal(self):
@@ -116,7 +129,7 @@ class Reactor:
     def _tick(self):
         self._handle = None
         now = self._clock()
-        self.last_tick = now
+        self._last_tick[0] = now
         self.stats["ticks"] += 1
         worked = False
         try:
@@ -148,7 +161,7 @@ class Reactor:
             self._heartbeat = self.loop.call_later(self.stall_limit / 2, self._beat)
 
     def _beat(self):
-        self.last_tick = self._clock()
+        self._last_tick[0] = self._clock()
         self._heartbeat = self.loop.call_later(self.stall_limit / 2, self._beat)
 
     def wake(self):
@@ -170,13 +183,15 @@ class Reactor:
 
     def _watch(self, main_ident):
         limit = self.stall_limit
-        reported_tick = None
-        while not self._watchdog_stop.wait(limit / 4):
-            tick = self.last_tick
-            held = self._clock() - tick
-            if held < limit or reported_tick == tick:
-                continue
-            reported_tick = tick
+        last_tick = _watchdog_ffi.from_buffer("double[]", self._last_tick)
+        stop = self._watchdog_stop
+        reported = -1.0
+        while True:
+            tick = _watchdog.shoal_watch(last_tick, limit, reported, stop)  # (without the GIL)
+            if tick < 0:
+                return  # closed
+            reported = tick
+            held = time.monotonic() - tick
             frame = sys._current_frames().get(main_ident)
             if frame is None:
                 continue

@@ -109,3 +109,43 @@ def test_a_failing_poller_stops_the_loop_with_its_error():
         reactor.close()
         loop.close()
         os.close(broken.efd)
+
+
+def test_the_stall_detector_logs_a_blocking_callback_once_and_stops_with_the_reactor(caplog):
+    """The watchdog (its checks in C, `runtime/_watchdog_build.py`) reports a loop iteration
+    held past the limit once, with the blocking frame, and not an idle reactor whose
+    heartbeat keeps the tick fresh; closing the reactor ends its thread."""
+    import threading
+    import time
+
+    def block():
+        time.sleep(1.6)  # three limits in one callback: one report, not three
+
+    async def scenario(reactor, poller):
+        await until(lambda: reactor.sleeping)
+        await asyncio.sleep(1.1)  # asleep in epoll for two limits: the heartbeat ticks
+        assert reactor.stats["stalls"] == 0
+        asyncio.get_running_loop().call_soon(block)
+        await asyncio.sleep(0)
+        await until(lambda: reactor.stats["stalls"] >= 1)
+        return reactor.stats["stalls"]
+
+    with caplog.at_level("WARNING", logger="shoal.reactor"):
+        stalls, reactor = run_with({"idle_poll_time": 0.001, "stall_limit": 0.5}, scenario)
+    assert stalls == 1
+    reports = [r.getMessage() for r in caplog.records if "reactor stalled" in r.getMessage()]
+    assert len(reports) == 1 and "in block" in reports[0] and "time.sleep(1.6)" in reports[0]
+    assert not [t for t in threading.enumerate() if t.name == "shoal-stall-detector"]
+
+
+def test_a_stall_limit_needs_the_monotonic_clock():
+    loop = asyncio.new_event_loop()
+    try:
+        try:
+            Reactor(loop, stall_limit=0.1, clock=lambda: 0.0)
+        except ValueError as exc:
+            assert "time.monotonic" in str(exc)
+        else:
+            raise AssertionError("a stall limit with another clock was accepted")
+    finally:
+        loop.close()
