@@ -1,7 +1,7 @@
 """CPU time per request of the httpd app under wrk, native against posix, from /proc.
 
     python bench/shard_cpu.py [--stacks native,posix] [--connections 64] [--duration 5] [--runs 2]
-                              [--rounds 3] [--smp 1] [--peer-timestamps off]
+                              [--rounds 3] [--smp 1] [--peer-timestamps off] [--app-options "..."]
 
 Requests per second on this machine vary by up to 2x between identical runs, with the
 load of the other CPU. The CPU the server spends per request varies much less: this
@@ -13,7 +13,9 @@ shards) from ``/proc/PID/stat`` before and after each run. Each round measures e
 stack in turn, so a tree on ``PYTHONPATH`` (as a folder holding a ``shoal`` link to a
 checkout) is compared with another by running the script for each, alternating.
 ``--peer-timestamps off`` turns RFC 7323 timestamps off in wrk's namespace, as with a
-client that does not use them (Windows, by default).
+client that does not use them (Windows, by default). ``--app-options`` adds options to
+the httpd command line of both stacks (say ``"--blocked-reactor-notify-ms 0"``: runtime
+settings compared on one tree).
 Prints a markdown table, one row per run. Needs root, wrk and iproute2; every
 interface and namespace it makes is removed on exit.
 """
@@ -21,6 +23,7 @@ import argparse
 import datetime
 import os
 import re
+import shlex
 import sys
 import tempfile
 
@@ -84,7 +87,8 @@ def run_stack(stack, root, args):
         with KernelPeer(open_device=False, subnet="10.213.15") as peer:
             peer.run(sysctl)
             app = peer.start_shoal(["-m", "shoal.apps.httpd", "--smp", str(args.smp), "--network-stack", "native",
-                                    "--host-ipv4-addr", peer.shoal_ip, "--root", root])
+                                    "--host-ipv4-addr", peer.shoal_ip, "--root", root,
+                                    *shlex.split(args.app_options)])
             try:
                 bench_native.wait_banner(app)
                 return [measure(lambda argv: peer.run(argv, check=False, timeout=120), f"http://{peer.shoal_ip}:10000/",
@@ -93,8 +97,8 @@ def run_stack(stack, root, args):
                 stop_process(app)
     with bench_native.VethPeer(subnet="10.213.16") as peer:
         peer.run(sysctl)
-        app = bench_native.start_httpd(["--network-stack", "posix", "--address", peer.server_ip, "--root", root],
-                                       args.smp)
+        app = bench_native.start_httpd(["--network-stack", "posix", "--address", peer.server_ip, "--root", root,
+                                        *shlex.split(args.app_options)], args.smp)
         try:
             bench_native.wait_banner(app)
             return [measure(peer.run, f"http://{peer.server_ip}:10000/", app, args.connections, args.duration)
@@ -113,6 +117,7 @@ def main(argv=None):
     ap.add_argument("--smp", type=int, default=1, help="shards of the app")
     ap.add_argument("--peer-timestamps", choices=("on", "off"), default="on",
                     help="RFC 7323 timestamps in wrk's namespace (off: as with a client that does not use them)")
+    ap.add_argument("--app-options", default="", help="more httpd options, one string (both stacks)")
     args = ap.parse_args(argv)
     stacks = args.stacks.split(",")
     if any(s not in ("native", "posix") for s in stacks):
@@ -123,7 +128,8 @@ def main(argv=None):
         ap.error("needs root (a TAP, namespaces and veth pairs)")
     print(f"# httpd CPU per request ({datetime.datetime.now().isoformat(timespec='seconds')}, tree {TREE}, "
           f"wrk -t1 -c{args.connections} -d{args.duration}, --smp {args.smp}, "
-          f"peer timestamps {args.peer_timestamps})\n")
+          f"peer timestamps {args.peer_timestamps}"
+          + (f", httpd options {args.app_options!r}" if args.app_options else "") + ")\n")
     print("| round | stack | req/s | user us/request | system us/request |")
     print("|---:|---|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as root:
