@@ -6,7 +6,8 @@
 it with the GIL released: the waiting and the checks need no Python, so the watchdog
 thread takes the GIL only to log a stall. Its Python predecessor took the GIL 40 times
 a second (at the default 100 ms limit), and each time the shard waited for the thread
-switch: 3.5 % of a native shard's requests under wrk (`docs/benchmarks.md`).
+switch: 1.6-4.2 % of a native shard's requests under wrk in three A/B runs
+(`docs/benchmarks.md`).
 
 The tick is a double the reactor stores in an ``array('d')`` once per tick: an aligned
 8-byte store, which the atomic load here reads whole. The clock is CLOCK_MONOTONIC,
